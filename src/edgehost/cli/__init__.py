@@ -1,0 +1,69 @@
+"""The `edgehost` command: arguments in, reports out. One module per area, one small function per verb."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+
+from .. import __version__
+from ..errors import EdgehostError, ExitStatus
+from .output import console
+
+app = typer.Typer(
+    name="edgehost",
+    help="Run a small portal on a Mac mini with SQLite, Litestream and Cloudflare, without fearing for its data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgehost {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    home: Optional[Path] = typer.Option(
+        None, "--home", envvar="EDGEHOST_HOME", help="The kit's home: edgehost.toml, litestream.yml, data/ and state/ live here (default: the current directory)."
+    ),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    if home is not None:
+        os.environ["EDGEHOST_HOME"] = str(home.resolve())
+
+
+# Each module registers its verbs on `app` when imported.
+from . import config_cmd, portal_cmd  # noqa: E402,F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app and turn errors into one line on stderr and a named exit code."""
+    try:
+        rv = app(args=argv, prog_name="edgehost", standalone_mode=False)
+    except EdgehostError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return int(exc.status)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        return int(ExitStatus.BAD_INPUT)
+    except click.UsageError as exc:
+        exc.show()
+        return int(ExitStatus.BAD_INPUT)
+    except click.exceptions.Abort:
+        console.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""`edgehost portal`, `edgehost property ...`, `edgehost migrate`."""
+
+from __future__ import annotations
+
+import typer
+
+from ..portal import store
+from ..settings import load_settings
+from . import app
+from .output import console, emit_json
+
+property_app = typer.Typer(help="Create and list properties (one database each).", no_args_is_help=True)
+app.add_typer(property_app, name="property")
+
+
+@app.command("portal")
+def portal(
+    host: str = typer.Option(None, help="Address to bind (default from settings: 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port to bind (default from settings: 8080)."),
+) -> None:
+    """Serve the reference portal (the supervisor's default portal command)."""
+    from dataclasses import replace
+
+    from ..portal.app import serve
+
+    settings = load_settings()
+    portal_settings = settings.portal
+    if host:
+        portal_settings = replace(portal_settings, host=host)
+    if port:
+        portal_settings = replace(portal_settings, port=port)
+    serve(replace(settings, portal=portal_settings))
+
+
+@property_app.command("add")
+def property_add(slug: str = typer.Argument(..., help="Lowercase letters, digits and hyphens; 1-63 characters.")) -> None:
+    """Create a property: its directory and a migrated database."""
+    path = store.create_property(load_settings(), slug)
+    console.print(f"created property [bold]{slug}[/] at {path}")
+
+
+@property_app.command("list")
+def property_list(as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
+    """List the properties on disk."""
+    from .. import layout
+
+    slugs = layout.local_slugs(load_settings())
+    if as_json:
+        emit_json({"properties": slugs})
+        return
+    for slug in slugs:
+        console.print(slug)
+
+
+@app.command("migrate")
+def migrate() -> None:
+    """Create the global DB if missing and bring every database to the latest schema (a no-op when current)."""
+    settings = load_settings()
+    store.ensure_global(settings)
+    for label, applied in store.migrate_all(settings):
+        console.print(f"{label}: {', '.join(applied) if applied else 'up to date'}")

@@ -1,0 +1,228 @@
+"""The reference portal's data: per-property compliance events and the global study tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from .. import layout
+from ..errors import BadInput
+from ..settings import Settings
+from ..sqlite import connect, load_migrations, migrate
+
+
+class NotFound(BadInput):
+    pass
+
+
+class AlreadyExists(BadInput):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@contextmanager
+def opened(path: Path) -> Iterator[sqlite3.Connection]:
+    conn = connect(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def ensure_data_dir(settings: Settings) -> None:
+    """Create the data dir if missing and make sure the kit can write to it."""
+    d = settings.data_dir
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"{d}: cannot create data dir: {exc.strerror}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise BadInput(f"{d}: data dir is not writable")
+
+
+def _create_db(final: Path, kind: str, tmp_dir: Path) -> None:
+    """Build a migrated DB under a temporary name, then move it into place in one rename."""
+    tmp = tmp_dir / f".new-{secrets.token_hex(6)}.db"
+    try:
+        with closing(connect(tmp, create=True)) as conn:
+            migrate(conn, load_migrations(kind), final)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        os.rename(tmp, final)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
+def ensure_global(settings: Settings) -> Path:
+    """Create the global DB if missing; bring an existing one to the latest schema."""
+    ensure_data_dir(settings)
+    path = settings.global_db
+    if not path.exists():
+        _create_db(path, "global", settings.data_dir)
+    else:
+        with opened(path) as conn:
+            migrate(conn, load_migrations("global"), path)
+    return path
+
+
+def create_property(settings: Settings, slug: str) -> Path:
+    """Create a property's directory and migrated DB; refuse one that exists."""
+    ref = layout.property_db(settings, slug)
+    ensure_data_dir(settings)
+    if ref.path.exists():
+        raise AlreadyExists(f"property {slug!r} already exists at {ref.path}")
+    ref.path.parent.mkdir(exist_ok=True)
+    _create_db(ref.path, "property", settings.data_dir)
+    return ref.path
+
+
+def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
+    """Bring every database on disk to the latest schema; returns (label, applied) pairs."""
+    done = []
+    for ref in layout.local_databases(settings):
+        with opened(ref.path) as conn:
+            report = migrate(conn, load_migrations("global" if ref.is_global else "property"), ref.path)
+        done.append((ref.label, report.applied))
+    return done
+
+
+def property_path(settings: Settings, slug: str) -> Path:
+    ref = layout.property_db(settings, slug)
+    if not ref.path.exists():
+        raise NotFound(f"unknown property {slug!r}")
+    return ref.path
+
+
+# --- compliance events (append-only) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    occurred_at: str
+    kind: str
+    actor: str | None
+    payload: Any
+    created_at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def add_event(settings: Settings, slug: str, kind: str, payload: Any = None, actor: str | None = None,
+              occurred_at: str | None = None) -> Event:
+    if not isinstance(kind, str) or not 0 < len(kind) <= 100:
+        raise BadInput("event 'kind' must be a string of 1-100 characters")
+    body = json.dumps({} if payload is None else payload, separators=(",", ":"), sort_keys=True)
+    when = occurred_at or _now()
+    with opened(property_path(settings, slug)) as conn:
+        row = conn.execute(
+            "INSERT INTO compliance_events(occurred_at, kind, actor, payload) VALUES (?, ?, ?, ?) "
+            "RETURNING id, occurred_at, kind, actor, payload, created_at",
+            (when, kind, actor, body),
+        ).fetchone()
+    return Event(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
+
+
+def list_events(settings: Settings, slug: str, after: int = 0, limit: int = 1000) -> list[Event]:
+    with opened(property_path(settings, slug)) as conn:
+        rows = conn.execute(
+            "SELECT id, occurred_at, kind, actor, payload, created_at FROM compliance_events "
+            "WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        ).fetchall()
+    return [Event(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5]) for r in rows]
+
+
+# --- study users and progress (overwrite per user) ------------------------------------------
+
+
+def put_user(settings: Settings, user_id: str, email: str | None, display_name: str | None) -> dict[str, Any]:
+    if not isinstance(user_id, str) or not 0 < len(user_id) <= 200:
+        raise BadInput("user_id must be 1-200 characters")
+    with opened(settings.global_db) as conn:
+        row = conn.execute(
+            "INSERT INTO study_users(user_id, email, display_name) VALUES (?, ?, ?) "
+            "ON CONFLICT(user_id) DO UPDATE SET email = excluded.email, display_name = excluded.display_name, "
+            "updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+            "RETURNING user_id, email, display_name, created_at, updated_at",
+            (user_id, email, display_name),
+        ).fetchone()
+    return dict(zip(("user_id", "email", "display_name", "created_at", "updated_at"), row))
+
+
+def get_user(settings: Settings, user_id: str) -> dict[str, Any]:
+    with opened(settings.global_db) as conn:
+        row = conn.execute(
+            "SELECT user_id, email, display_name, created_at, updated_at FROM study_users WHERE user_id = ?",
+            (user_id,),
+        ).fetchone()
+    if row is None:
+        raise NotFound(f"unknown user {user_id!r}")
+    return dict(zip(("user_id", "email", "display_name", "created_at", "updated_at"), row))
+
+
+def list_users(settings: Settings) -> list[dict[str, Any]]:
+    with opened(settings.global_db) as conn:
+        rows = conn.execute(
+            "SELECT user_id, email, display_name, created_at, updated_at FROM study_users ORDER BY user_id"
+        ).fetchall()
+    return [dict(zip(("user_id", "email", "display_name", "created_at", "updated_at"), r)) for r in rows]
+
+
+def put_progress(settings: Settings, user_id: str, progress: Any) -> dict[str, Any]:
+    blob = json.dumps(progress, separators=(",", ":"), sort_keys=True).encode()
+    with opened(settings.global_db) as conn:
+        try:
+            row = conn.execute(
+                "INSERT INTO study_progress(user_id, progress) VALUES (?, ?) "
+                "ON CONFLICT(user_id) DO UPDATE SET progress = excluded.progress, "
+                "updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') RETURNING user_id, updated_at",
+                (user_id, blob),
+            ).fetchone()
+        except sqlite3.IntegrityError:
+            raise NotFound(f"unknown user {user_id!r}: create the user first") from None
+    return {"user_id": row[0], "progress": progress, "updated_at": row[1]}
+
+
+def get_progress(settings: Settings, user_id: str) -> dict[str, Any]:
+    with opened(settings.global_db) as conn:
+        row = conn.execute(
+            "SELECT user_id, progress, updated_at FROM study_progress WHERE user_id = ?", (user_id,)
+        ).fetchone()
+    if row is None:
+        raise NotFound(f"no progress for user {user_id!r}")
+    return {"user_id": row[0], "progress": json.loads(row[1]), "updated_at": row[2]}
+
+
+def list_progress(settings: Settings) -> list[dict[str, Any]]:
+    with opened(settings.global_db) as conn:
+        rows = conn.execute("SELECT user_id, progress, updated_at FROM study_progress ORDER BY user_id").fetchall()
+    return [{"user_id": r[0], "progress": json.loads(r[1]), "updated_at": r[2]} for r in rows]
+
+
+# --- health ---------------------------------------------------------------------------------
+
+
+def health(settings: Settings) -> dict[str, Any]:
+    """Open every database and report whether it answers; ok only when all do."""
+    dbs: dict[str, Any] = {}
+    for ref in [layout.global_db(settings)] + [layout.property_db(settings, s) for s in layout.local_slugs(settings)]:
+        try:
+            with opened(ref.path) as conn:
+                version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_versions").fetchone()[0]
+            dbs[ref.label] = {"ok": True, "schema_version": version}
+        except Exception as exc:  # a health check reports, it does not raise
+            dbs[ref.label] = {"ok": False, "error": str(exc).splitlines()[0]}
+    return {"ok": all(d["ok"] for d in dbs.values()), "databases": dbs}
