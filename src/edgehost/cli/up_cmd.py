@@ -1,0 +1,77 @@
+"""`edgehost up` and `edgehost status`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import typer
+from rich.table import Table
+
+from ..errors import EdgehostError, ExitStatus
+from ..settings import load_settings
+from . import app
+from .output import console, emit_json
+
+
+@app.command("up")
+def up() -> None:
+    """Run everything in the foreground: restore what is missing, then litestream, the portal and cloudflared.
+
+    Stops in reverse order on SIGTERM/SIGINT (a second signal hurries it); SIGHUP reopens the log
+    files. Exit 0 after a clean stop, 4 when a service crash-looped, 2/3 when it could not start.
+    """
+    from ..supervisor import Supervisor
+
+    code = Supervisor(load_settings()).run()
+    raise typer.Exit(code)
+
+
+@app.command("status")
+def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
+    """Each service (state, pid, restarts, uptime) and each database (txids, last sync, lag, WAL size).
+
+    Exits 1 when a database's replication lag passes lag_alert_seconds, 3 when nothing is running.
+    """
+    from .. import status as status_lib
+    from ..supervisor import SupervisorClient
+
+    settings = load_settings()
+    supervisor = SupervisorClient(settings.supervisor_socket, timeout=10).status()
+    try:
+        dbs = status_lib.replication_status(settings)
+        db_error = ""
+    except EdgehostError as exc:
+        dbs, db_error = [], str(exc)
+    lagging = [d.name for d in dbs if d.lag_seconds is not None and d.lag_seconds > settings.lag_alert_seconds]
+    report = {
+        "supervisor": {k: supervisor[k] for k in ("pid", "phase", "uptime_seconds")},
+        "services": supervisor["services"],
+        "databases": [asdict(d) for d in dbs],
+        "lag_alert_seconds": settings.lag_alert_seconds,
+        "lagging": lagging,
+        "litestream_error": db_error,
+    }
+    if as_json:
+        emit_json(report)
+    else:
+        services = Table("service", "state", "pid", "restarts", "uptime")
+        for s in supervisor["services"]:
+            services.add_row(s["name"], s["state"], str(s["pid"] or "-"), str(s["restarts"]), f"{s['uptime_seconds']:.0f}s")
+        console.print(services)
+        table = Table("database", "state", "local txid", "replicated txid", "last sync", "lag", "WAL")
+        for d in dbs:
+            lag = "-" if d.lag_seconds is None else f"{d.lag_seconds:.0f}s"
+            style = "bold red" if d.name in lagging else None
+            table.add_row(d.name, d.state, _hex(d.local_txid), _hex(d.replicated_txid), d.last_sync_at or "-",
+                          lag, f"{d.wal_bytes / 1024:.0f} KiB", style=style)
+        console.print(table)
+        if db_error:
+            console.print(f"[red]litestream:[/] {db_error}")
+        if lagging:
+            console.print(f"[bold red]lagging beyond {settings.lag_alert_seconds:.0f}s:[/] {', '.join(lagging)}")
+    if lagging or db_error:
+        raise typer.Exit(int(ExitStatus.CHECK_FAILED))
+
+
+def _hex(value: int | None) -> str:
+    return "-" if value is None else f"{value:016x}"

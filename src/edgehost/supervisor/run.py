@@ -1,0 +1,401 @@
+"""`edgehost up`: preflight, restore what is missing, then litestream -> portal -> cloudflared in order;
+restart what crashes; on SIGTERM stop in reverse so Litestream's final sync lands."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
+
+import httpx
+
+from .. import layout, litestream, status
+from ..errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
+from ..portal.store import ensure_data_dir
+from ..replica import ReplicaStore
+from ..restore import RestoreResult, restore_db
+from ..settings import SECRET_NAMES, Settings
+from .control import ControlServer, MetricsServer
+from .logs import LogHub
+from .policy import Backoff
+from .service import Service, ServiceSpec
+
+SOCKET_PATH_MAX = 103  # sun_path is 104 bytes on macOS, 108 on Linux
+
+
+def _http_ok(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return check
+
+
+def _without_secrets(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in SECRET_NAMES}
+
+
+def service_plan(settings: Settings, binary: Any) -> list[ServiceSpec]:
+    """The services in start order (stop order is the reverse)."""
+    ls_env, _ = litestream.child_environ(settings)
+    sock = litestream.ControlSocket(settings.litestream_socket, timeout=1.0)
+    portal_env = _without_secrets(
+        {**settings.environ, "EDGEHOST_HOME": str(settings.home), "EDGEHOST_DATA_DIR": str(settings.data_dir),
+         "EDGEHOST_PORTAL_HOST": settings.portal.host, "EDGEHOST_PORTAL_PORT": str(settings.portal.port)}
+    )
+    plan = [
+        ServiceSpec("litestream", [str(binary), "replicate", "-config", str(settings.litestream_config)], ls_env,
+                    ready=sock.alive, ready_timeout=30, stop_timeout=settings.litestream_stop_timeout,
+                    cwd=settings.home),
+        ServiceSpec("portal", settings.portal_argv(), portal_env, ready=_http_ok(f"{settings.portal_url}/healthz"),
+                    ready_timeout=60, stop_timeout=settings.portal.stop_timeout, cwd=settings.home),
+    ]
+    if settings.tunnel.enabled:
+        from .. import tunnel
+
+        plan.append(ServiceSpec(
+            "cloudflared", tunnel.cloudflared_argv(settings.tunnel.binary, settings.tunnel.config),
+            _without_secrets(dict(settings.environ)),
+            ready=_http_ok(tunnel.ready_url(f"127.0.0.1:{settings.tunnel.metrics_port}")),
+            ready_timeout=60, stop_timeout=10, cwd=settings.home,
+        ))
+    return plan
+
+
+@dataclass
+class Preflight:
+    binary: Any
+    version: str
+    replication: litestream.Replication
+    store: ReplicaStore
+
+
+def preflight(settings: Settings) -> Preflight:
+    """Refuse to start on anything that would make the run unsafe, with one line saying what."""
+    repl = litestream.replication(settings)
+    sock = repl.config.socket_path
+    if sock is None or sock.resolve() != settings.litestream_socket.resolve():
+        raise BadInput(f"{repl.config.source}: socket must be enabled at ${{EDGEHOST_LITESTREAM_SOCKET}} "
+                       f"({settings.litestream_socket}) so the supervisor can talk to litestream")
+    for path in (settings.litestream_socket, settings.supervisor_socket):
+        if len(str(path).encode()) > SOCKET_PATH_MAX:
+            raise BadInput(f"{path}: socket path too long for a unix socket; use a shorter state_dir")
+    binary, version = litestream.check_binary(settings.environ)
+    store = ReplicaStore(repl.tenants_root, settings.s3_endpoint, settings.s3_region, dict(settings.environ))
+    store.reachable()
+    if settings.tunnel.enabled:
+        from .. import tunnel
+
+        if not settings.tunnel.config.is_file():
+            raise BadInput(f"{settings.tunnel.config}: cloudflared config not found (tunnel is enabled)")
+        tunnel.check_config_for_supervisor(settings.tunnel.config)
+    return Preflight(binary, version, repl, store)
+
+
+def missing_databases(settings: Settings, pre: Preflight) -> list[layout.DatabaseRef]:
+    """Every database the replica holds that the disk lacks: the global one and every listed tenant."""
+    names = pre.store.list_dirs()
+    refs = []
+    if settings.global_db_name in names or _global_in_replica(settings, pre):
+        refs.append(layout.global_db(settings))
+    refs += [layout.property_db(settings, n) for n in names if layout.is_slug(n) and n != settings.global_db_name]
+    return [r for r in refs if not r.path.exists()]
+
+
+def _global_in_replica(settings: Settings, pre: Preflight) -> bool:
+    # The global DB may replicate somewhere other than the tenants' root.
+    url = pre.replication.global_entry.replica_url
+    parent, _, name = url.rpartition("/")
+    if parent == pre.store.url:
+        return False
+    return name in ReplicaStore(parent, settings.s3_endpoint, settings.s3_region, dict(settings.environ)).list_dirs()
+
+
+def restore_missing(settings: Settings, pre: Preflight, log: Callable[[str], None], parallel: int = 4) -> list[RestoreResult]:
+    refs = missing_databases(settings, pre)
+    if not refs:
+        log("restore: every database in the replica is on disk")
+        return []
+    log(f"restore: {len(refs)} database(s) in the replica are missing on disk: {', '.join(r.label for r in refs)}")
+    env, _ = litestream.child_environ(settings)
+
+    def one(ref: layout.DatabaseRef) -> RestoreResult:
+        result = restore_db(pre.binary, env, pre.replication.restore_url(ref), ref.path, name=ref.label)
+        log(f"restore: {ref.label}: " + (f"ok txid {result.txid} in {result.seconds:.2f}s" if result.ok else f"FAILED: {result.error}"))
+        return result
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        results = list(pool.map(one, refs))
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        # Starting now would let the portal create empty databases over a replica that has data.
+        raise EnvironmentProblem(f"restore of {', '.join(failed)} failed; not starting (see the log above)")
+    return results
+
+
+class Supervisor:
+    """Runs the services in order and keeps them up until told to stop."""
+
+    TICK = 0.1
+    STATUS_EVERY = 5.0
+
+    def __init__(self, settings: Settings, stream: TextIO | None = None):
+        self.settings = settings
+        secrets = [v for k, v in settings.environ.items() if k in SECRET_NAMES]
+        self.hub = LogHub(settings.log_dir, secrets=secrets, stream=stream or sys.stdout)
+        self.services: list[Service] = []
+        self.stopping = threading.Event()
+        self.hurry = threading.Event()
+        self.exit_status = ExitStatus.OK
+        self.started_wall = time.time()
+        self.phase = "starting"
+        self.db_status: list[status.DatabaseStatus] = []
+        self._alerting: set[str] = set()
+        self._commands: queue.Queue[tuple[str, str, threading.Event, dict]] = queue.Queue()
+        self._control: ControlServer | None = None
+        self._metrics: MetricsServer | None = None
+
+    def log(self, text: str) -> None:
+        self.hub.line("edgehost", text)
+
+    # --- signals ----------------------------------------------------------------------------
+
+    def _on_stop_signal(self, signum: int, _frame: Any) -> None:
+        if self.stopping.is_set():
+            self.hurry.set()
+            self.log(f"{signal.Signals(signum).name} again: hurrying the stop")
+        else:
+            self.stopping.set()
+            self.log(f"{signal.Signals(signum).name}: stopping in reverse order")
+
+    def _on_hup(self, _signum: int, _frame: Any) -> None:
+        self.hub.reopen()
+        self.log("SIGHUP: log files reopened")
+
+    # --- the run ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        s = self.settings
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(s.state_dir, 0o700)
+        self._claim_pid_file()
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        try:
+            self.log(f"edgehost up (pid {os.getpid()}), home {s.home}")
+            pre = preflight(s)
+            self.log(f"preflight ok: litestream {pre.version}, replica {s.replica_url} reachable")
+            _, notes = litestream.child_environ(s)
+            for note in notes:
+                self.log(note)
+            if s.env_file:
+                self.log(f"secrets from {s.env_file} pass to children by environment")
+            ensure_data_dir(s)
+            self.phase = "restoring"
+            restore_missing(s, pre, self.log)
+            if self.stopping.is_set():
+                return int(self.exit_status)
+            for spec in service_plan(s, pre.binary):
+                self.services.append(Service(spec, Backoff(s.restart), self.hub))
+            self._start_servers()
+            self.phase = "running"
+            self._loop()
+        except EdgehostError as exc:
+            self.log(f"error: {exc}")
+            raise
+        finally:
+            self.phase = "stopping"
+            self._stop_all()
+            self._close_servers()
+            self.log(f"stopped (exit {int(self.exit_status)})")
+            s.pid_file.unlink(missing_ok=True)
+            self.hub.close()
+        return int(self.exit_status)
+
+    def _claim_pid_file(self) -> None:
+        pid_file = self.settings.pid_file
+        if pid_file.exists():
+            try:
+                other = int(pid_file.read_text().strip())
+                os.kill(other, 0)
+                if other != os.getpid():
+                    raise EnvironmentProblem(f"another edgehost supervisor is running (pid {other}, {pid_file})")
+            except (ValueError, ProcessLookupError):
+                pass  # stale: the previous supervisor died without cleaning up
+            except PermissionError:
+                raise EnvironmentProblem(f"{pid_file}: held by a process of another user") from None
+        pid_file.write_text(f"{os.getpid()}\n")
+
+    def _start_servers(self) -> None:
+        self._control = ControlServer(self.settings.supervisor_socket, self._handle_control)
+        self._control.start()
+        if self.settings.metrics_port:
+            try:
+                self._metrics = MetricsServer(self.settings.metrics_port, self._handle_metrics)
+                self._metrics.start()
+                self.log(f"metrics on http://127.0.0.1:{self.settings.metrics_port}/metrics")
+            except OSError as exc:
+                self.log(f"metrics endpoint disabled: port {self.settings.metrics_port}: {exc.strerror}")
+        threading.Thread(target=self._watch_replication, daemon=True, name="lag").start()
+
+    def _close_servers(self) -> None:
+        for server in (self._control, self._metrics):
+            if server is not None:
+                server.close()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            now = time.monotonic()
+            self._run_commands()
+            for i, svc in enumerate(self.services):
+                self._tend(svc, now, gate_open=all(prev.ready_once for prev in self.services[:i]))
+            time.sleep(self.TICK)
+
+    def _tend(self, svc: Service, now: float, gate_open: bool) -> None:
+        if svc.state == Service.STOPPED and gate_open:
+            self.log(f"starting {svc.name}")
+            svc.start()
+        elif svc.state in (Service.STARTING, Service.RUNNING):
+            code = svc.poll()
+            if code is not None:
+                self._exited(svc, code, now)
+            elif svc.state == Service.STARTING:
+                if svc.spec.ready():
+                    svc.state = Service.RUNNING
+                    svc.ready_once = True
+                    self.log(f"{svc.name} ready in {now - svc.started_at:.2f}s (pid {svc.pid})")
+                elif now - svc.started_at > svc.spec.ready_timeout:
+                    self.log(f"{svc.name} not ready after {svc.spec.ready_timeout:.0f}s: stopping it")
+                    self._exited(svc, svc.stop(5), now)
+        elif svc.state == Service.BACKOFF and now >= svc.next_start_at:
+            self.log(f"restarting {svc.name} (restart #{svc.restarts + 1})")
+            svc.start()
+
+    def _exited(self, svc: Service, code: int | None, now: float) -> None:
+        ran_for = now - svc.started_at
+        svc.last_exit = code
+        svc.stop(1)  # sweep the group: nothing of the old instance may linger
+        decision = svc.backoff.on_exit(now, ran_for)
+        if decision.failed:
+            svc.state = Service.FAILED
+            p = self.settings.restart
+            self.log(f"!!! {svc.name} FAILED: {p.crash_loop_failures} exits within {p.crash_loop_window:.0f}s "
+                     f"(last exit code {code}); not restarting it")
+            if p.exit_on_failure:
+                self.exit_status = ExitStatus.SERVICE_FAILED
+                self.stopping.set()
+            return
+        svc.state = Service.BACKOFF
+        svc.next_start_at = now + decision.restart_in
+        self.log(f"{svc.name} exited with code {code} after {ran_for:.1f}s; restarting in {decision.restart_in:.1f}s")
+
+    def _stop_all(self) -> None:
+        timeouts = {"portal": self.settings.portal.stop_timeout}
+        for svc in reversed(self.services):
+            if svc.proc is None:
+                continue
+            started = time.monotonic()
+            if self.hurry.is_set():
+                code = svc.stop(0)
+            else:
+                code = svc.stop(timeouts.get(svc.name, svc.spec.stop_timeout), self.hurry)
+            svc.state = Service.STOPPED
+            self.log(f"{svc.name} stopped (exit {code}) in {time.monotonic() - started:.2f}s")
+
+    # --- control socket ---------------------------------------------------------------------
+
+    def _handle_control(self, method: str, path: str) -> tuple[int, Any]:
+        if method == "GET" and path == "/status":
+            return 200, self.describe()
+        parts = path.strip("/").split("/")
+        if method == "POST" and len(parts) == 3 and parts[0] == "services" and parts[2] in ("hold", "release"):
+            if parts[1] not in {s.name for s in self.services}:
+                return 404, {"error": f"no service named {parts[1]!r}"}
+            done, reply = threading.Event(), {}
+            self._commands.put((parts[2], parts[1], done, reply))
+            if not done.wait(180):
+                return 504, {"error": f"{parts[2]} of {parts[1]} did not finish in time"}
+            return (200 if reply.get("ok") else 409), reply
+        return 404, {"error": "unknown endpoint"}
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                verb, name, done, reply = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            svc = next(s for s in self.services if s.name == name)
+            if verb == "hold":
+                if svc.state in (Service.STARTING, Service.RUNNING):
+                    code = svc.stop(svc.spec.stop_timeout)
+                    self.log(f"{name} stopped on request (exit {code}); held until released")
+                svc.state = Service.HELD
+                reply.update(ok=True, state=svc.state)
+                done.set()
+            else:
+                if svc.state != Service.HELD:
+                    reply.update(ok=svc.state == Service.RUNNING, state=svc.state, error=f"{name} is not held")
+                    done.set()
+                    continue
+                self.log(f"{name} released: starting")
+                svc.start()
+                threading.Thread(target=self._await_ready, args=(svc, done, reply), daemon=True).start()
+
+    def _await_ready(self, svc: Service, done: threading.Event, reply: dict) -> None:
+        deadline = time.monotonic() + svc.spec.ready_timeout + 5
+        while time.monotonic() < deadline and svc.state == Service.STARTING:
+            time.sleep(0.05)
+        reply.update(ok=svc.state == Service.RUNNING, state=svc.state)
+        if not reply["ok"]:
+            reply["error"] = f"{svc.name} did not come back (state {svc.state})"
+        done.set()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "phase": self.phase,
+            "started_at": self.started_wall,
+            "uptime_seconds": round(time.time() - self.started_wall, 1),
+            "services": [s.describe() for s in self.services],
+            "lag_alert_seconds": self.settings.lag_alert_seconds,
+            "alerts": sorted(self._alerting),
+        }
+
+    # --- replication lag --------------------------------------------------------------------
+
+    def _watch_replication(self) -> None:
+        while not self.stopping.is_set():
+            ls = next((s for s in self.services if s.name == "litestream"), None)
+            if ls is not None and ls.state == Service.RUNNING:
+                try:
+                    self.db_status = status.replication_status(self.settings)
+                except EdgehostError:
+                    pass
+                self._alert()
+            self.stopping.wait(self.STATUS_EVERY)
+
+    def _alert(self) -> None:
+        limit = self.settings.lag_alert_seconds
+        for db in self.db_status:
+            behind = db.lag_seconds is not None and db.lag_seconds > limit
+            if behind and db.name not in self._alerting:
+                self._alerting.add(db.name)
+                self.log(f"ALERT: {db.name} replica is {db.lag_seconds:.0f}s behind (threshold {limit:.0f}s)")
+            elif not behind and db.name in self._alerting and db.lag_seconds is not None:
+                self._alerting.discard(db.name)
+                self.log(f"{db.name} replica caught up")
+
+    def _handle_metrics(self, method: str, path: str) -> tuple[int, Any]:
+        if method == "GET" and path == "/metrics":
+            return 200, status.prometheus_text(self.db_status, [s.describe() for s in self.services])
+        return 404, {"error": "try /metrics"}
+

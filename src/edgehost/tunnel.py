@@ -1,0 +1,556 @@
+"""cloudflared's config.yml: render a locally-managed tunnel config, lint any config, run the tunnel.
+
+The kit never hides cloudflared's own format: it writes a plain config.yml a person can read and
+edit, and lints configs for the traps that leave a portal reachable without Cloudflare Access.
+Secrets (the tunnel credentials, tokens) never go into the config, argv or a report; only the
+credentials file's path does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+from urllib.parse import urlsplit
+
+import yaml
+
+from .errors import BadInput
+
+PROTOCOLS = ("auto", "quic", "http2")
+DEFAULT_PROTOCOL = "auto"
+VALIDATE_TIMEOUT = 30.0
+
+# cloudflared reads any of its command-line flags from the config file, plus the structured keys.
+# Source of truth: cloudflared's config/configuration.go and the tunnel command's flags.
+TOP_LEVEL_KEYS = frozenset(
+    {
+        # structured
+        "tunnel", "credentials-file", "ingress", "originRequest", "warp-routing",
+        # connection to the edge
+        "protocol", "edge-ip-version", "edge-bind-address", "region", "edge", "ha-connections",
+        "retries", "max-edge-addr-retries", "grace-period", "rpc-timeout", "write-stream-timeout",
+        "dial-edge-timeout", "post-quantum", "features", "quic-disable-pmtu-discovery",
+        "quic-connection-level-flow-control-limit", "quic-stream-level-flow-control-limit",
+        "compression-quality", "use-reconnect-token", "max-fetch-size", "cacert",
+        # identity, updates and processes
+        "origincert", "token-file", "name", "label", "tag", "no-autoupdate", "autoupdate-freq",
+        "no-prechecks", "pidfile", "stdin-control", "management-diagnostics", "management-hostname",
+        # observability
+        "metrics", "metrics-update-freq", "loglevel", "transport-loglevel", "logfile", "log-directory",
+        "output", "trace-output",
+        # private networking
+        "icmpv4-src", "icmpv6-src", "max-active-flows", "dns-resolver-addrs",
+        # legacy single-origin flags (still read; ingress rules are the modern form)
+        "url", "hostname", "hello-world", "socks5", "unix-socket", "bastion", "proxy-connect-timeout",
+        "proxy-tls-timeout", "proxy-tcp-keepalive", "proxy-no-happy-eyeballs",
+        "proxy-keepalive-connections", "proxy-keepalive-timeout", "proxy-connection-timeout",
+        "proxy-expect-continue-timeout", "http-host-header", "origin-server-name", "match-sni-to-host",
+        "origin-ca-pool", "no-tls-verify", "no-chunked-encoding", "http2-origin",
+    }
+)
+# Real keys, but they hold secrets: a config file is not the place (use credentials-file / token-file).
+SECRET_KEYS = frozenset(
+    {"token", "credentials-contents", "api-key", "api-ca-key", "secret-id", "access-key-id", "session-token"}
+)
+RULE_KEYS = frozenset({"hostname", "path", "service", "originRequest"})
+ORIGIN_REQUEST_KEYS = frozenset(
+    {
+        "connectTimeout", "tlsTimeout", "tcpKeepAlive", "noHappyEyeballs", "keepAliveConnections",
+        "keepAliveTimeout", "httpHostHeader", "originServerName", "matchSNItoHost", "caPool", "noTLSVerify",
+        "disableChunkedEncoding", "bastionMode", "proxyAddress", "proxyPort", "proxyType", "ipRules",
+        "http2Origin", "access",
+    }
+)
+ACCESS_KEYS = frozenset({"required", "teamName", "audTag", "environment"})
+IP_RULE_KEYS = frozenset({"prefix", "ports", "allow"})
+WARP_ROUTING_KEYS = frozenset({"enabled", "connectTimeout", "tcpKeepAlive", "maxActiveFlows"})
+
+_HOSTNAME = re.compile(r"^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$", re.IGNORECASE)
+_TEAM = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$", re.IGNORECASE)
+_AUD = re.compile(r"^[A-Za-z0-9]{16,128}$")
+
+
+# ---------------------------------------------------------------------------- render
+
+
+@dataclass(frozen=True)
+class TunnelSpec:
+    """What a locally-managed tunnel config is made of (no secrets: only the credentials file's path)."""
+
+    tunnel_id: str
+    credentials_file: Path
+    hostnames: tuple[str, ...]
+    team_name: str
+    aud_tag: str
+    portal_port: int
+    metrics_port: int
+    protocol: str = DEFAULT_PROTOCOL
+
+    def validate(self) -> None:
+        """Raise BadInput naming the first field cloudflared or Access would reject."""
+        try:
+            uuid.UUID(self.tunnel_id)
+        except ValueError:
+            raise BadInput(f"tunnel id {self.tunnel_id!r}: must be the tunnel's UUID (see `cloudflared tunnel list`)") from None
+        if not self.hostnames:
+            raise BadInput("at least one hostname is needed")
+        for host in self.hostnames:
+            if not _HOSTNAME.match(host):
+                raise BadInput(f"hostname {host!r}: must be a DNS name without scheme, port or path (e.g. portal.example.com)")
+        if len(set(h.lower() for h in self.hostnames)) != len(self.hostnames):
+            raise BadInput("hostnames must not repeat")
+        if not _TEAM.match(self.team_name):
+            raise BadInput(f"Access team name {self.team_name!r}: the <team> of <team>.cloudflareaccess.com")
+        if not _AUD.match(self.aud_tag):
+            raise BadInput("Access AUD tag: must be the application's Audience (AUD) tag, letters and digits only")
+        for label, port in (("portal port", self.portal_port), ("metrics port", self.metrics_port)):
+            if not 0 < port < 65536:
+                raise BadInput(f"{label} {port}: must be between 1 and 65535")
+        if self.portal_port == self.metrics_port:
+            raise BadInput("the portal and cloudflared's metrics server need different ports")
+        if self.protocol not in PROTOCOLS:
+            raise BadInput(f"protocol {self.protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+
+
+_RENDER_HEADER = """\
+# cloudflared config for a locally-managed tunnel, rendered by `edgehost tunnel render`.
+# Check it with `edgehost tunnel lint`. Access is enforced INSIDE each ingress rule: cloudflared
+# ignores a top-level originRequest.access (cloudflared issue #784).
+"""
+
+
+def tunnel_config(spec: TunnelSpec) -> dict[str, Any]:
+    """The config as data: one Access-guarded rule per hostname to the portal, then a 404 catch-all."""
+    spec.validate()
+    origin = f"http://127.0.0.1:{spec.portal_port}"  # not localhost: it may resolve to ::1
+    access = {"required": True, "teamName": spec.team_name, "audTag": [spec.aud_tag]}
+    rules: list[dict[str, Any]] = [
+        {"hostname": host, "service": origin, "originRequest": {"access": dict(access)}} for host in spec.hostnames
+    ]
+    rules.append({"service": "http_status:404"})
+    return {
+        "tunnel": spec.tunnel_id,
+        "credentials-file": str(spec.credentials_file),
+        "protocol": spec.protocol,
+        "metrics": f"127.0.0.1:{spec.metrics_port}",
+        "no-autoupdate": True,  # the supervisor owns the process; no restarts behind its back
+        "ingress": rules,
+    }
+
+
+def render_config(spec: TunnelSpec) -> str:
+    """The config as YAML text, with a short header saying where it came from."""
+    body = yaml.safe_dump(tunnel_config(spec), sort_keys=False, default_flow_style=False, width=120)
+    return _RENDER_HEADER + body
+
+
+def write_config(text: str, path: Path, *, force: bool = False) -> None:
+    """Write a rendered config, refusing to replace an existing file unless force is set."""
+    if path.exists() and not force:
+        raise BadInput(f"{path}: already exists; pass --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- lint
+
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem in a config: `code` is stable (for --json), `where` is a key path like ingress[0].service."""
+
+    severity: Severity
+    code: str
+    where: str
+    message: str
+
+
+@dataclass(frozen=True)
+class IngressValidation:
+    """What `cloudflared tunnel ingress validate` said about the config."""
+
+    binary: str
+    ok: bool
+    returncode: int | None
+    output: str
+
+
+@dataclass
+class LintReport:
+    config: Path
+    require_access: bool
+    findings: list[Finding] = field(default_factory=list)
+    cloudflared: IngressValidation | None = None
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "config": str(self.config),
+            "ok": self.ok,
+            "require_access": self.require_access,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "findings": [f.__dict__ for f in self.findings],
+            "cloudflared": None if self.cloudflared is None else self.cloudflared.__dict__,
+        }
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Parse a cloudflared config file; bad YAML or a non-mapping is BadInput."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: cloudflared config not found") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise BadInput(f"{path}: invalid YAML{at}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadInput(f"{path}: a cloudflared config must be a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def is_catch_all(rule: Mapping[str, Any]) -> bool:
+    """A rule that matches every request: no path and no hostname (or `*`), as cloudflared defines it."""
+    return rule.get("hostname") in (None, "", "*") and rule.get("path") in (None, "")
+
+
+def lint_config(config: Mapping[str, Any], *, require_access: bool = True) -> list[Finding]:
+    """Every problem found in a parsed config, in file order. Pure: reads no files."""
+    findings: list[Finding] = []
+
+    def add(severity: Severity, code: str, where: str, message: str) -> None:
+        findings.append(Finding(severity, code, where, message))
+
+    for key in config:
+        if key in SECRET_KEYS:
+            add("error", "secret-in-config", str(key),
+                f"'{key}' puts a secret in the config file; use credentials-file (or token-file) instead")
+        elif key not in TOP_LEVEL_KEYS:
+            add("warning", "unknown-key", str(key), f"unknown key '{key}': cloudflared ignores it")
+
+    tunnel_id = config.get("tunnel")
+    if not tunnel_id:
+        add("error", "no-tunnel-id", "tunnel", "no 'tunnel': the kit runs `cloudflared tunnel run` without a name, so the config must name the tunnel")
+    if "credentials-file" not in config:
+        add("warning", "no-credentials-file", "credentials-file",
+            "no 'credentials-file': cloudflared will search ~/.cloudflared for <tunnel-id>.json")
+
+    protocol = config.get("protocol")
+    if protocol is not None and protocol not in PROTOCOLS:
+        add("error", "bad-protocol", "protocol", f"protocol {protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+
+    if "url" in config:
+        add("error", "url-with-ingress", "url", "'url' cannot be combined with ingress rules; use an ingress rule instead")
+
+    metrics = config.get("metrics")
+    if metrics is None:
+        add("warning", "no-metrics", "metrics",
+            "no 'metrics' address: the supervisor cannot probe /ready; set e.g. metrics: 127.0.0.1:20241")
+    else:
+        try:
+            host, _ = split_address(str(metrics))
+        except BadInput as exc:
+            add("error", "bad-metrics", "metrics", str(exc))
+        else:
+            if not _is_loopback_host(host):
+                add("warning", "metrics-exposed", "metrics",
+                    f"metrics listen on {metrics}: bind 127.0.0.1 so only this machine can read them")
+
+    top_origin = config.get("originRequest")
+    if top_origin is not None:
+        if not isinstance(top_origin, dict):
+            add("error", "bad-origin-request", "originRequest", "originRequest must be a mapping")
+        else:
+            if "access" in top_origin:
+                add("error", "top-level-access", "originRequest.access",
+                    "cloudflared ignores a top-level originRequest.access (cloudflared issue #784): "
+                    "put access under each ingress rule's originRequest")
+            _lint_origin_request(top_origin, "originRequest", add, check_access=False)
+
+    warp = config.get("warp-routing")
+    if isinstance(warp, dict):
+        for key in warp:
+            if key not in WARP_ROUTING_KEYS:
+                add("warning", "unknown-key", f"warp-routing.{key}", f"unknown key '{key}' in warp-routing")
+
+    ingress = config.get("ingress")
+    if not ingress:
+        add("error", "no-ingress", "ingress",
+            "no ingress rules: every hostname would reach nothing (or, with 'url', everything); add rules and a catch-all")
+        return findings
+    if not isinstance(ingress, list) or not all(isinstance(r, dict) for r in ingress):
+        add("error", "bad-ingress", "ingress", "ingress must be a list of rules (mappings)")
+        return findings
+
+    last = len(ingress) - 1
+    for i, rule in enumerate(ingress):
+        where = f"ingress[{i}]"
+        for key in rule:
+            if key not in RULE_KEYS:
+                add("warning", "unknown-key", f"{where}.{key}", f"unknown key '{key}' in an ingress rule")
+        catch_all = is_catch_all(rule)
+        if catch_all and i != last:
+            add("error", "catch-all-misplaced", where,
+                "a rule matching every request must be the last one: the rules after it are never reached")
+        if i == last and not catch_all:
+            add("error", "catch-all-missing", where,
+                "the last rule must match every request (no hostname, no path), e.g. service: http_status:404")
+
+        hostname = rule.get("hostname")
+        if hostname not in (None, "", "*"):
+            hostname = str(hostname)
+            if ":" in hostname:
+                add("error", "hostname-port", f"{where}.hostname",
+                    f"hostname {hostname!r} has a port: hostnames match the request's Host without a port")
+            elif "*" in hostname[1:]:
+                add("error", "bad-wildcard", f"{where}.hostname",
+                    f"hostname {hostname!r}: a wildcard may only be the first label, e.g. *.example.com")
+
+        service = rule.get("service")
+        to_origin = _lint_service(service, f"{where}.service", add)
+
+        origin_request = rule.get("originRequest")
+        if origin_request is not None and not isinstance(origin_request, dict):
+            add("error", "bad-origin-request", f"{where}.originRequest", "originRequest must be a mapping")
+            origin_request = None
+        if origin_request:
+            _lint_origin_request(origin_request, f"{where}.originRequest", add, check_access=True)
+        access = (origin_request or {}).get("access")
+        guarded = isinstance(access, dict) and access.get("required") is True
+        if require_access and to_origin and not guarded:
+            add("error", "access-missing", where,
+                f"rule sends {_describe(rule)} to {service} without originRequest.access.required: true; "
+                "cloudflared will not check the Access token")
+        if catch_all and to_origin:
+            add("warning", "catch-all-to-origin", where,
+                "the catch-all reaches the portal: any hostname routed to this tunnel does; prefer http_status:404")
+    return findings
+
+
+def _describe(rule: Mapping[str, Any]) -> str:
+    if is_catch_all(rule):
+        return "every request"
+    return str(rule.get("hostname") or f"path {rule.get('path')}")
+
+
+def _lint_service(service: Any, where: str, add: Any) -> bool:
+    """Check one rule's service; True when it forwards to an origin (so Access matters)."""
+    if not service or not isinstance(service, str):
+        add("error", "bad-service", where, "every rule needs a service (e.g. http://127.0.0.1:8080)")
+        return False
+    if service.startswith("http_status:"):
+        if not service[len("http_status:"):].isdigit():
+            add("error", "bad-service", where, f"{service!r}: http_status needs a status code, e.g. http_status:404")
+        return False
+    if service.startswith(("unix:", "unix+tls:")) or service in ("hello_world", "bastion", "socks-proxy"):
+        return True
+    parts = urlsplit(service)
+    if not parts.scheme or not parts.hostname:
+        add("error", "bad-service", where, f"{service!r}: needs a scheme and a host, e.g. http://127.0.0.1:8080")
+        return True
+    if parts.path not in ("", "/"):
+        add("error", "bad-service", where, f"{service!r}: cloudflared does not proxy to a path; drop {parts.path!r}")
+    if parts.hostname.lower() == "localhost":
+        add("warning", "localhost-origin", where,
+            f"{service!r}: localhost may resolve to ::1 while the portal listens on 127.0.0.1; use 127.0.0.1")
+    return True
+
+
+def _lint_origin_request(origin: Mapping[str, Any], where: str, add: Any, *, check_access: bool) -> None:
+    for key in origin:
+        if key not in ORIGIN_REQUEST_KEYS:
+            add("warning", "unknown-key", f"{where}.{key}", f"unknown key '{key}' in originRequest")
+    for i, rule in enumerate(origin.get("ipRules") or []):
+        if isinstance(rule, dict):
+            for key in rule:
+                if key not in IP_RULE_KEYS:
+                    add("warning", "unknown-key", f"{where}.ipRules[{i}].{key}", f"unknown key '{key}' in an ipRules entry")
+    access = origin.get("access")
+    if access is None:
+        return
+    if not isinstance(access, dict):
+        add("error", "bad-access", f"{where}.access", "access must be a mapping: {required, teamName, audTag}")
+        return
+    for key in access:
+        if key not in ACCESS_KEYS:
+            add("warning", "unknown-key", f"{where}.access.{key}", f"unknown key '{key}' in access")
+    if not check_access:
+        return
+    if access.get("required") is not True:
+        return  # the rule is reported as unguarded by the caller when Access is required
+    if not access.get("teamName"):
+        add("error", "access-no-team", f"{where}.access.teamName",
+            "access.required without teamName: cloudflared cannot fetch the team's keys to check tokens")
+    aud = access.get("audTag")
+    if aud is None or aud == []:
+        add("warning", "access-no-aud", f"{where}.access.audTag",
+            "no audTag: a token for ANY Access application of the team passes; set this application's AUD tag")
+    elif not isinstance(aud, list) or not all(isinstance(a, str) and a for a in aud):
+        add("error", "access-aud-not-list", f"{where}.access.audTag",
+            "audTag must be a list of AUD tags, e.g. audTag: [\"<aud>\"]")
+
+
+def lint_file(
+    path: Path,
+    *,
+    require_access: bool = True,
+    cloudflared: str | None = "cloudflared",
+) -> LintReport:
+    """Lint a config file; when the cloudflared binary is found, also run its own ingress validation."""
+    config = load_config(path)
+    report = LintReport(config=path, require_access=require_access, findings=lint_config(config, require_access=require_access))
+    creds = config.get("credentials-file")
+    if creds:
+        report.findings.extend(_lint_credentials(Path(os.path.expanduser(str(creds))), config.get("tunnel")))
+    binary = shutil.which(cloudflared) if cloudflared else None
+    if binary:
+        report.cloudflared = run_ingress_validate(binary, path)
+        if not report.cloudflared.ok:
+            last_line = (report.cloudflared.output.strip().splitlines() or ["(no output)"])[-1]
+            report.findings.append(Finding("error", "cloudflared-validate", "ingress",
+                                           f"`cloudflared tunnel ingress validate` failed: {last_line}"))
+    return report
+
+
+def _lint_credentials(path: Path, tunnel_id: Any) -> list[Finding]:
+    if not path.exists():
+        return [Finding("warning", "credentials-not-found", "credentials-file",
+                        f"{path} does not exist here (fine if this config is for another machine)")]
+    found: list[Finding] = []
+    try:
+        check_credentials_file(path)
+    except BadInput as exc:
+        found.append(Finding("error", "credentials-mode", "credentials-file", str(exc)))
+        return found
+    try:
+        # Only TunnelID is read; the secret in the same file is never copied anywhere.
+        named = json.loads(path.read_text()).get("TunnelID")
+    except (OSError, ValueError, AttributeError):
+        return [Finding("error", "credentials-unreadable", "credentials-file", f"{path}: not a tunnel credentials JSON file")]
+    if tunnel_id and named and str(named).lower() != str(tunnel_id).lower():
+        found.append(Finding("error", "credentials-mismatch", "credentials-file",
+                             f"{path} belongs to tunnel {named}, but the config names tunnel {tunnel_id}"))
+    return found
+
+
+def run_ingress_validate(binary: str, config_path: Path, timeout: float = VALIDATE_TIMEOUT) -> IngressValidation:
+    """The seam to cloudflared: `cloudflared tunnel --config FILE ingress validate`."""
+    argv = [binary, "tunnel", "--config", str(config_path), "ingress", "validate"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return IngressValidation(binary, False, None, f"timed out after {timeout:g}s")
+    except OSError as exc:
+        return IngressValidation(binary, False, None, f"could not run: {exc.strerror}")
+    output = (done.stdout + done.stderr).strip()
+    # validate prints unused-key warnings and still exits 0; only the exit code decides.
+    return IngressValidation(binary, done.returncode == 0, done.returncode, output)
+
+
+def check_credentials_file(path: Path) -> None:
+    """Refuse a tunnel credentials file that is missing or readable by others (it holds the tunnel secret)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: tunnel credentials file not found (see `cloudflared tunnel create`)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BadInput(f"{path}: tunnel credentials must be a regular file")
+    mode = stat.S_IMODE(st.st_mode)
+    if mode not in (0o400, 0o600):
+        raise BadInput(f"{path}: tunnel credentials are mode {mode:04o}; they hold the tunnel secret, run: chmod 600 {path}")
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def cloudflared_argv(binary: str, config_path: Path | str) -> list[str]:
+    """The command the supervisor runs: the tunnel from its config file, in the foreground."""
+    # Never `service install`: launchd would then own a second cloudflared outside the supervisor.
+    return [binary, "tunnel", "--no-autoupdate", "--config", str(config_path), "run"]
+
+
+def split_address(address: str | int) -> tuple[str, int]:
+    """Split a listen address (`127.0.0.1:20241`, `[::1]:20241`, `:20241`, `20241`) into host and port."""
+    text = str(address).strip()
+    if text.isdigit():
+        host, port_text = "", text
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise BadInput(f"address {text!r}: expected host:port")
+        host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise BadInput(f"address {text!r}: port must be a number") from None
+    if not 0 < port < 65536:
+        raise BadInput(f"address {text!r}: port must be between 1 and 65535")
+    return host, port
+
+
+def ready_url(metrics_addr: str | int) -> str:
+    """cloudflared's readiness endpoint (200 once a connection to the edge is up) for a metrics address."""
+    host, port = split_address(metrics_addr)
+    if not host or host in ("0.0.0.0", "::", "localhost"):
+        host = "127.0.0.1"  # a wildcard bind is reachable on loopback; localhost may mean ::1
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}/ready"
+
+
+def metrics_address(config_path: Path) -> str | None:
+    """The `metrics` address a config file sets, or None (cloudflared then picks its own port)."""
+    value = load_config(config_path).get("metrics")
+    if value is None:
+        return None
+    split_address(value)  # reject nonsense early, with the file's value in the message
+    return str(value)
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def hostnames_from_text(values: Sequence[str]) -> tuple[str, ...]:
+    """Hostnames from repeated options and/or comma-separated lists, in order, without blanks."""
+    out: list[str] = []
+    for value in values:
+        out.extend(h.strip() for h in value.split(",") if h.strip())
+    return tuple(out)
