@@ -51,7 +51,11 @@ class MotoS3:
 @pytest.fixture(scope="session")
 def moto_s3() -> Iterator[MotoS3]:
     """A real S3 endpoint over HTTP (moto's server mode) on a free loopback port."""
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)

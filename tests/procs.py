@@ -104,3 +104,79 @@ def rows(db: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+def supervisor_status(settings) -> dict:
+    from edgehost.supervisor import SupervisorClient
+
+    return SupervisorClient(settings.supervisor_socket, timeout=5).status()
+
+
+def service(settings, name: str) -> dict:
+    return next(s for s in supervisor_status(settings)["services"] if s["name"] == name)
+
+
+def start_supervisor(home, log_name: str = "up.log", wait: bool = True) -> Proc:
+    """`edgehost up` as launchd would run it, waiting until every service is running."""
+    settings = home.settings()
+    proc = Proc(edgehost_argv("up"), home.environ(), home.path / log_name)
+    if wait:
+        def ready():
+            if not proc.alive():
+                raise AssertionError(f"edgehost up exited {proc.popen.returncode}:\n{proc.output()}")
+            return all(s["state"] == "running" for s in supervisor_status(settings)["services"])
+
+        wait_until(ready, 60, interval=0.2, what="edgehost up to run every service")
+    return proc
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it holds no files, so it counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return True
+
+
+class Writer:
+    """Posts events to one property in a thread and records every id the portal acknowledged."""
+
+    def __init__(self, url: str, slug: str, pause: float = 0.0):
+        import threading
+
+        self.url, self.slug, self.pause = url, slug, pause
+        self.acked: list[int] = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            i = 0
+            while not self._stop.is_set():
+                try:
+                    resp = client.post(f"{self.url}/properties/{self.slug}/events", json={"kind": "w", "payload": {"i": i}})
+                    if resp.status_code == 201:
+                        self.acked.append(resp.json()["id"])
+                    else:
+                        self.errors += 1
+                except httpx.HTTPError:
+                    self.errors += 1
+                    time.sleep(0.05)
+                i += 1
+                if self.pause:
+                    time.sleep(self.pause)
+
+    def start(self) -> "Writer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.acked

@@ -132,9 +132,13 @@ def tunnel_config(spec: TunnelSpec) -> dict[str, Any]:
     """The config as data: one Access-guarded rule per hostname to the portal, then a 404 catch-all."""
     spec.validate()
     origin = f"http://127.0.0.1:{spec.portal_port}"  # not localhost: it may resolve to ::1
-    access = {"required": True, "teamName": spec.team_name, "audTag": [spec.aud_tag]}
     rules: list[dict[str, Any]] = [
-        {"hostname": host, "service": origin, "originRequest": {"access": dict(access)}} for host in spec.hostnames
+        {
+            "hostname": host,
+            "service": origin,
+            "originRequest": {"access": {"required": True, "teamName": spec.team_name, "audTag": [spec.aud_tag]}},
+        }
+        for host in spec.hostnames
     ]
     rules.append({"service": "http_status:404"})
     return {
@@ -147,9 +151,19 @@ def tunnel_config(spec: TunnelSpec) -> dict[str, Any]:
     }
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """Block YAML as people write it: nested lists indented, no anchors or aliases."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render_config(spec: TunnelSpec) -> str:
     """The config as YAML text, with a short header saying where it came from."""
-    body = yaml.safe_dump(tunnel_config(spec), sort_keys=False, default_flow_style=False, width=120)
+    body = yaml.dump(tunnel_config(spec), Dumper=_ConfigDumper, sort_keys=False, default_flow_style=False, width=120)
     return _RENDER_HEADER + body
 
 

@@ -1,0 +1,527 @@
+"""launchd on a Mac mini: the supervisor as a LaunchDaemon, the monthly drill, log rotation, and
+the one seam every launchctl call passes through.
+
+Why a LaunchDaemon and not a LaunchAgent: an agent lives in a user's login session, so after a
+power cut it waits for someone to log in. A daemon is loaded by launchd at boot, before and without
+any login, and runs as the unprivileged `UserName` we give it. Only a daemon brings the portal back
+on its own.
+
+The plists are rendered with plistlib and carry XML comments saying why each key has its value;
+`plistlib` and launchd ignore comments, `plutil -lint` accepts them.
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from .errors import BadInput, EnvironmentProblem
+from .settings import Settings
+
+SUPERVISOR_LABEL = "com.edgehost.supervisor"
+DRILL_LABEL = "com.edgehost.drill"
+LABELS = (SUPERVISOR_LABEL, DRILL_LABEL)
+DAEMONS_DIR = Path("/Library/LaunchDaemons")
+NEWSYSLOG_DIR = Path("/etc/newsyslog.d")
+NEWSYSLOG_FILE = "edgehost.conf"  # the repo's example is launchd/edgehost.newsyslog.conf
+DEFAULT_USER = "_edgehost"  # macOS convention: service accounts start with an underscore
+
+# launchd's default ExitTimeOut is 20 s, then SIGKILL: too short for the supervisor to stop the
+# portal and let Litestream finish its final sync (shutdown-sync-timeout 30s plus the portal's own
+# stop). 90 s leaves room for both.
+EXIT_TIMEOUT = 90
+THROTTLE_INTERVAL = 10  # seconds between respawns of a crashing supervisor (launchd's floor is 10)
+OPEN_FILES = 4096  # launchd's default soft limit is 256; each database holds a few descriptors
+DRILL_SCHEDULE = {"Day": 1, "Hour": 3, "Minute": 30}  # monthly, 03:30 local time on the 1st
+# launchd starts jobs with PATH=/usr/bin:/bin:/usr/sbin:/sbin; cloudflared lives under Homebrew.
+SYSTEM_PATH = ("/opt/homebrew/bin", "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
+
+BOOTSTRAP_TRIES = 5
+RETRY_DELAY = 2.0  # seconds; read at call time so tests can set it to 0
+_IO_ERROR = re.compile(r"\b5: Input/output error|\bBootstrap failed: 5\b")
+_NOT_LOADED = re.compile(r"No such process|Could not find service|not find service|service not found", re.I)
+
+
+# --- what gets deployed ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the kit lives on the machine and who runs it: the facts every service file needs."""
+
+    home: Path
+    data_dir: Path
+    state_dir: Path
+    log_dir: Path
+    env_file: Path | None
+    program: Path  # the venv's `edgehost`
+    user: str
+    group: str
+    replica_dir: Path | None = None  # a file:// replica's directory (it must stay writable)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, user: str = DEFAULT_USER, group: str | None = None,
+                      program: Path | None = None) -> "Deployment":
+        replica_dir = None
+        if settings.replica_url.startswith("file://"):
+            replica_dir = Path(unquote(urlparse(settings.replica_url).path))
+        dep = cls(
+            home=settings.home,
+            data_dir=settings.data_dir,
+            state_dir=settings.state_dir,
+            log_dir=settings.log_dir,
+            env_file=settings.env_file,
+            program=Path(program) if program else default_program(),
+            user=user,
+            group=group or user,
+            replica_dir=replica_dir,
+        )
+        dep.check()
+        return dep
+
+    def check(self) -> None:
+        if self.user in ("", "root") or self.group in ("", "wheel"):
+            raise BadInput(f"service user {self.user!r}:{self.group!r}: the supervisor must run as an unprivileged user")
+        for name in ("user", "group"):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", getattr(self, name)):
+                raise BadInput(f"service {name} {getattr(self, name)!r}: not a valid account name")
+        for name in ("home", "data_dir", "state_dir", "log_dir", "env_file", "program", "replica_dir"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not value.is_absolute():
+                raise BadInput(f"{name} {value}: must be an absolute path")
+            if re.search(r"\s", str(value)):
+                # newsyslog.conf and systemd's ReadWritePaths= split on whitespace.
+                raise BadInput(f"{name} {value}: paths with spaces cannot be used in service files")
+
+    @property
+    def drill_report(self) -> Path:
+        return self.state_dir / "drills" / "latest.md"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "edgehost.pid"
+
+    @property
+    def launchd_log_dir(self) -> Path:
+        """launchd's own capture of stdout/stderr, kept apart from the supervisor's logs (see newsyslog)."""
+        return self.log_dir / "launchd"
+
+    def path_env(self) -> str:
+        return ":".join(dict.fromkeys([str(self.program.parent), *SYSTEM_PATH]))
+
+    def environment(self) -> dict[str, str]:
+        """What the jobs start with: PATH and where the kit is. The env file's path, never its contents."""
+        env = {"PATH": self.path_env(), "EDGEHOST_HOME": str(self.home), "LANG": "en_US.UTF-8"}
+        if self.env_file is not None:
+            env["EDGEHOST_ENV_FILE"] = str(self.env_file)
+        return env
+
+
+def default_program() -> Path:
+    """The `edgehost` executable of the running environment (the venv's bin/)."""
+    beside = Path(sys.executable).parent / "edgehost"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("edgehost")
+    if found:
+        return Path(found).absolute()
+    raise BadInput("cannot find the edgehost executable beside this Python or on PATH; pass --program")
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+_HEADER = (
+    "Rendered by `edgehost launchd render`: change the kit's settings and render again rather than "
+    "editing this file. Installed in /Library/LaunchDaemons by `edgehost launchd install`."
+)
+
+_SUPERVISOR_NOTES = {
+    "Label": "A LaunchDaemon, not a LaunchAgent: launchd loads it at boot, before and without any login, "
+    "so after a power cut the portal comes back with nobody logged in.",
+    "UserName": "Runs unprivileged; launchd itself (root) starts it. Never root.",
+    "ProgramArguments": "`edgehost up`: the supervisor, which starts Litestream, the portal and cloudflared "
+    "in order and stops them in reverse.",
+    "EnvironmentVariables": "launchd gives jobs a bare PATH. EDGEHOST_ENV_FILE is the PATH of the 0600 env "
+    "file holding the secrets; the secrets themselves never appear in this plist.",
+    "RunAtLoad": "Start at boot (and when installed).",
+    "KeepAlive": "Restart the supervisor when it exits with an error (including when it gives up on a "
+    "crash-looping service); a clean exit (status 0) stays down.",
+    "ThrottleInterval": "At most one respawn every this many seconds.",
+    "ExitTimeOut": "Seconds between SIGTERM and SIGKILL. launchd's default of 20 would kill Litestream "
+    "before its final sync to the replica; the supervisor needs up to ~80.",
+    "ProcessType": "Standard: no background throttling of CPU or I/O for the portal.",
+    "StandardOutPath": "launchd's capture of anything the supervisor prints before its own logs open "
+    "(tracebacks, startup errors). The supervisor's logs are in the log dir, rotated by newsyslog.",
+    "SoftResourceLimits": "launchd's default of 256 open files is low for many databases with their WAL files.",
+    "Umask": "63 = 0077: files the kit creates (databases, logs) are readable by the service user only.",
+}
+
+_DRILL_NOTES = {
+    "Label": "The monthly disaster-recovery drill: restore every database from the replica into a "
+    "scratch dir, verify it, boot the portal on it and write a report.",
+    "UserName": "Same unprivileged user as the supervisor.",
+    "ProgramArguments": "The report lands in <state>/drills/latest.md.",
+    "StartCalendarInterval": "Day 1 of each month at 03:30 local time. A run missed while the Mac slept "
+    "happens on wake; one missed while it was off is skipped until next month.",
+    "ProcessType": "Background: the drill yields CPU and I/O to the live portal.",
+}
+
+
+def _annotate(xml: bytes, notes: dict[str, str]) -> bytes:
+    """Insert XML comments before top-level keys (plistlib cannot write comments)."""
+    out: list[str] = []
+    for line in xml.decode().splitlines():
+        m = re.fullmatch(r"\t<key>([A-Za-z]+)</key>", line)
+        if m and m.group(1) in notes:
+            out.append(f"\t<!-- {_comment(notes[m.group(1)])} -->")
+        out.append(line)
+        if line.startswith("<!DOCTYPE"):
+            out.append(f"<!-- {_comment(_HEADER)} -->")
+    return ("\n".join(out) + "\n").encode()
+
+
+def _comment(text: str) -> str:
+    if "--" in text:
+        raise ValueError(f"'--' is not allowed in an XML comment: {text!r}")
+    return text
+
+
+def supervisor_job(dep: Deployment) -> dict[str, Any]:
+    """The supervisor's launchd job as a dict (plistlib renders it)."""
+    log = str(dep.launchd_log_dir / "supervisor.log")
+    return {
+        "Label": SUPERVISOR_LABEL,
+        "UserName": dep.user,
+        "GroupName": dep.group,
+        "ProgramArguments": [str(dep.program), "up"],
+        "WorkingDirectory": str(dep.home),
+        "EnvironmentVariables": dep.environment(),
+        "RunAtLoad": True,
+        "KeepAlive": {"SuccessfulExit": False},
+        "ThrottleInterval": THROTTLE_INTERVAL,
+        "ExitTimeOut": EXIT_TIMEOUT,
+        "ProcessType": "Standard",
+        "StandardOutPath": log,
+        "StandardErrorPath": log,
+        "SoftResourceLimits": {"NumberOfFiles": OPEN_FILES},
+        "HardResourceLimits": {"NumberOfFiles": OPEN_FILES},
+        "Umask": 0o077,
+    }
+
+
+def drill_job(dep: Deployment) -> dict[str, Any]:
+    """The monthly drill's launchd job."""
+    log = str(dep.launchd_log_dir / "drill.log")
+    return {
+        "Label": DRILL_LABEL,
+        "UserName": dep.user,
+        "GroupName": dep.group,
+        "ProgramArguments": [str(dep.program), "drill", "--report", str(dep.drill_report)],
+        "WorkingDirectory": str(dep.home),
+        "EnvironmentVariables": dep.environment(),
+        "StartCalendarInterval": dict(DRILL_SCHEDULE),
+        "RunAtLoad": False,
+        "ExitTimeOut": EXIT_TIMEOUT,
+        "ProcessType": "Background",
+        "StandardOutPath": log,
+        "StandardErrorPath": log,
+        "Umask": 0o077,
+    }
+
+
+def render_plist(job: dict[str, Any]) -> bytes:
+    notes = _SUPERVISOR_NOTES if job["Label"] == SUPERVISOR_LABEL else _DRILL_NOTES
+    return _annotate(plistlib.dumps(job, sort_keys=False), notes)
+
+
+def render_newsyslog(dep: Deployment) -> str:
+    """/etc/newsyslog.d/edgehost.conf: rotate the supervisor's logs and SIGHUP it to reopen them."""
+    owner = f"{dep.user}:{dep.group}"
+    rows = [
+        # The supervisor's own logs: after renaming them newsyslog sends SIGHUP (1) to the pid in the
+        # pid file, the supervisor reopens its log files, and the old ones are gzipped (Z).
+        (f"{dep.log_dir}/*.log", owner, "600", "10", "10240", "*", "GZ", str(dep.pid_file), "1"),
+        # launchd's capture: launchd holds that descriptor and reopens it only when it respawns the
+        # job, so no signal (N) and no compression, which would lose what is written after rotation.
+        (f"{dep.launchd_log_dir}/*.log", owner, "600", "3", "1024", "*", "GN", "", ""),
+    ]
+    head = [
+        "# edgehost log rotation for newsyslog(8), rendered by `edgehost launchd render`.",
+        f"# Installed as {NEWSYSLOG_DIR / NEWSYSLOG_FILE}; newsyslog runs every 30 minutes from launchd.",
+        "# Each file is rotated when it passes the size (KB), keeping `count` old copies.",
+        "#",
+    ]
+    cols = ("# logfilename", "[owner:group]", "mode", "count", "size", "when", "flags", "[/pid_file]", "[sig_num]")
+    widths = [max(len(r[i]) for r in [cols, *rows]) for i in range(len(cols))]
+    lines = [*head, "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    name: str  # the file name it is installed under
+    install_dir: Path
+    content: bytes
+    kind: str  # "plist" or "newsyslog"
+    label: str = ""
+
+    @property
+    def install_path(self) -> Path:
+        return self.install_dir / self.name
+
+
+def render(dep: Deployment, daemons_dir: Path = DAEMONS_DIR, newsyslog_dir: Path = NEWSYSLOG_DIR) -> list[RenderedFile]:
+    """Everything `install` writes: the two plists and the newsyslog entry."""
+    files = [
+        RenderedFile(f"{job['Label']}.plist", daemons_dir, render_plist(job), "plist", job["Label"])
+        for job in (supervisor_job(dep), drill_job(dep))
+    ]
+    files.append(RenderedFile(NEWSYSLOG_FILE, newsyslog_dir, render_newsyslog(dep).encode(), "newsyslog"))
+    return files
+
+
+def example_name(f: RenderedFile) -> str:
+    """The file's name in the repo's launchd/ folder of examples."""
+    return "edgehost.newsyslog.conf" if f.kind == "newsyslog" else f.name
+
+
+# --- the launchctl seam ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    output: str  # stdout and stderr together, stripped
+
+
+def launchctl(*args: str) -> CommandResult:
+    """Run `launchctl ARGS`: the only place edgehost calls launchctl (tests replace this function)."""
+    argv = ("launchctl", *args)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    except FileNotFoundError:
+        raise EnvironmentProblem("launchctl not found: launchd jobs exist only on macOS (on Linux: edgehost systemd)") from None
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem(f"{' '.join(argv)}: timed out after 180s") from None
+    return CommandResult(argv, proc.returncode, (proc.stdout + proc.stderr).strip())
+
+
+# --- plans and their execution --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing install/uninstall does, in order; `command` is what --dry-run prints."""
+
+    kind: str  # "mkdir" | "write" | "remove" | "launchctl"
+    command: str
+    path: str = ""
+    argv: tuple[str, ...] = ()
+    mode: int = 0o644
+    owner: str = ""  # user:group for mkdir
+
+
+@dataclass
+class StepResult:
+    command: str
+    returncode: int = 0
+    output: str = ""
+    attempts: int = 1
+    note: str = ""
+
+
+@dataclass
+class LaunchdReport:
+    action: str
+    dry_run: bool
+    steps: list[StepResult] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+
+
+def _launchctl_step(*args: str) -> Step:
+    return Step("launchctl", "launchctl " + " ".join(args), argv=tuple(args))
+
+
+def install_plan(dep: Deployment, files: list[RenderedFile]) -> list[Step]:
+    """Write the files, then (re)load each job: bootout (if loaded), enable, bootstrap."""
+    # launchd does not create the directory of StandardOutPath; without it the job fails to spawn.
+    steps = [Step("mkdir", f"install -d -m 0750 -o {dep.user} -g {dep.group} {dep.launchd_log_dir}",
+                  path=str(dep.launchd_log_dir), mode=0o750, owner=f"{dep.user}:{dep.group}")]
+    for f in files:
+        steps.append(Step("write", f"write {f.install_path} (mode 0644)", path=str(f.install_path)))
+    for f in files:
+        if f.kind != "plist":
+            continue
+        steps += [
+            # A loaded job keeps its old definition: unload it so the new plist takes effect.
+            _launchctl_step("bootout", f"system/{f.label}"),
+            # A disabled service fails bootstrap with the same unhelpful "5: Input/output error".
+            _launchctl_step("enable", f"system/{f.label}"),
+            _launchctl_step("bootstrap", "system", str(f.install_path)),
+        ]
+    return steps
+
+
+def uninstall_plan(files: list[RenderedFile]) -> list[Step]:
+    steps = [_launchctl_step("bootout", f"system/{f.label}") for f in files if f.kind == "plist"]
+    steps += [Step("remove", f"rm -f {f.install_path}", path=str(f.install_path)) for f in files]
+    return steps
+
+
+def restart_plan() -> list[Step]:
+    return [_launchctl_step("kickstart", "-k", f"system/{SUPERVISOR_LABEL}")]
+
+
+def _run_launchctl(step: Step, tolerate_bootout: bool) -> StepResult:
+    tries = BOOTSTRAP_TRIES if step.argv[0] == "bootstrap" else 1
+    for attempt in range(1, tries + 1):
+        result = launchctl(*step.argv)
+        if result.returncode == 0:
+            return StepResult(step.command, 0, result.output, attempt)
+        if step.argv[0] == "bootout" and (tolerate_bootout or _NOT_LOADED.search(result.output)):
+            note = "was not loaded" if _NOT_LOADED.search(result.output) else "bootout failed; bootstrap decides"
+            return StepResult(step.command, result.returncode, result.output, attempt, note=note)
+        # Right after a bootout launchd may still be tearing the old job down and refuses the new
+        # one with "Bootstrap failed: 5: Input/output error"; it goes through a moment later.
+        if step.argv[0] == "bootstrap" and _IO_ERROR.search(result.output) and attempt < tries:
+            time.sleep(RETRY_DELAY)
+            continue
+        hint = ""
+        if step.argv[0] == "bootstrap":
+            hint = (f" (after {attempt} tries; check `sudo launchctl print system/{Path(step.argv[2]).stem}`, "
+                    f"`plutil -lint {step.argv[2]}`, that it is owned by root with mode 0644, and that its log dir exists)")
+        if "Operation not permitted" in result.output or "requires root" in result.output.lower():
+            hint = " (run it with sudo)"
+        raise EnvironmentProblem(f"{step.command}: {last_line(result.output) or f'exit {result.returncode}'}{hint}")
+    raise AssertionError("unreachable")
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def execute(steps: list[Step], files: list[RenderedFile], action: str, dry_run: bool,
+            tolerate_bootout: bool = True) -> LaunchdReport:
+    """Carry out a plan in order (or only list it, with dry_run)."""
+    report = LaunchdReport(action, dry_run, files=[str(f.install_path) for f in files])
+    contents = {str(f.install_path): f.content for f in files}
+    for step in steps:
+        if dry_run:
+            report.steps.append(StepResult(step.command, note="dry run"))
+            continue
+        if step.kind == "launchctl":
+            report.steps.append(_run_launchctl(step, tolerate_bootout))
+        elif step.kind == "mkdir":
+            user, group = step.owner.split(":")
+            make_owned_dir(Path(step.path), user, group, step.mode)
+            report.steps.append(StepResult(step.command))
+        elif step.kind == "write":
+            write_file(Path(step.path), contents[step.path], step.mode)
+            report.steps.append(StepResult(step.command))
+        elif step.kind == "remove":
+            existed = Path(step.path).exists()
+            Path(step.path).unlink(missing_ok=True)
+            report.steps.append(StepResult(step.command, note="" if existed else "was not there"))
+    return report
+
+
+def make_owned_dir(path: Path, user: str, group: str, mode: int) -> None:
+    """Create a directory the service user owns (install runs as root)."""
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise EnvironmentProblem(
+            f"service user {user!r} does not exist: create it first "
+            f"(on a Mac deploy/bootstrap-mac.sh does; on Linux: useradd --system {user})") from None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        shutil.chown(path, user, group)
+        path.chmod(mode)
+    except LookupError:
+        raise EnvironmentProblem(f"service group {group!r} does not exist: create it first") from None
+    except PermissionError:
+        raise EnvironmentProblem(f"{path}: permission denied (run it with sudo)") from None
+
+
+def write_file(path: Path, content: bytes, mode: int) -> None:
+    """Write atomically with the mode launchd and newsyslog insist on (root-owned, not group-writable)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(content)
+        tmp.chmod(mode)
+        os.replace(tmp, path)
+    except PermissionError:
+        tmp.unlink(missing_ok=True)
+        raise EnvironmentProblem(f"{path}: permission denied (run it with sudo)") from None
+
+
+def install(dep: Deployment, dry_run: bool = False, daemons_dir: Path = DAEMONS_DIR,
+            newsyslog_dir: Path = NEWSYSLOG_DIR) -> LaunchdReport:
+    """Write the plists and the newsyslog entry, then load both jobs (the supervisor starts at once)."""
+    files = render(dep, daemons_dir, newsyslog_dir)
+    return execute(install_plan(dep, files), files, "install", dry_run)
+
+
+def uninstall(dep: Deployment, dry_run: bool = False, daemons_dir: Path = DAEMONS_DIR,
+              newsyslog_dir: Path = NEWSYSLOG_DIR) -> LaunchdReport:
+    """Unload both jobs (the supervisor stops its services in order) and remove the files; data stays."""
+    files = render(dep, daemons_dir, newsyslog_dir)
+    return execute(uninstall_plan(files), files, "uninstall", dry_run, tolerate_bootout=False)
+
+
+def restart(dry_run: bool = False) -> LaunchdReport:
+    """Stop and start the supervisor in place (`kickstart -k`)."""
+    return execute(restart_plan(), [], "restart", dry_run)
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+@dataclass
+class JobStatus:
+    label: str
+    loaded: bool
+    plist: str
+    plist_installed: bool
+    state: str | None = None  # "running", "not running", ...
+    pid: int | None = None
+    last_exit_code: str | None = None
+
+
+def _field(text: str, name: str) -> str | None:
+    m = re.search(rf"^\s*{re.escape(name)} = (.+)$", text, re.M)
+    return m.group(1).strip() if m else None
+
+
+def job_status(label: str, daemons_dir: Path = DAEMONS_DIR) -> JobStatus:
+    """Whether launchd has the job loaded (`launchctl print system/<label>`), and its state."""
+    plist = daemons_dir / f"{label}.plist"
+    result = launchctl("print", f"system/{label}")
+    status = JobStatus(label, result.returncode == 0, str(plist), plist.exists())
+    if status.loaded:
+        status.state = _field(result.output, "state")
+        pid = _field(result.output, "pid")
+        status.pid = int(pid) if pid and pid.isdigit() else None
+        status.last_exit_code = _field(result.output, "last exit code")
+    return status
+
+
+def status(daemons_dir: Path = DAEMONS_DIR) -> list[JobStatus]:
+    """Both jobs' status, the supervisor first."""
+    return [job_status(label, daemons_dir) for label in LABELS]

@@ -1,0 +1,367 @@
+"""cloudflared config: what render writes, the traps lint catches, the seam to cloudflared, the CLI's exit codes."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+import edgehost.cli.tunnel_cmd  # noqa: F401  (registers `edgehost tunnel` until cli/__init__ imports it)
+from edgehost import tunnel
+from edgehost.cli import main
+from edgehost.errors import BadInput, ExitStatus
+
+REPO = Path(__file__).resolve().parents[1]
+TUNNEL_ID = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+AUD = "4714c1358e65fe4b408ad6d432a5f878f08194bdb4752441fd56faefa9b2b6f2"
+
+
+def credentials(tmp_path: Path, mode: int = 0o600, tunnel_id: str = TUNNEL_ID) -> Path:
+    path = tmp_path / f"{tunnel_id}.json"
+    path.write_text(json.dumps({"AccountTag": "acct", "TunnelSecret": "c2VjcmV0", "TunnelID": tunnel_id}))
+    path.chmod(mode)
+    return path
+
+
+def spec(tmp_path: Path, **changes) -> tunnel.TunnelSpec:
+    values = dict(
+        tunnel_id=TUNNEL_ID,
+        credentials_file=credentials(tmp_path),
+        hostnames=("portal.example.com", "admin.example.com"),
+        team_name="acme",
+        aud_tag=AUD,
+        portal_port=8080,
+        metrics_port=20241,
+        protocol="quic",
+    )
+    values.update(changes)
+    return tunnel.TunnelSpec(**values)
+
+
+def codes(findings) -> dict[str, str]:
+    return {f.code: f.severity for f in findings}
+
+
+# ---------------------------------------------------------------- render
+
+
+def test_render_guards_every_hostname_inside_its_rule(tmp_path):
+    text = tunnel.render_config(spec(tmp_path))
+    config = yaml.safe_load(text)
+    assert config["tunnel"] == TUNNEL_ID
+    assert config["credentials-file"] == str(tmp_path / f"{TUNNEL_ID}.json")
+    assert config["metrics"] == "127.0.0.1:20241"
+    assert config["no-autoupdate"] is True
+    assert config["protocol"] == "quic"
+    assert "originRequest" not in config  # the top-level place cloudflared ignores for access
+    *rules, catch_all = config["ingress"]
+    assert [r["hostname"] for r in rules] == ["portal.example.com", "admin.example.com"]
+    for rule in rules:
+        assert rule["service"] == "http://127.0.0.1:8080"
+        assert rule["originRequest"]["access"] == {"required": True, "teamName": "acme", "audTag": [AUD]}
+    assert catch_all == {"service": "http_status:404"}
+    assert "TunnelSecret" not in text and "c2VjcmV0" not in text
+
+
+def test_what_render_writes_passes_lint(tmp_path):
+    path = tmp_path / "config.yml"
+    tunnel.write_config(tunnel.render_config(spec(tmp_path)), path)
+    report = tunnel.lint_file(path, cloudflared=None)
+    assert report.findings == []
+    assert report.ok
+
+
+def test_the_annotated_template_has_no_errors():
+    report = tunnel.lint_file(REPO / "cloudflared" / "config.yml", cloudflared=None)
+    assert report.errors == []
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"tunnel_id": "my-tunnel"}, "UUID"),
+        ({"hostnames": ("portal.example.com:443",)}, "port"),
+        ({"hostnames": ("https://portal.example.com",)}, "scheme"),
+        ({"hostnames": ()}, "hostname"),
+        ({"team_name": "acme team"}, "team"),
+        ({"aud_tag": "not an aud"}, "AUD"),
+        ({"protocol": "h2mux"}, "protocol"),
+        ({"metrics_port": 8080}, "different ports"),
+    ],
+)
+def test_render_refuses_values_cloudflared_or_access_would_reject(tmp_path, change, words):
+    with pytest.raises(BadInput, match=words):
+        tunnel.render_config(spec(tmp_path, **change))
+
+
+# ---------------------------------------------------------------- lint
+
+
+@pytest.fixture
+def good(tmp_path) -> dict:
+    return yaml.safe_load(tunnel.render_config(spec(tmp_path)))
+
+
+def _top_level_access(c):
+    c["originRequest"] = {"access": c["ingress"][0]["originRequest"]["access"]}
+    for rule in c["ingress"]:
+        rule.pop("originRequest", None)
+
+
+TRAPS = {
+    "top-level-access": (_top_level_access, "error"),
+    "access-missing": (lambda c: c["ingress"][1].pop("originRequest"), "error"),
+    "localhost-origin": (lambda c: c["ingress"][0].update(service="http://localhost:8080"), "warning"),
+    "catch-all-missing": (lambda c: c["ingress"].pop(), "error"),
+    "catch-all-misplaced": (lambda c: c["ingress"].insert(0, {"service": "http_status:404"}), "error"),
+    "hostname-port": (lambda c: c["ingress"][0].update(hostname="portal.example.com:8443"), "error"),
+    "unknown-key": (lambda c: c["ingress"][0]["originRequest"].update(conectTimeout="10s"), "warning"),
+    "secret-in-config": (lambda c: c.update(token="eyJhIjoiYiJ9"), "error"),
+    "access-aud-not-list": (lambda c: c["ingress"][0]["originRequest"]["access"].update(audTag=AUD), "error"),
+    "access-no-team": (lambda c: c["ingress"][0]["originRequest"]["access"].pop("teamName"), "error"),
+    "metrics-exposed": (lambda c: c.update(metrics="0.0.0.0:20241"), "warning"),
+    "bad-service": (lambda c: c["ingress"][0].update(service="127.0.0.1:8080"), "error"),
+}
+
+
+@pytest.mark.parametrize("code", sorted(TRAPS))
+def test_lint_catches_each_trap(good, code):
+    mutate, severity = TRAPS[code]
+    config = copy.deepcopy(good)
+    mutate(config)
+    found = codes(tunnel.lint_config(config))
+    assert found.get(code) == severity, found
+
+
+def test_top_level_access_is_flagged_even_though_each_rule_is_also_reported(good):
+    config = copy.deepcopy(good)
+    _top_level_access(config)
+    found = tunnel.lint_config(config)
+    # The rules look guarded to a reader but are not: both facts are reported.
+    assert [f.where for f in found if f.code == "access-missing"] == ["ingress[0]", "ingress[1]"]
+    assert "#784" in next(f.message for f in found if f.code == "top-level-access")
+
+
+def test_unknown_top_level_key_is_a_warning_and_real_keys_are_not(good):
+    config = copy.deepcopy(good)
+    config.update({"loglevel": "info", "edge-ip-version": "auto", "retries": 5, "grace-period": "30s",
+                   "warp-routing": {"enabled": False}, "ingres": []})
+    found = tunnel.lint_config(config)
+    assert [(f.code, f.where) for f in found] == [("unknown-key", "ingres")]
+
+
+def test_no_require_access_relaxes_only_the_access_rule(good):
+    config = copy.deepcopy(good)
+    for rule in config["ingress"]:
+        rule.pop("originRequest", None)
+    assert "access-missing" in codes(tunnel.lint_config(config))
+    assert tunnel.lint_config(config, require_access=False) == []
+
+
+def test_a_catch_all_to_the_portal_is_still_guarded(good):
+    config = copy.deepcopy(good)
+    config["ingress"][-1] = {"service": "http://127.0.0.1:8080"}
+    found = codes(tunnel.lint_config(config))
+    assert found["access-missing"] == "error"
+    assert found["catch-all-to-origin"] == "warning"
+
+
+def test_bad_yaml_is_bad_input(tmp_path):
+    path = tmp_path / "config.yml"
+    path.write_text("ingress:\n  - service: [unclosed\n")
+    with pytest.raises(BadInput, match="invalid YAML"):
+        tunnel.lint_file(path, cloudflared=None)
+    path.write_text("- just a list\n")
+    with pytest.raises(BadInput, match="mapping"):
+        tunnel.lint_file(path, cloudflared=None)
+
+
+# ---------------------------------------------------------------- credentials
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400])
+def test_private_credentials_pass(tmp_path, mode):
+    tunnel.check_credentials_file(credentials(tmp_path, mode))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o700])
+def test_credentials_readable_by_others_are_refused(tmp_path, mode):
+    path = credentials(tmp_path, mode)
+    with pytest.raises(BadInput, match=f"{mode:04o}.*chmod 600"):
+        tunnel.check_credentials_file(path)
+
+
+def test_missing_credentials_are_refused(tmp_path):
+    with pytest.raises(BadInput, match="not found"):
+        tunnel.check_credentials_file(tmp_path / "nope.json")
+
+
+def test_lint_checks_the_credentials_file_without_revealing_it(tmp_path):
+    path = tmp_path / "config.yml"
+    tunnel.write_config(tunnel.render_config(spec(tmp_path)), path)
+    creds = tmp_path / f"{TUNNEL_ID}.json"
+    creds.chmod(0o644)
+    report = tunnel.lint_file(path, cloudflared=None)
+    assert codes(report.findings) == {"credentials-mode": "error"}
+    creds.chmod(0o600)
+    credentials(tmp_path, tunnel_id="0b1c0cb4-6f5b-4a5e-9d7c-4c8e4c1f2a3b")  # another tunnel's file...
+    os.replace(tmp_path / "0b1c0cb4-6f5b-4a5e-9d7c-4c8e4c1f2a3b.json", creds)  # ...under this tunnel's name
+    report = tunnel.lint_file(path, cloudflared=None)
+    assert codes(report.findings) == {"credentials-mismatch": "error"}
+    assert "c2VjcmV0" not in json.dumps(report.as_dict())
+
+
+# ---------------------------------------------------------------- the cloudflared seam
+
+
+def fake_cloudflared(bin_dir: Path, exit_code: int, message: str) -> Path:
+    """A stand-in for the cloudflared binary (not installable here): records argv, prints, exits."""
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / "cloudflared"
+    path.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > "{bin_dir}/argv"\necho "{message}"\nexit {exit_code}\n')
+    path.chmod(0o755)
+    return path
+
+
+def test_lint_includes_cloudflareds_own_validation(tmp_path):
+    path = tmp_path / "config.yml"
+    tunnel.write_config(tunnel.render_config(spec(tmp_path)), path)
+    binary = fake_cloudflared(tmp_path / "bin", 0, "OK")
+    report = tunnel.lint_file(path, cloudflared=str(binary))
+    assert report.ok and report.cloudflared.ok
+    assert (tmp_path / "bin" / "argv").read_text().split() == ["tunnel", "--config", str(path), "ingress", "validate"]
+
+    binary = fake_cloudflared(tmp_path / "bin", 1, "Validation failed: Rule #2 has an invalid regex")
+    report = tunnel.lint_file(path, cloudflared=str(binary))
+    assert not report.ok
+    assert report.cloudflared.returncode == 1
+    assert "invalid regex" in next(f.message for f in report.errors if f.code == "cloudflared-validate")
+
+
+def test_lint_without_cloudflared_installed_says_so(tmp_path):
+    path = tmp_path / "config.yml"
+    tunnel.write_config(tunnel.render_config(spec(tmp_path)), path)
+    assert tunnel.lint_file(path, cloudflared=str(tmp_path / "no-such-binary")).cloudflared is None
+
+
+# ---------------------------------------------------------------- what the supervisor calls
+
+
+def test_cloudflared_argv_runs_the_config_in_the_foreground():
+    argv = tunnel.cloudflared_argv("/opt/homebrew/bin/cloudflared", Path("/kit/cloudflared/config.yml"))
+    assert argv == ["/opt/homebrew/bin/cloudflared", "tunnel", "--no-autoupdate", "--config",
+                    "/kit/cloudflared/config.yml", "run"]
+
+
+@pytest.mark.parametrize(
+    "address, url",
+    [
+        ("127.0.0.1:20241", "http://127.0.0.1:20241/ready"),
+        ("localhost:20241", "http://127.0.0.1:20241/ready"),
+        ("0.0.0.0:20241", "http://127.0.0.1:20241/ready"),
+        (":20241", "http://127.0.0.1:20241/ready"),
+        (20241, "http://127.0.0.1:20241/ready"),
+        ("[::1]:20241", "http://[::1]:20241/ready"),
+    ],
+)
+def test_ready_url(address, url):
+    assert tunnel.ready_url(address) == url
+
+
+def test_metrics_address_is_read_from_the_config(tmp_path):
+    path = tmp_path / "config.yml"
+    tunnel.write_config(tunnel.render_config(spec(tmp_path, metrics_port=20299)), path)
+    assert tunnel.metrics_address(path) == "127.0.0.1:20299"
+    path.write_text("tunnel: x\n")
+    assert tunnel.metrics_address(path) is None
+    path.write_text("metrics: nonsense\n")
+    with pytest.raises(BadInput):
+        tunnel.metrics_address(path)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.chdir(home)
+    monkeypatch.setenv("EDGEHOST_HOME", str(home))
+    for name in ("EDGEHOST_ACCESS_TEAM", "EDGEHOST_ACCESS_AUD", "EDGEHOST_TUNNEL_ID", "EDGEHOST_TUNNEL_CONFIG",
+                 "EDGEHOST_TUNNEL_CREDENTIALS", "EDGEHOST_TUNNEL_HOSTNAMES", "EDGEHOST_PORTAL_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+def render_args(home: Path, *extra: str) -> list[str]:
+    creds = credentials(home)
+    return ["tunnel", "render", "--tunnel-id", TUNNEL_ID, "--credentials-file", str(creds),
+            "--hostname", "portal.example.com", "--team", "acme", "--aud", AUD, *extra]
+
+
+def test_cli_render_then_lint(home, capsys):
+    out = home / "cloudflared" / "config.yml"
+    assert main(render_args(home, "-o", str(out))) == ExitStatus.OK
+    assert main(["tunnel", "lint", "--skip-cloudflared"]) == ExitStatus.OK  # the settings' default path
+    capsys.readouterr()
+    assert main(["tunnel", "lint", str(out), "--json", "--skip-cloudflared"]) == ExitStatus.OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["errors"] == 0 and report["findings"] == []
+
+
+def test_cli_render_refuses_to_overwrite_without_force(home):
+    out = home / "config.yml"
+    out.write_text("# hand-edited\n")
+    assert main(render_args(home, "-o", str(out))) == ExitStatus.BAD_INPUT
+    assert out.read_text() == "# hand-edited\n"
+    assert main(render_args(home, "-o", str(out), "--force")) == ExitStatus.OK
+    assert yaml.safe_load(out.read_text())["tunnel"] == TUNNEL_ID
+
+
+def test_cli_render_to_stdout_reads_access_from_the_environment(home, capsys, monkeypatch):
+    monkeypatch.setenv("EDGEHOST_ACCESS_TEAM", "acme")
+    monkeypatch.setenv("EDGEHOST_ACCESS_AUD", AUD)
+    monkeypatch.setenv("EDGEHOST_PORTAL_PORT", "8123")
+    args = ["tunnel", "render", "--tunnel-id", TUNNEL_ID, "--credentials-file", str(credentials(home)),
+            "--hostname", "portal.example.com"]
+    assert main(args) == ExitStatus.OK
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["ingress"][0]["service"] == "http://127.0.0.1:8123"
+    assert config["ingress"][0]["originRequest"]["access"]["teamName"] == "acme"
+    monkeypatch.delenv("EDGEHOST_ACCESS_AUD")
+    assert main(args) == ExitStatus.BAD_INPUT
+
+
+def test_cli_lint_exit_codes(home, capsys, good):
+    path = home / "config.yml"
+    bad = copy.deepcopy(good)
+    _top_level_access(bad)
+    path.write_text(yaml.safe_dump(bad))
+    assert main(["tunnel", "lint", str(path), "--skip-cloudflared"]) == ExitStatus.CHECK_FAILED
+    assert main(["tunnel", "lint", str(path), "--json", "--skip-cloudflared"]) == ExitStatus.CHECK_FAILED
+    report = json.loads(capsys.readouterr().out)
+    assert {f["code"] for f in report["findings"]} >= {"top-level-access", "access-missing"}
+
+    warn_only = copy.deepcopy(good)
+    warn_only["ingress"][0]["service"] = "http://localhost:8080"
+    path.write_text(yaml.safe_dump(warn_only))
+    assert main(["tunnel", "lint", str(path), "--skip-cloudflared"]) == ExitStatus.OK
+
+    path.write_text("ingress: [\n")
+    assert main(["tunnel", "lint", str(path), "--skip-cloudflared"]) == ExitStatus.BAD_INPUT
+    assert main(["tunnel", "lint", str(home / "missing.yml"), "--skip-cloudflared"]) == ExitStatus.BAD_INPUT
+
+
+def test_cli_lint_runs_cloudflared_from_path(home, monkeypatch, good, tmp_path):
+    path = home / "config.yml"
+    path.write_text(yaml.safe_dump(good))
+    fake_cloudflared(tmp_path / "bin", 1, "Validation failed: boom")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    assert main(["tunnel", "lint", str(path)]) == ExitStatus.CHECK_FAILED
+    assert main(["tunnel", "lint", str(path), "--skip-cloudflared"]) == ExitStatus.OK
+
