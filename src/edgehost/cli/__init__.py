@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
 
@@ -41,7 +42,7 @@ def _root(
 
 
 # Each module registers its verbs on `app` when imported.
-from . import config_cmd, portal_cmd, up_cmd  # noqa: E402,F401
+from . import config_cmd, portal_cmd, restore_cmd, up_cmd  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,15 +31,20 @@ def _pick(value, env: dict, name: str, what: str):
 
 @tunnel_app.command("render")
 def render(
-    tunnel_id: Optional[str] = typer.Option(None, "--tunnel-id", help="The tunnel's UUID (`cloudflared tunnel list`). Env: EDGEHOST_TUNNEL_ID."),
+    tunnel_id: Optional[str] = typer.Option(
+        None, "--tunnel-id", help="The tunnel's UUID (`cloudflared tunnel list`). Env: EDGEHOST_TUNNEL_ID."),
     credentials_file: Optional[Path] = typer.Option(
-        None, "--credentials-file", help="Path of the tunnel's credentials JSON (only the path is written). Env: EDGEHOST_TUNNEL_CREDENTIALS."),
+        None, "--credentials-file",
+        help="Path of the tunnel's credentials JSON (only the path is written). Env: EDGEHOST_TUNNEL_CREDENTIALS."),
     hostnames: Optional[List[str]] = typer.Option(
-        None, "--hostname", help="A public hostname routed to the portal; repeat or comma-separate. Env: EDGEHOST_TUNNEL_HOSTNAMES."),
-    team: Optional[str] = typer.Option(None, "--team", help="Access team name (<team>.cloudflareaccess.com). Env: EDGEHOST_ACCESS_TEAM."),
+        None, "--hostname",
+        help="A public hostname routed to the portal; repeat or comma-separate. Env: EDGEHOST_TUNNEL_HOSTNAMES."),
+    team: Optional[str] = typer.Option(
+        None, "--team", help="Access team name (<team>.cloudflareaccess.com). Env: EDGEHOST_ACCESS_TEAM."),
     aud: Optional[str] = typer.Option(None, "--aud", help="The Access application's AUD tag. Env: EDGEHOST_ACCESS_AUD."),
     portal_port: Optional[int] = typer.Option(None, "--portal-port", help="Portal port on 127.0.0.1 (default: settings)."),
-    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="cloudflared metrics port on 127.0.0.1 (default: settings)."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", help="cloudflared metrics port on 127.0.0.1 (default: settings)."),
     protocol: str = typer.Option(tunnel.DEFAULT_PROTOCOL, "--protocol", help="Edge transport: auto, quic or http2."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),

@@ -18,7 +18,7 @@ import httpx
 from .. import layout, litestream, status
 from ..errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from ..portal.store import ensure_data_dir
-from ..replica import ReplicaStore
+from ..replica import ReplicaStore, replica_keys
 from ..restore import RestoreResult, restore_db
 from ..settings import SECRET_NAMES, Settings
 from .control import ControlServer, MetricsServer
@@ -102,21 +102,9 @@ def preflight(settings: Settings) -> Preflight:
 
 def missing_databases(settings: Settings, pre: Preflight) -> list[layout.DatabaseRef]:
     """Every database the replica holds that the disk lacks: the global one and every listed tenant."""
-    names = pre.store.list_dirs()
-    refs = []
-    if settings.global_db_name in names or _global_in_replica(settings, pre):
-        refs.append(layout.global_db(settings))
-    refs += [layout.property_db(settings, n) for n in names if layout.is_slug(n) and n != settings.global_db_name]
+    keys = replica_keys(settings, pre.replication.tenants_root, pre.replication.global_entry.replica_url)
+    refs = [layout.ref_for(settings, key) for key in keys]
     return [r for r in refs if not r.path.exists()]
-
-
-def _global_in_replica(settings: Settings, pre: Preflight) -> bool:
-    # The global DB may replicate somewhere other than the tenants' root.
-    url = pre.replication.global_entry.replica_url
-    parent, _, name = url.rpartition("/")
-    if parent == pre.store.url:
-        return False
-    return name in ReplicaStore(parent, settings.s3_endpoint, settings.s3_region, dict(settings.environ)).list_dirs()
 
 
 def restore_missing(settings: Settings, pre: Preflight, log: Callable[[str], None], parallel: int = 4) -> list[RestoreResult]:

