@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from .. import layout
+from ..access import access_from_env
 from ..errors import BadInput
 from ..settings import Settings
 from . import store
@@ -40,7 +41,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings):
     """Build the portal for one data dir. Every handler's SQLite work runs in the thread pool."""
 
     async def healthz(request: Request) -> JSONResponse:
@@ -104,7 +105,12 @@ def create_app(settings: Settings) -> Starlette:
         Route("/study/progress", _errors(progress_list)),
         Route("/study/progress/{user_id}", _errors(progress), methods=["GET", "PUT"]),
     ]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes)
+    # Cloudflare Access at the origin: with EDGEHOST_ACCESS_TEAM/AUD set, every request needs a valid
+    # Access JWT (only GET /healthz from loopback is exempt), so nothing reaching the port around
+    # the tunnel gets in.
+    access = access_from_env(settings.environ)
+    return access.wrap(app) if access else app
 
 
 def serve(settings: Settings) -> None:

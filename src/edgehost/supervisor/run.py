@@ -96,7 +96,7 @@ def preflight(settings: Settings) -> Preflight:
 
         if not settings.tunnel.config.is_file():
             raise BadInput(f"{settings.tunnel.config}: cloudflared config not found (tunnel is enabled)")
-        tunnel.check_config_for_supervisor(settings.tunnel.config)
+        tunnel.check_config_for_supervisor(settings.tunnel.config, metrics_port=settings.tunnel.metrics_port)
     return Preflight(binary, version, repl, store)
 
 

@@ -1,0 +1,153 @@
+"""systemd units for Linux and `edgehost systemd render|install` through the systemctl seam."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import edgehost.cli.systemd_cmd  # noqa: F401  (registers `edgehost systemd`)
+from edgehost import systemd
+from edgehost.cli import main
+from edgehost.launchd import Deployment
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """A unit file as {section: {key: [values]}} (keys may repeat, as systemd allows)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        assert current is not None, f"key outside a section: {line}"
+        current.setdefault(key, []).append(value)
+    return sections
+
+
+@pytest.fixture
+def home_env(kit_home, monkeypatch):
+    env_file = kit_home.path / "edgehost.env"
+    env_file.write_text(f"AWS_SECRET_ACCESS_KEY={SECRET}\n")
+    env_file.chmod(0o600)
+    for key, value in kit_home.env.items():
+        monkeypatch.setenv(key, value)
+    return kit_home
+
+
+def _dep(home, user: str = "edgehost", group: str | None = None) -> Deployment:
+    return Deployment.from_settings(home.settings(), user, group)
+
+
+def test_supervisor_unit_follows_the_rules(home_env):
+    settings = home_env.settings()
+    dep = _dep(home_env)
+    text = systemd.supervisor_unit(dep)
+    unit = parse_unit(text)
+    svc = unit["Service"]
+    assert svc["Restart"] == ["on-failure"]
+    assert int(svc["TimeoutStopSec"][0]) >= 60
+    assert svc["KillMode"] == ["mixed"]  # SIGTERM to the supervisor only; it stops its children in order
+    assert svc["NoNewPrivileges"] == ["yes"]
+    assert svc["ProtectSystem"] == ["strict"]
+    writable = svc["ReadWritePaths"][0].split()
+    replica_dir = settings.data_dir.parent / "replica"  # the default file:// replica
+    assert writable == [str(settings.data_dir), str(settings.state_dir), str(settings.log_dir), str(replica_dir)]
+    assert svc["EnvironmentFile"] == [str(settings.env_file)]
+    assert f"EDGEHOST_ENV_FILE={settings.env_file}" in svc["Environment"]
+    assert f"EDGEHOST_HOME={settings.home}" in svc["Environment"]
+    assert svc["User"] == ["edgehost"] and svc["Group"] == ["edgehost"]
+    assert svc["ExecStart"] == [f"{dep.program} up"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    assert SECRET not in text
+
+
+def test_an_s3_replica_adds_no_writable_path(s3_home):
+    settings = s3_home.settings()
+    svc = parse_unit(systemd.supervisor_unit(_dep(s3_home)))["Service"]
+    assert svc["ReadWritePaths"][0].split() == [str(settings.data_dir), str(settings.state_dir), str(settings.log_dir)]
+    assert "EnvironmentFile" not in svc  # no env file in this home: nothing to point at
+
+
+def test_drill_timer_and_service(home_env):
+    settings = home_env.settings()
+    dep = _dep(home_env)
+    timer = parse_unit(systemd.drill_timer())
+    assert timer["Timer"]["OnCalendar"] == ["*-*-01 03:30:00"]
+    assert timer["Timer"]["Persistent"] == ["true"]
+    assert timer["Timer"]["Unit"] == [systemd.DRILL_SERVICE]
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+    svc = parse_unit(systemd.drill_service(dep))["Service"]
+    assert svc["Type"] == ["oneshot"]
+    assert svc["ExecStart"] == [f"{dep.program} drill --report {settings.state_dir / 'drills' / 'latest.md'}"]
+    assert svc["ProtectSystem"] == ["strict"] and svc["NoNewPrivileges"] == ["yes"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (apt-get install systemd)")
+def test_systemd_analyze_verify_accepts_the_units(home_env, tmp_path):
+    for name, text in systemd.render(_dep(home_env)).items():
+        (tmp_path / name).write_text(text)
+    names = [str(tmp_path / n) for n in systemd.render(_dep(home_env))]
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *names], capture_output=True, text=True, timeout=60)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    for problem in ("Unknown key", "Unknown section", "Failed to parse", "Invalid", "not executable"):
+        assert problem not in output, output
+
+
+def test_render_command_writes_the_units(home_env, tmp_path, capsys):
+    assert main(["systemd", "render", "--out", str(tmp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert sorted(Path(f["path"]).name for f in data["files"]) == sorted(
+        [systemd.SUPERVISOR_UNIT, systemd.DRILL_SERVICE, systemd.DRILL_TIMER])
+    assert {f["installs_to"] for f in data["files"]} >= {"/etc/systemd/system/edgehost.service"}
+    for f in data["files"]:
+        assert SECRET not in Path(f["path"]).read_text()
+
+
+def _args(tmp_path: Path) -> list[str]:
+    return ["--user", "nobody", "--group", "nogroup", "--unit-dir", str(tmp_path / "units")]
+
+
+def test_install_dry_run_prints_the_commands_in_order(home_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: pytest.fail(f"systemctl {a} ran in a dry run"))
+    assert main(["systemd", "install", "--dry-run", *_args(tmp_path)]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    units = tmp_path / "units"
+    assert lines[-5:] == [
+        f"write {units}/edgehost.service (mode 0644)",
+        f"write {units}/edgehost-drill.service (mode 0644)",
+        f"write {units}/edgehost-drill.timer (mode 0644)",
+        "systemctl daemon-reload",
+        "systemctl enable --now edgehost.service edgehost-drill.timer",
+    ]
+    assert all(ln.startswith("install -d -m 0700 -o nobody -g nogroup ") for ln in lines[:-5])
+    assert not units.exists()
+
+
+def test_install_writes_units_then_reloads_and_enables(home_env, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: calls.append(a) or (0, ""))
+    assert main(["systemd", "install", *_args(tmp_path)]) == 0
+    assert calls == [("daemon-reload",), ("enable", "--now", "edgehost.service", "edgehost-drill.timer")]
+    unit = tmp_path / "units" / "edgehost.service"
+    assert unit.stat().st_mode & 0o777 == 0o644
+    assert parse_unit(unit.read_text())["Service"]["User"] == ["nobody"]
+    settings = home_env.settings()
+    for d in (settings.data_dir, settings.state_dir, settings.log_dir):
+        assert d.is_dir() and d.stat().st_uid == 65534  # ReadWritePaths= needs them to exist
+
+
+def test_a_failing_systemctl_is_an_environment_problem(home_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: (1, "Failed to enable unit: Access denied"))
+    assert main(["systemd", "install", *_args(tmp_path)]) == 3
+    assert "Access denied" in capsys.readouterr().err
