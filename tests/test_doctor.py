@@ -14,7 +14,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -202,7 +201,7 @@ def auth_s3() -> Iterator[AuthS3]:
                 break
             except httpx.HTTPError:
                 if proc.poll() is not None:
-                    raise RuntimeError("moto server exited")
+                    raise RuntimeError("moto server exited") from None
                 time.sleep(0.05)
         kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
         iam = boto3.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup", **kw)
@@ -296,8 +295,10 @@ def _mac(monkeypatch, pmset: str, filevault: str, loaded: bool) -> None:
     def fake_launchctl(*args: str) -> launchd.CommandResult:
         assert args[0] == "print"
         if loaded:
-            return launchd.CommandResult(("launchctl", *args), 0, LAUNCHCTL_RUNNING.replace("com.edgehost.supervisor", args[1][7:]))
-        return launchd.CommandResult(("launchctl", *args), 113, f"Could not find service \"{args[1][7:]}\" in domain for system")
+            text = LAUNCHCTL_RUNNING.replace("com.edgehost.supervisor", args[1][len("system/"):])
+            return launchd.CommandResult(("launchctl", *args), 0, text)
+        missing = f'Could not find service "{args[1][len("system/"):]}" in domain for system'
+        return launchd.CommandResult(("launchctl", *args), 113, missing)
 
     monkeypatch.setattr(launchd, "launchctl", fake_launchctl)
 

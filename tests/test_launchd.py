@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import plistlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -119,6 +120,13 @@ def test_drill_plist_runs_monthly_with_a_report(home_env):
     assert job["UserName"] == "_edgehost"
     assert job.get("RunAtLoad") is False and "KeepAlive" not in job
     assert job["EnvironmentVariables"]["EDGEHOST_ENV_FILE"] == str(settings.env_file)
+
+
+def test_exit_timeout_grows_with_the_kits_own_stop_timeouts(kit_home):
+    (kit_home.path / "edgehost.toml").write_text("litestream_stop_timeout = 120\n")
+    dep = _dep(kit_home)
+    assert dep.stop_timeout == 10 + 120 + 30
+    assert plistlib.loads(launchd.render_plist(launchd.supervisor_job(dep)))["ExitTimeOut"] == dep.stop_timeout
 
 
 def test_no_env_file_means_no_env_file_variable(kit_home):
@@ -272,7 +280,8 @@ def test_install_refuses_a_service_user_that_does_not_exist(home_env, tmp_path, 
 def test_uninstall_boots_out_and_removes_the_files(home_env, tmp_path, fake, capsys):
     assert main(["launchd", "install", *_install_args(tmp_path)]) == 0
     fake.calls.clear()
-    fake.answers = [("bootout system/com.edgehost.drill", 113, 'Could not find service "com.edgehost.drill" in domain for system')]
+    not_found = 'Could not find service "com.edgehost.drill" in domain for system'
+    fake.answers = [("bootout system/com.edgehost.drill", 113, not_found)]
     assert main(["launchd", "uninstall", *_install_args(tmp_path)]) == 0
     assert fake.lines == ["launchctl bootout system/com.edgehost.supervisor", "launchctl bootout system/com.edgehost.drill"]
     assert list((tmp_path / "LaunchDaemons").iterdir()) == []
@@ -382,6 +391,8 @@ def test_env_example_holds_no_secrets_and_loads(tmp_path):
     example = REPO / "deploy" / "edgehost.env.example"
     text = example.read_text()
     for line in text.splitlines():
+        # systemd's EnvironmentFile= would keep a trailing comment as part of the value.
+        assert not re.match(r"^#?\s?[A-Z0-9_]+=.*\s#", line), f"inline comment: {line}"
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             if "SECRET" in key or "TOKEN" in key or key.endswith("KEY_ID"):

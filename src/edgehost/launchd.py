@@ -12,6 +12,7 @@ The plists are rendered with plistlib and carry XML comments saying why each key
 
 from __future__ import annotations
 
+import math
 import os
 import plistlib
 import pwd
@@ -40,7 +41,7 @@ DEFAULT_USER = "_edgehost"  # macOS convention: service accounts start with an u
 # portal and let Litestream finish its final sync (shutdown-sync-timeout 30s plus the portal's own
 # stop). 90 s leaves room for both.
 EXIT_TIMEOUT = 90
-THROTTLE_INTERVAL = 10  # seconds between respawns of a crashing supervisor (launchd's floor is 10)
+THROTTLE_INTERVAL = 10  # seconds between respawns of a crashing supervisor (launchd's default, made visible)
 OPEN_FILES = 4096  # launchd's default soft limit is 256; each database holds a few descriptors
 DRILL_SCHEDULE = {"Day": 1, "Hour": 3, "Minute": 30}  # monthly, 03:30 local time on the 1st
 # launchd starts jobs with PATH=/usr/bin:/bin:/usr/sbin:/sbin; cloudflared lives under Homebrew.
@@ -68,6 +69,7 @@ class Deployment:
     user: str
     group: str
     replica_dir: Path | None = None  # a file:// replica's directory (it must stay writable)
+    stop_timeout: int = EXIT_TIMEOUT  # seconds launchd/systemd wait after SIGTERM before SIGKILL
 
     @classmethod
     def from_settings(cls, settings: Settings, user: str = DEFAULT_USER, group: str | None = None,
@@ -85,6 +87,8 @@ class Deployment:
             user=user,
             group=group or user,
             replica_dir=replica_dir,
+            # Room for the supervisor's ordered stop: the portal, then Litestream's final sync.
+            stop_timeout=max(EXIT_TIMEOUT, math.ceil(settings.portal.stop_timeout + settings.litestream_stop_timeout + 30)),
         )
         dep.check()
         return dep
@@ -111,7 +115,7 @@ class Deployment:
 
     @property
     def pid_file(self) -> Path:
-        return self.state_dir / "edgehost.pid"
+        return self.state_dir / "edgehost.pid"  # as Settings.pid_file
 
     @property
     def launchd_log_dir(self) -> Path:
@@ -161,7 +165,7 @@ _SUPERVISOR_NOTES = {
     "crash-looping service); a clean exit (status 0) stays down.",
     "ThrottleInterval": "At most one respawn every this many seconds.",
     "ExitTimeOut": "Seconds between SIGTERM and SIGKILL. launchd's default of 20 would kill Litestream "
-    "before its final sync to the replica; the supervisor needs up to ~80.",
+    "before its final sync to the replica; this leaves room for the portal's stop plus that sync.",
     "ProcessType": "Standard: no background throttling of CPU or I/O for the portal.",
     "StandardOutPath": "Every line the supervisor prints on stdout is also in its per-service files in the "
     "log dir (rotated by newsyslog); a copy here would grow without bound, since launchd holds it open.",
@@ -213,7 +217,7 @@ def supervisor_job(dep: Deployment) -> dict[str, Any]:
         "RunAtLoad": True,
         "KeepAlive": {"SuccessfulExit": False},
         "ThrottleInterval": THROTTLE_INTERVAL,
-        "ExitTimeOut": EXIT_TIMEOUT,
+        "ExitTimeOut": dep.stop_timeout,
         "ProcessType": "Standard",
         "StandardOutPath": "/dev/null",
         "StandardErrorPath": str(dep.launchd_log_dir / "supervisor.err.log"),
@@ -235,7 +239,7 @@ def drill_job(dep: Deployment) -> dict[str, Any]:
         "EnvironmentVariables": dep.environment(),
         "StartCalendarInterval": dict(DRILL_SCHEDULE),
         "RunAtLoad": False,
-        "ExitTimeOut": EXIT_TIMEOUT,
+        "ExitTimeOut": dep.stop_timeout,
         "ProcessType": "Background",
         "StandardOutPath": log,
         "StandardErrorPath": log,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import EnvironmentProblem
 # Deployment (paths, program, user) and the install plumbing are shared with the launchd side.
-from .launchd import EXIT_TIMEOUT, OPEN_FILES, Deployment, Step, StepResult, error_line, make_owned_dir, write_file
+from .launchd import OPEN_FILES, Deployment, Step, StepResult, error_line, make_owned_dir, write_file
 
 UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_USER = "edgehost"
@@ -75,7 +75,7 @@ def supervisor_unit(dep: Deployment) -> str:
         # its final sync; only what is still alive after TimeoutStopSec gets SIGKILL.
         "KillMode=mixed",
         "KillSignal=SIGTERM",
-        f"TimeoutStopSec={EXIT_TIMEOUT}",
+        f"TimeoutStopSec={dep.stop_timeout}",
         f"LimitNOFILE={OPEN_FILES}",
         *_hardening(dep),
         "",
@@ -97,7 +97,7 @@ def drill_service(dep: Deployment) -> str:
         "Type=oneshot",
         f"ExecStart={dep.program} drill --report {dep.drill_report}",
         "KillMode=mixed",
-        f"TimeoutStopSec={EXIT_TIMEOUT}",
+        f"TimeoutStopSec={dep.stop_timeout}",
         "Nice=10",
         "IOSchedulingClass=idle",
         *_hardening(dep),

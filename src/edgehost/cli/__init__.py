@@ -42,7 +42,7 @@ def _root(
 
 
 # Each module registers its verbs on `app` when imported.
-from . import config_cmd, portal_cmd, restore_cmd, tunnel_cmd, up_cmd  # noqa: E402,F401
+from . import config_cmd, portal_cmd, restore_cmd, tunnel_cmd, up_cmd, verify_cmd  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,241 @@
+"""`edgehost verify`: prove a database restores whole and fresh.
+
+Per database: write a sentinel into a kit-owned table, pause writers just long enough for Litestream
+to turn the WAL into LTX txid N and for a reader to pin that same snapshot, force the upload, restore
+exactly txid N with the real litestream binary, and compare: integrity, foreign keys, schema,
+sentinel, and a content hash of the restored copy against the pinned live snapshot.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import sqlite3
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Mapping
+
+from . import layout, litestream
+from .errors import EdgehostError
+from .layout import DatabaseRef
+from .restore import restore_db, restore_window
+from .settings import Settings
+from .sqlite import connect, content_hash, schema_sql
+
+SENTINEL_TABLE = "_edgehost_verify"
+SENTINEL_DDL = (f"CREATE TABLE IF NOT EXISTS {SENTINEL_TABLE} ("
+                " id INTEGER PRIMARY KEY, token TEXT NOT NULL, written_at TEXT NOT NULL)")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class VerifyResult:
+    """The verdict on one database."""
+
+    name: str
+    path: str
+    ok: bool = False
+    failed_check: str = ""
+    detail: str = ""
+    txid: str = ""
+    rows: dict[str, int] = field(default_factory=dict)
+    hash: str = ""
+    rpo_seconds: float | None = None  # sentinel commit -> replicated
+    restore_seconds: float = 0.0
+    writer_wait_ms: float = 0.0  # how long writers were paused
+    checks: list[Check] = field(default_factory=list)
+
+    def record(self, name: str, ok: bool, detail: str = "") -> bool:
+        self.checks.append(Check(name, ok, detail))
+        if not ok and not self.failed_check:
+            self.failed_check, self.detail = name, detail
+        return ok
+
+
+def _write_sentinel(conn: sqlite3.Connection) -> str:
+    token = secrets.token_hex(8)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(SENTINEL_DDL)
+        conn.execute(f"INSERT INTO {SENTINEL_TABLE}(token, written_at) VALUES (?, ?)",
+                     (token, datetime.now(timezone.utc).isoformat()))
+        # Keep the table small: the last 100 sentinels are plenty of history.
+        conn.execute(f"DELETE FROM {SENTINEL_TABLE} WHERE id <= (SELECT MAX(id) - 100 FROM {SENTINEL_TABLE})")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return token
+
+
+@dataclass
+class Pinned:
+    reader: sqlite3.Connection  # inside a read transaction at `txid`
+    token: str
+    txid: int
+    committed: float  # monotonic time of the sentinel's commit
+    writer_wait_ms: float
+
+
+def pin_after_sentinel(db: Path, sock: litestream.ControlSocket) -> Pinned:
+    """Commit a sentinel, pause writers, let Litestream cut txid N, pin a read snapshot at N, resume.
+
+    Writers wait (on their busy_timeout, holding nothing) only for one local Litestream sync, WAL
+    to LTX without upload; the reader keeps the snapshot while hashing with writers running again.
+    """
+    writer = connect(db)
+    reader = connect(db, readonly=True)
+    try:
+        token = _write_sentinel(writer)
+        committed = time.monotonic()
+        writer.execute("BEGIN IMMEDIATE")  # right after the commit, so the WAL is never empty here
+        paused = time.monotonic()
+        try:
+            txid = int(sock.sync(db, wait=False, timeout=10)["txid"])
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
+        finally:
+            writer.execute("ROLLBACK")
+            waited = (time.monotonic() - paused) * 1000
+    except BaseException:
+        reader.close()
+        raise
+    finally:
+        writer.close()
+    return Pinned(reader, token, txid, committed, round(waited, 1))
+
+
+def _foreign_key_problems(conn: sqlite3.Connection) -> list[tuple]:
+    return conn.execute("PRAGMA foreign_key_check").fetchall()
+
+
+def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication, binary: Path,
+              env: Mapping[str, str], sock: litestream.ControlSocket | None, scratch: Path,
+              sync_timeout: int = 30) -> VerifyResult:
+    """Verify one database; every failure is a check in the result, never an exception."""
+    res = VerifyResult(ref.label, str(ref.path))
+    if not res.record("exists", ref.path.exists(), f"{ref.path} not on disk"):
+        return res
+    url = repl.restore_url(ref)
+    reader = None
+    try:
+        if sock is None or not sock.alive():
+            return _verify_stale(res, ref, url, binary, env)
+        pinned = pin_after_sentinel(ref.path, sock)
+        reader, txid, token = pinned.reader, pinned.txid, pinned.token
+        res.writer_wait_ms = pinned.writer_wait_ms
+        res.txid = f"{txid:016x}"
+        try:
+            synced = sock.sync(ref.path, wait=True, timeout=sync_timeout)
+        except EdgehostError as exc:
+            res.record("fresh", False, f"stale: could not replicate txid {res.txid} within {sync_timeout}s ({exc})")
+            return res
+        if not res.record("fresh", int(synced["replicated_txid"]) >= txid,
+                          f"stale: replica at txid {int(synced['replicated_txid']):016x}, live at {res.txid}"):
+            return res
+        res.rpo_seconds = round(time.monotonic() - pinned.committed, 3)
+        live_hash = content_hash(reader)
+        live_schema = schema_sql(reader)
+        reader.rollback()
+        reader.close()
+        reader = None
+
+        out = scratch / ref.relpath
+        restored = restore_db(binary, env, url, out, name=ref.label, txid=txid)
+        res.restore_seconds = restored.seconds
+        if not res.record("restore", restored.ok, restored.error):
+            return res
+        _compare(res, out, token, live_hash, live_schema)
+    except EdgehostError as exc:
+        res.record("run", False, str(exc))
+    except sqlite3.DatabaseError as exc:
+        res.record("run", False, f"sqlite: {exc}")
+    finally:
+        if reader is not None:
+            reader.close()
+    res.ok = not res.failed_check
+    return res
+
+
+def _compare(res: VerifyResult, restored: Path, token: str, live_hash, live_schema) -> None:
+    conn = sqlite3.connect(f"{restored.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        integrity = conn.execute("PRAGMA integrity_check").fetchall()
+        res.record("integrity", integrity == [("ok",)], "; ".join(r[0] for r in integrity[:3]))
+        fk = _foreign_key_problems(conn)
+        res.record("foreign_keys", not fk, f"{len(fk)} rows break a foreign key, e.g. {fk[:1]}")
+        res.record("schema", schema_sql(conn) == live_schema, "restored schema differs from live")
+        found = conn.execute(f"SELECT count(*) FROM {SENTINEL_TABLE} WHERE token = ?", (token,)).fetchone()[0]
+        res.record("sentinel", found == 1, f"sentinel {token} not in the restored copy")
+        got = content_hash(conn)
+        res.rows, res.hash = got.rows, got.digest
+        res.record("content", got == live_hash,
+                   f"content hash {got.digest[:12]} != live {live_hash.digest[:12]} at txid {res.txid}")
+    except sqlite3.DatabaseError as exc:
+        res.record("integrity", False, f"sqlite: {exc}")
+    finally:
+        conn.close()
+    res.ok = not res.failed_check
+
+
+def _verify_stale(res: VerifyResult, ref: DatabaseRef, url: str, binary: Path, env: Mapping[str, str]) -> VerifyResult:
+    """Litestream is not running: the sentinel cannot reach the replica, so say how stale it is."""
+    try:
+        window = restore_window(binary, env, url, ref.label)
+    except EdgehostError as exc:
+        res.record("restore", False, str(exc))
+        return res
+    if window.latest_time:
+        newest = datetime.fromisoformat(window.latest_time.replace("Z", "+00:00"))
+        res.rpo_seconds = round((datetime.now(timezone.utc) - newest).total_seconds(), 1)
+        res.txid = window.latest_txid
+        detail = (f"stale: litestream is not running; newest replicated data is {res.rpo_seconds:.0f}s old "
+                  f"(txid {window.latest_txid})")
+    else:
+        detail = "litestream is not running and the replica holds nothing for this database"
+    res.record("fresh", False, detail)
+    return res
+
+
+def verify_all(settings: Settings, refs: list[DatabaseRef], *, parallel: int = 4,
+               on_result: Callable[[VerifyResult], None] | None = None) -> tuple[list[VerifyResult], float]:
+    """Verify several databases; returns the results (in the given order) and the wall time."""
+    repl = litestream.replication(settings)
+    binary, _ = litestream.check_binary(settings.environ)
+    env, _ = litestream.child_environ(settings)
+    sock = litestream.ControlSocket(settings.litestream_socket, timeout=10)
+    if not settings.litestream_socket.exists():
+        sock = None
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="verify-", dir=settings.state_dir))
+    started = time.monotonic()
+    try:
+        def one(ref: DatabaseRef) -> VerifyResult:
+            result = verify_db(settings, ref, repl, binary, env, sock, scratch)
+            if on_result:
+                on_result(result)
+            return result
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            results = list(pool.map(one, refs))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results, round(time.monotonic() - started, 3)
+
+
+def targets(settings: Settings, slugs: list[str], global_db: bool, all_dbs: bool) -> list[DatabaseRef]:
+    """What verify checks: named databases, or (default) every database on disk."""
+    if slugs or global_db:
+        refs = [layout.global_db(settings)] if global_db else []
+        return refs + [layout.property_db(settings, s) for s in dict.fromkeys(slugs)]
+    return layout.local_databases(settings)
