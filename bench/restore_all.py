@@ -129,6 +129,26 @@ def run_proxy(listen_port: int, upstream_port: int, rtt_ms: float) -> None:
     asyncio.run(main())
 
 
+def run_moto(port: int) -> None:
+    """moto's S3 app under uvicorn, which keeps connections alive as S3 and R2 do.
+
+    `moto_server` (werkzeug's dev server) answers every request with `Connection: close`, so each
+    request would pay a TCP handshake, which no real endpoint makes a client do.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("MOTO_PORT", str(port))
+    import uvicorn
+    from moto.server import DomainDispatcherApplication, create_backend_app
+
+    logging.basicConfig(level=logging.INFO)
+    app = DomainDispatcherApplication(create_backend_app)
+    uvicorn.run(app, host="127.0.0.1", port=port, interface="wsgi", log_level="info", access_log=True,
+                use_colors=False, timeout_keep_alive=60, backlog=512)
+
+
 # --- helpers ----------------------------------------------------------------------------------
 
 
@@ -180,7 +200,8 @@ def db_relpath(key: str) -> str:
 class MotoLog:
     """moto's werkzeug request log, read between two marks."""
 
-    LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) (\S+)')
+    REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) (\S+)')
+    PEER = re.compile(r'(127\.0\.0\.1:\d+) - "')
 
     def __init__(self, path: Path):
         self.path = path
@@ -194,9 +215,18 @@ class MotoLog:
             f.seek(since)
             text = f.read().decode("utf-8", "replace")
         counts: collections.Counter = collections.Counter()
-        for m in self.LINE.finditer(text):
+        peers = set()
+        for line in text.splitlines():
+            m = self.REQUEST.search(line)
+            if not m:
+                continue
             verb, path = m.groups()
             counts["LIST" if verb == "GET" and "list-type" in path else verb] += 1
+            peer = self.PEER.search(line)
+            if peer:
+                peers.add(peer.group(1))
+        if peers:
+            counts["connections"] = len(peers)  # distinct client ports (uvicorn logs them)
         return dict(counts)
 
 
@@ -259,15 +289,52 @@ def litestream_config(home: Path) -> Path:
     return home / "litestream.yml"
 
 
-def replicate_once(config: Path, data: Path, endpoint: str, socket_path: Path) -> None:
+def replicate(config: Path, data: Path, endpoint: str, socket_path: Path, keys: list[str], rows: dict[str, int],
+              increments: int, seed: int) -> None:
+    """Run `litestream replicate` as the supervisor does; sync every database through the control
+    socket, then `increments` times append a few rows and sync again; stop it (final sync).
+
+    (`replicate -once` is not used: each run of it uploads the whole database again as a new L0
+    file, so a restore would have to fetch several full copies.)
+    """
+    from edgehost.litestream import ControlSocket
+
     env = {**base_env(), "EDGEHOST_DATA_DIR": str(data), "EDGEHOST_GLOBAL_DB_NAME": GLOBAL_NAME,
            "EDGEHOST_PROPERTY_DB_NAME": PROPERTY_NAME, "EDGEHOST_REPLICA_URL": f"s3://{BUCKET}/{PREFIX}",
            "EDGEHOST_S3_ENDPOINT": endpoint, "EDGEHOST_S3_REGION": "us-east-1", "EDGEHOST_S3_FORCE_PATH_STYLE": "true",
            "EDGEHOST_LITESTREAM_SOCKET": str(socket_path)}
-    proc = subprocess.run([str(LITESTREAM), "replicate", "-once", "-config", str(config)], env=env,
-                          capture_output=True, text=True, timeout=1200)
-    if proc.returncode != 0:
-        raise SystemExit(f"litestream replicate -once failed: {proc.stderr[-2000:]}")
+    log = open(config.parent / "litestream.log", "wb")
+    proc = subprocess.Popen([str(LITESTREAM), "replicate", "-config", str(config)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    sock = ControlSocket(socket_path, timeout=120)
+    paths = [str(data / db_relpath(k)) for k in keys]
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"litestream replicate exited: {(config.parent / 'litestream.log').read_text()[-2000:]}")
+            if sock.alive():
+                known = {d.get("path") for d in sock.list()}
+                if all(p in known for p in paths):
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit("litestream did not pick up every database within 300s")
+            time.sleep(0.5)
+
+        def sync_all() -> None:
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda p: sock.sync(Path(p), wait=True, timeout=110), paths))
+
+        sync_all()
+        for i in range(increments):
+            append_rows(data, keys, rows, seed + 1 + i)
+            sync_all()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def seed_bucket(args, endpoint: str, work: Path) -> dict[str, int]:
@@ -298,13 +365,10 @@ def seed_bucket(args, endpoint: str, work: Path) -> dict[str, int]:
     rows = build_databases(data, tenants, args.min_mb, args.max_mb, args.seed)
     built = time.monotonic()
     config = litestream_config(work / "source")
-    replicate_once(config, data, endpoint, work / "source" / "ls.sock")
-    for i in range(args.increments):
-        append_rows(data, list(rows), rows, args.seed + 1 + i)
-        replicate_once(config, data, endpoint, work / "source" / "ls.sock")
-    print(f"built {len(rows)} databases ({sum(p.stat().st_size for p in data.rglob('*.db')) / 2**20:.0f} MiB) in "
-          f"{built - started:.1f}s, replicated with litestream replicate -once x{1 + args.increments} in "
-          f"{time.monotonic() - built:.1f}s", file=sys.stderr, flush=True)
+    size = sum(p.stat().st_size for p in data.rglob("*.db*") if p.is_file())
+    replicate(config, data, endpoint, work / "source" / "ls.sock", list(rows), rows, args.increments, args.seed)
+    print(f"built {len(rows)} databases ({size / 2**20:.0f} MiB with their WAL) in {built - started:.1f}s, "
+          f"replicated ({1 + args.increments} syncs each) in {time.monotonic() - built:.1f}s", file=sys.stderr, flush=True)
     shutil.rmtree(work / "source" / "data")
     if cache:
         objects = []
@@ -438,6 +502,9 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--_proxy":
         run_proxy(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
         return
+    if len(sys.argv) == 3 and sys.argv[1] == "--_moto":
+        run_moto(int(sys.argv[2]))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tenants", type=int, default=200)
     ap.add_argument("--min-mb", type=float, default=1.0)
@@ -455,6 +522,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "edgehost-bench-cache"),
                     help="where the seeded bucket is kept between runs ('' disables)")
+    ap.add_argument("--server", choices=("uvicorn", "werkzeug"), default="uvicorn",
+                    help="what serves moto: uvicorn keeps connections alive; werkzeug (moto_server) closes each one")
     ap.add_argument("--json", dest="json_out", help="also write the results here")
     args = ap.parse_args()
 
@@ -464,8 +533,9 @@ def main() -> None:
     try:
         moto_port = free_port()
         log_path = work / "moto.log"
-        procs.append(subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-                                      stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=base_env()))
+        server = ([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)] if args.server == "werkzeug"
+                  else [sys.executable, __file__, "--_moto", str(moto_port)])
+        procs.append(subprocess.Popen(server, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=base_env()))
         wait_port(moto_port)
         direct = f"http://127.0.0.1:{moto_port}"
         log = MotoLog(log_path)
@@ -534,17 +604,16 @@ def main() -> None:
     print()
     print(f"{len(rows)} databases ({args.tenants} tenants of {args.min_mb:g}-{args.max_mb:g} MB + the global DB), "
           f"{total_bytes / 2**20:.0f} MiB of LTX; {os.cpu_count()} CPUs")
-    header = f"| network | method | seconds | x lower bound | LIST | GET | other | check |"
-    print(header)
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| network | method | seconds | x lower bound | LIST | GET | other | TCP conns | check |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     bounds = {r["network"]: r["seconds"] for r in results if r["method"].startswith("c ")}
     for r in results:
         bound = bounds.get(r["network"])
         ratio = f"{r['seconds'] / bound:.1f}" if bound else "-"
         req = dict(r["requests"])
-        lists, gets = req.pop("LIST", 0), req.pop("GET", 0)
+        lists, gets, conns = req.pop("LIST", 0), req.pop("GET", 0), req.pop("connections", "-")
         other = sum(req.values())
-        print(f"| {r['network']} | {r['method']} | {r['seconds']:.1f} | {ratio} | {lists} | {gets} | {other} | {r['check']} |")
+        print(f"| {r['network']} | {r['method']} | {r['seconds']:.1f} | {ratio} | {lists} | {gets} | {other} | {conns} | {r['check']} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

@@ -42,7 +42,9 @@ def _root(
 
 
 # Each module registers its verbs on `app` when imported.
-from . import config_cmd, portal_cmd, restore_cmd, tunnel_cmd, up_cmd, verify_cmd  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    config_cmd, doctor_cmd, launchd_cmd, portal_cmd, restore_cmd, systemd_cmd, tunnel_cmd, up_cmd, verify_cmd,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,9 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         db_error = ""
     except EdgehostError as exc:
         dbs, db_error = [], str(exc)
+    from ..state import drill_history
+
+    drills = drill_history(settings, limit=1)
     lagging = [d.name for d in dbs if d.lag_seconds is not None and d.lag_seconds > settings.lag_alert_seconds]
     report = {
         "supervisor": {k: supervisor[k] for k in ("pid", "phase", "uptime_seconds")},
@@ -50,6 +53,7 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         "lag_alert_seconds": settings.lag_alert_seconds,
         "lagging": lagging,
         "litestream_error": db_error,
+        "last_drill": drills[0] if drills else None,
     }
     if as_json:
         emit_json(report)
@@ -67,6 +71,13 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         console.print(table)
         if db_error:
             console.print(f"[red]litestream:[/] {db_error}")
+        if drills:
+            d = drills[0]
+            rto = f", RTO {d['rto_seconds']:.1f}s" if d["rto_seconds"] is not None else ""
+            console.print(f"last drill: {d['status'].upper()} ({d['scenario']}) at {d['finished_at']}, "
+                          f"{d['databases']} databases, {d['failed']} failures{rto}")
+        else:
+            console.print("last drill: never (run `edgehost drill`)")
         if lagging:
             console.print(f"[bold red]lagging beyond {settings.lag_alert_seconds:.0f}s:[/] {', '.join(lagging)}")
     if lagging or db_error:
