@@ -188,6 +188,12 @@ def base_env() -> dict[str, str]:
     return env  # AWS_CA_BUNDLE is gone with the other AWS_ vars: it breaks litestream 0.5.17's S3 client
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def db_url(key: str, endpoint: str) -> str:
     rel = GLOBAL_NAME if key == GLOBAL_KEY else f"{key}/{PROPERTY_NAME}"
     return f"s3://{BUCKET}/{PREFIX}/{rel}?endpoint={endpoint}&forcePathStyle=true&region=us-east-1"
@@ -547,11 +553,14 @@ def main() -> None:
         print(f"{len(keys)} databases; LTX objects a restore fetches per database: {dict(per_db)}; "
               f"{total_bytes / 2**20:.0f} MiB in all", file=sys.stderr, flush=True)
 
+        moto_pid = procs[0].pid
+        proxy_pid = None
         networks = [] if args.no_loopback else [("loopback", direct)]
         if args.delay_ms > 0:
             proxy_port = free_port()
             procs.append(subprocess.Popen([sys.executable, __file__, "--_proxy", str(proxy_port), str(moto_port),
                                            str(args.delay_ms)], env=base_env()))
+            proxy_pid = procs[-1].pid
             wait_port(proxy_port)
             networks.append((f"+{args.delay_ms:g}ms RTT", f"http://127.0.0.1:{proxy_port}"))
 
@@ -573,9 +582,12 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 mark = log.mark()
+                cpu = {"moto": cpu_seconds(moto_pid), "proxy": cpu_seconds(proxy_pid) if proxy_pid else 0.0}
                 started = time.monotonic()
                 proc = fn(keys, endpoint, out, work, **kw)
                 seconds = time.monotonic() - started
+                cpu = {"moto": cpu_seconds(moto_pid) - cpu["moto"],
+                       "proxy": (cpu_seconds(proxy_pid) - cpu["proxy"]) if proxy_pid and endpoint != direct else 0.0}
                 counts = log.counts(mark)
                 if proc.returncode != 0:
                     check = f"FAILED rc={proc.returncode}: {(proc.stderr or '').strip()[-300:]}"
@@ -588,9 +600,11 @@ def main() -> None:
                     per = sorted(r["seconds"] for r in report["results"])
                     check += (f"; edgehost says {report['seconds']:.1f}s, per DB median {per[len(per) // 2]:.2f}s"
                               f" max {per[-1]:.2f}s")
-                row = {"network": net, "method": label, "seconds": round(seconds, 2), "requests": counts, "check": check}
+                row = {"network": net, "method": label, "seconds": round(seconds, 2), "requests": counts,
+                       "moto_cpu": round(cpu["moto"], 1), "proxy_cpu": round(cpu["proxy"], 1), "check": check}
                 results.append(row)
-                print(f"  {net:14s} {label:20s} {seconds:8.2f}s  {counts}  {check}", file=sys.stderr, flush=True)
+                print(f"  {net:14s} {label:20s} {seconds:8.2f}s  {counts}  moto cpu {cpu['moto']:.1f}s"
+                      f"  proxy cpu {cpu['proxy']:.1f}s  {check}", file=sys.stderr, flush=True)
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         for p in reversed(procs):
@@ -604,8 +618,8 @@ def main() -> None:
     print()
     print(f"{len(rows)} databases ({args.tenants} tenants of {args.min_mb:g}-{args.max_mb:g} MB + the global DB), "
           f"{total_bytes / 2**20:.0f} MiB of LTX; {os.cpu_count()} CPUs")
-    print("| network | method | seconds | x lower bound | LIST | GET | other | TCP conns | check |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| network | method | seconds | x lower bound | LIST | GET | other | TCP conns | moto CPU s | proxy CPU s | check |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     bounds = {r["network"]: r["seconds"] for r in results if r["method"].startswith("c ")}
     for r in results:
         bound = bounds.get(r["network"])
@@ -613,7 +627,7 @@ def main() -> None:
         req = dict(r["requests"])
         lists, gets, conns = req.pop("LIST", 0), req.pop("GET", 0), req.pop("connections", "-")
         other = sum(req.values())
-        print(f"| {r['network']} | {r['method']} | {r['seconds']:.1f} | {ratio} | {lists} | {gets} | {other} | {conns} | {r['check']} |")
+        print(f"| {r['network']} | {r['method']} | {r['seconds']:.1f} | {ratio} | {lists} | {gets} | {other} | {conns} | {r['moto_cpu']:.1f} | {r['proxy_cpu']:.1f} | {r['check']} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

@@ -1,0 +1,45 @@
+"""The docs are a contract: every command is in the README and has help; every linked page exists."""
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+import typer
+
+from edgehost.cli import app, main
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def _commands() -> list[str]:
+    root = typer.main.get_command(app)
+    names = []
+    for name, cmd in root.commands.items():
+        if isinstance(cmd, click.Group):
+            names += [f"{name} {sub}" for sub in cmd.commands]
+        else:
+            names.append(name)
+    return sorted(names)
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_is_in_the_readme_and_has_help(command, capsys):
+    top, _, sub = command.partition(" ")
+    assert f"`edgehost {top}" in README, f"README's command table lacks edgehost {top}"
+    if sub:
+        assert re.search(rf"`edgehost {top}[^`]*\b{sub}\b", README), f"README lacks edgehost {command}"
+    assert main([*command.split(), "--help"]) == 0
+    assert "Usage:" in capsys.readouterr().out
+
+
+def test_every_linked_doc_exists():
+    for link in re.findall(r"\]\((docs/[^)]+)\)", README):
+        assert (REPO / link).is_file(), link
+
+
+def test_the_readme_quick_start_is_what_ci_runs():
+    ci = (REPO / ".ci" / "run").read_text()
+    test_cmd = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest"
+    assert test_cmd in README and test_cmd in ci
