@@ -53,3 +53,14 @@ def test_healthz_opens_every_database(client, kit_home):
     resp = client.get("/healthz")
     assert resp.status_code == 503
     assert resp.json()["databases"]["acme"]["ok"] is False
+
+
+def test_with_access_configured_the_portal_refuses_requests_without_a_jwt(kit_home):
+    settings = kit_home.settings(EDGEHOST_ACCESS_TEAM="myteam", EDGEHOST_ACCESS_AUD="a" * 64)
+    store.ensure_global(settings)
+    client = TestClient(create_app(settings), client=("127.0.0.1", 5000))
+    assert client.get("/healthz").status_code == 200  # loopback health checks stay open
+    resp = client.get("/properties")
+    assert resp.status_code == 403
+    assert client.post("/properties", json={"slug": "x"}).status_code == 403
+    assert not (settings.data_dir / "x").exists()

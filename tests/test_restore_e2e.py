@@ -155,6 +155,10 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(s3_home, tmp_pat
     before = sorted(p.name for p in settings.data_dir.rglob("*"))
     assert before == sorted(p.name for p in settings.data_dir.rglob("*"))
 
+    dry = edgehost(s3_home, "restore", "--all", "--dry-run")
+    assert dry.returncode == 0 and "plan: restore 2 database(s) at latest" in dry.stderr
+    assert not (settings.state_dir / "restores").exists()
+
     no_keys = {k: v for k, v in s3_home.env.items() if not k.startswith("AWS_")}
     import subprocess, sys, os
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}

@@ -175,3 +175,33 @@ def test_killing_the_supervisor_takes_its_children_down(kit_home):
     # and the next `edgehost up` starts cleanly over the stale pid file and sockets
     again = start_supervisor(kit_home, log_name="up2.log")
     assert again.stop() == 0
+
+
+def test_metrics_show_per_db_lag_and_sighup_reopens_logs(kit_home):
+    settings = kit_home.settings()
+    up = start_supervisor(kit_home)
+    try:
+        httpx.post(f"{settings.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+
+        def scraped():
+            text = httpx.get(metrics_url).text
+            return text if 'edgehost_replication_lag_seconds{db="acme"}' in text else None
+
+        text = wait_until(scraped, 30, interval=0.5, what="the lag gauge for acme")
+        assert re.search(r'edgehost_replication_lag_seconds\{db="global"\} \d', text)
+        assert 'edgehost_service_up{service="portal"} 1' in text
+
+        # newsyslog moves the file away and sends SIGHUP: new lines must land in a new file
+        log = settings.log_dir / "portal.log"
+        rotated = settings.log_dir / "portal.log.0"
+        log.rename(rotated)
+        up.popen.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: log files reopened" in (settings.log_dir / "edgehost.log").read_text()
+                   if (settings.log_dir / "edgehost.log").exists() else False, 10, what="reopen")
+        portal = service(settings, "portal")
+        os.kill(portal["pid"], signal.SIGKILL)  # make the portal say something
+        wait_until(lambda: log.exists() and "Uvicorn running" in log.read_text(), 30, what="portal lines in the new file")
+        assert "Uvicorn running" in rotated.read_text()
+    finally:
+        assert up.stop() == 0

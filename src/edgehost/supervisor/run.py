@@ -21,6 +21,7 @@ from ..portal.store import ensure_data_dir
 from ..replica import ReplicaStore, replica_keys
 from ..restore import RestoreResult, restore_db
 from ..settings import SECRET_NAMES, Settings
+from ..sqlite import journal_mode
 from .control import ControlServer, MetricsServer
 from .logs import LogHub
 from .policy import Backoff
@@ -89,6 +90,11 @@ def preflight(settings: Settings) -> Preflight:
         if len(str(path).encode()) > SOCKET_PATH_MAX:
             raise BadInput(f"{path}: socket path too long for a unix socket; use a shorter state_dir")
     binary, version = litestream.check_binary(settings.environ)
+    for ref in layout.local_databases(settings):
+        mode = journal_mode(ref.path)
+        if mode != "wal":
+            raise BadInput(f"{ref.path}: database is in '{mode}' journal mode, edgehost needs WAL; "
+                           f"stop its writers and run: sqlite3 {ref.path} 'PRAGMA journal_mode=WAL'")
     store = ReplicaStore(repl.tenants_root, settings.s3_endpoint, settings.s3_region, dict(settings.environ))
     store.reachable()
     if settings.tunnel.enabled:
