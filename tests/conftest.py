@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,16 +11,10 @@ from typing import Iterator
 import pytest
 
 from edgehost.litestream import find_binary
-from edgehost.settings import Settings, load_settings
+
+from procs import S3_KEYS, KitHome, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -64,21 +56,6 @@ def moto_s3() -> Iterator[MotoS3]:
         yield MotoS3(endpoint=f"http://127.0.0.1:{port}")
     finally:
         server.stop()
-
-
-@dataclass
-class KitHome:
-    """A kit home directory (litestream.yml from the repo, data/, state/) and its environment."""
-
-    path: Path
-    env: dict[str, str]
-
-    def settings(self, **extra_env: str) -> Settings:
-        return load_settings(self.path, {**self.env, **extra_env})
-
-    def environ(self) -> dict[str, str]:
-        """A full process environment for subprocesses run in this home."""
-        return {**os.environ, **self.env}
 
 
 def _short_home(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -4,15 +4,43 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from edgehost import litestream
+from edgehost.settings import Settings, load_settings
+
+
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class KitHome:
+    """A kit home directory (litestream.yml from the repo, data/, state/) and its environment."""
+
+    path: Path
+    env: dict[str, str]
+
+    def settings(self, **extra_env: str) -> Settings:
+        return load_settings(self.path, {**self.env, **extra_env})
+
+    def environ(self) -> dict[str, str]:
+        """A full process environment for subprocesses run in this home."""
+        return {**os.environ, **self.env}
+
 
 
 class Proc:
@@ -185,3 +213,12 @@ class Writer:
 def edgehost(home, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run one `edgehost` command in a home, as a user would."""
     return subprocess.run(edgehost_argv(*args), env=home.environ(), capture_output=True, text=True, timeout=timeout)
+
+
+def sync_db(settings, ref) -> dict:
+    """Wait until litestream watches `ref`, then force a sync and wait for the upload."""
+    sock = litestream.ControlSocket(settings.litestream_socket)
+    wait_until(lambda: str(ref.path) in {d["path"] for d in sock.list()}, 30, what=f"litestream to watch {ref.path}")
+    result = sock.sync(ref.path, wait=True)
+    assert result["replicated_txid"] >= result["txid"], result
+    return result

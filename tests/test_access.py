@@ -30,7 +30,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from conftest import free_port
+from procs import free_port
 from edgehost.access import AccessConfig, AccessIdentity, AccessMiddleware, access_from_env, certs_url_for
 from edgehost.errors import BadInput
 

@@ -74,7 +74,7 @@ def test_up_refuses_a_missing_binary_an_unusable_data_dir_and_a_rollback_db(kit_
 
 
 def test_up_refuses_an_unreachable_replica(kit_home):
-    from conftest import S3_KEYS, free_port
+    from procs import S3_KEYS, free_port
 
     kit_home.env.update({"EDGEHOST_REPLICA_URL": "s3://some-bucket/x",
                          "EDGEHOST_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}", **S3_KEYS})

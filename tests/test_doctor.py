@@ -24,7 +24,7 @@ from edgehost import doctor, launchd
 from edgehost.cli import main
 from edgehost.portal import store
 
-from conftest import KitHome, free_port
+from procs import KitHome, free_port
 
 
 def run_doctor(home: KitHome, **extra: str) -> doctor.DoctorReport:

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from edgehost import layout, litestream
-from procs import plain_restore, rows, start_litestream, start_portal, wait_until
+from procs import plain_restore, rows, start_litestream, start_portal, sync_db
 
 pytestmark = pytest.mark.e2e
 
@@ -18,12 +18,8 @@ def _write(url: str, slug: str, n: int) -> list[int]:
 
 
 def _sync_all(settings, refs):
-    sock = litestream.ControlSocket(settings.litestream_socket)
     for ref in refs:
-        wait_until(lambda: str(ref.path) in {d["path"] for d in sock.list()}, 30,
-                   what=f"litestream to pick up {ref.path}")
-        result = sock.sync(ref.path, wait=True)
-        assert result["replicated_txid"] >= result["txid"]
+        sync_db(settings, ref)
 
 
 def _replication_roundtrip(home, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,15 +12,9 @@ import pytest
 
 from edgehost import layout, litestream
 from edgehost.sqlite import connect, content_hash
-from procs import edgehost, plain_restore, rows, start_supervisor, supervisor_status, wait_until
+from procs import edgehost, plain_restore, rows, start_supervisor, supervisor_status, sync_db
 
 pytestmark = pytest.mark.e2e
-
-
-def _sync(settings, ref) -> dict:
-    sock = litestream.ControlSocket(settings.litestream_socket)
-    wait_until(lambda: str(ref.path) in {d["path"] for d in sock.list()}, 30, what="litestream to watch the DB")
-    return sock.sync(ref.path, wait=True)
 
 
 def _events(url, slug, n, kind="k"):
@@ -42,14 +35,14 @@ def test_an_accidental_delete_is_undone_by_time_and_by_txid(running, tmp_path):
     httpx.post(f"{url}/properties", json={"slug": "acme"}).raise_for_status()
     ids = _events(url, "acme", 40)
     ref = layout.property_db(settings, "acme")
-    good_txid = _sync(settings, ref)["txid"]
+    good_txid = sync_db(settings, ref)["txid"]
     time.sleep(1.5)
     before_delete = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     time.sleep(1.5)
     conn = connect(ref.path)
     conn.execute("DELETE FROM compliance_events WHERE id > 5")  # the accidental DELETE
     conn.close()
-    _sync(settings, ref)
+    sync_db(settings, ref)
     assert len(httpx.get(f"{url}/properties/acme/events").json()["events"]) == 5
 
     proc = edgehost(home, "restore", "acme", "--at", before_delete, "--to", str(tmp_path / "by-time"), "--json")
@@ -78,7 +71,7 @@ def test_restore_all_of_30_tenants_equals_the_live_data(running, tmp_path):
         _events(url, slug, 1 + i % 4)
     httpx.put(f"{url}/study/users/u1", json={"email": "u@x"}).raise_for_status()
     for ref in layout.local_databases(settings):
-        _sync(settings, ref)
+        sync_db(settings, ref)
 
     proc = edgehost(home, "restore", "--all", "--parallel", "8", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -98,9 +91,9 @@ def test_in_place_restore_swaps_keeps_the_old_file_and_replication_goes_on(runni
     httpx.post(f"{url}/properties", json={"slug": "acme"}).raise_for_status()
     first = _events(url, "acme", 10)
     ref = layout.property_db(settings, "acme")
-    txid = _sync(settings, ref)["txid"]
+    txid = sync_db(settings, ref)["txid"]
     later = _events(url, "acme", 10, kind="later")
-    _sync(settings, ref)
+    sync_db(settings, ref)
     portal_pid = next(s["pid"] for s in supervisor_status(settings)["services"] if s["name"] == "portal")
 
     proc = edgehost(home, "restore", "acme", "--txid", f"{txid:x}", "--in-place")
@@ -115,7 +108,7 @@ def test_in_place_restore_swaps_keeps_the_old_file_and_replication_goes_on(runni
     assert [r[0] for r in rows(kept[0], "SELECT id FROM compliance_events ORDER BY id")] == first + later
     # writes after the swap reach the replica: a later plain restore has them
     after = _events(url, "acme", 3, kind="after")
-    _sync(settings, ref)
+    sync_db(settings, ref)
     out = tmp_path / "after.db"
     r = plain_restore(litestream.replication(settings).restore_url(ref), out, home.environ())
     assert r.returncode == 0, r.stderr
@@ -129,7 +122,7 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(s3_home, tmp_pat
     up = start_supervisor(s3_home)
     try:
         httpx.post(f"{settings.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
-        _sync(settings, layout.property_db(settings, "acme"))
+        sync_db(settings, layout.property_db(settings, "acme"))
     finally:
         up.stop()
     existing = tmp_path / "exists"

@@ -12,7 +12,7 @@ import pytest
 
 from edgehost import layout, litestream
 from procs import (Proc, Writer, edgehost_argv, pid_alive, plain_restore, rows, service, start_supervisor,
-                   supervisor_status, wait_until)
+                   supervisor_status, sync_db, wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -24,13 +24,6 @@ def _restored_ids(home, slug, tmp_path) -> list[int]:
     proc = plain_restore(litestream.replication(settings).restore_url(ref), out, home.environ())
     assert proc.returncode == 0, proc.stderr
     return [r[0] for r in rows(out, "SELECT id FROM compliance_events ORDER BY id")]
-
-
-def _sync(settings, slug):
-    ref = layout.property_db(settings, slug)
-    sock = litestream.ControlSocket(settings.litestream_socket)
-    wait_until(lambda: str(ref.path) in {d["path"] for d in sock.list()}, 30, what="litestream to watch the DB")
-    return sock.sync(ref.path, wait=True)
 
 
 def test_start_order_restart_after_kill_and_clean_stop(s3_home, tmp_path):
@@ -61,7 +54,7 @@ def test_start_order_restart_after_kill_and_clean_stop(s3_home, tmp_path):
         time.sleep(1)
         acked = writer.stop()
         assert len(acked) > 20
-        _sync(settings, "acme")
+        sync_db(settings, layout.property_db(settings, "acme"))
         assert set(acked) <= set(_restored_ids(s3_home, "acme", tmp_path))
 
         pids = [s["pid"] for s in supervisor_status(settings)["services"]]
@@ -98,7 +91,7 @@ def test_a_fresh_machine_gets_every_database_back_before_the_portal_starts(s3_ho
     for slug in ("alpha", "bravo", "charlie"):
         httpx.post(f"{url}/properties", json={"slug": slug}).raise_for_status()
         expected[slug] = [httpx.post(f"{url}/properties/{slug}/events", json={"kind": "k"}).json()["id"] for _ in range(5)]
-        _sync(settings, slug)
+        sync_db(settings, layout.property_db(settings, slug))
     httpx.put(f"{url}/study/users/u1", json={"email": "a@b.c"}).raise_for_status()
     litestream.ControlSocket(settings.litestream_socket).sync(settings.global_db, wait=True)
     assert up.stop() == 0
@@ -119,7 +112,7 @@ def test_a_fresh_machine_gets_every_database_back_before_the_portal_starts(s3_ho
         assert httpx.get(f"{url}/study/users/u1").json()["email"] == "a@b.c"
         # and the restored databases go on replicating
         new_id = httpx.post(f"{url}/properties/alpha/events", json={"kind": "after"}).json()["id"]
-        _sync(settings, "alpha")
+        sync_db(settings, layout.property_db(settings, "alpha"))
         assert _restored_ids(s3_home, "alpha", tmp_path) == expected["alpha"] + [new_id]
     finally:
         assert up.stop() == 0

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from edgehost.tunnel import TunnelSpec, render_config
-from conftest import free_port
+from procs import free_port
 from procs import Proc, edgehost_argv, service, start_supervisor, supervisor_status
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import pytest
 
 from edgehost import layout, litestream
 from edgehost.replica import ReplicaStore
-from procs import Writer, edgehost, service, start_supervisor, wait_until
+from procs import Writer, edgehost, start_supervisor, wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -453,7 +453,7 @@ def render_markdown(report: DrillReport) -> str:
         "",
         f"- started {report.started_at}, finished {report.finished_at}",
         f"- restore point: {report.point}",
-        f"- RTO (start to portal healthy on restored data): "
+        "- RTO (start to portal healthy on restored data): "
         + (f"{report.rto_seconds:.2f} s" if report.rto_seconds is not None else "n/a"),
     ]
     if report.restore_seconds is not None:

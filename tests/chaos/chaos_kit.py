@@ -529,16 +529,18 @@ def fill_disk(path: Path, reserve: int = 0) -> Path:
     """Write a ballast file until the filesystem at `path` is full (leaving `reserve` bytes)."""
     ballast = path / "ballast.bin"
     chunk = b"\0" * (1 << 20)
-    with open(ballast, "wb") as f:
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
         while True:
-            free = os.statvfs(path).f_bavail * os.statvfs(path).f_frsize
+            free = free_bytes(path)
             if free <= reserve:
                 break
             try:
-                f.write(chunk[: max(4096, min(len(chunk), free - reserve))])
-                f.flush()
-            except OSError:
+                os.write(fd, chunk[: max(4096, min(len(chunk), free - reserve))])
+            except OSError:  # ENOSPC: full
                 break
+    finally:
+        os.close(fd)
     return ballast
 
 

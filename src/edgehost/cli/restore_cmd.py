@@ -7,7 +7,6 @@ from typing import List, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from .. import layout, litestream
 from ..errors import BadInput, ExitStatus

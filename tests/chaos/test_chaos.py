@@ -1,0 +1,348 @@
+"""Fault injection against the real stack: `edgehost up` (supervisor, guards, litestream 0.5, the portal),
+a moto S3 server over HTTP, writers that remember every acknowledged write.
+
+After each fault: `edgehost verify --all` passes once the system has recovered, and every acknowledged
+write is in a fresh `edgehost restore --all --to DIR`, with its content. Counts are reduced by default
+(what CI runs); EDGEHOST_CHAOS_FULL=1 runs the full ones. See docs/reliability.md.
+
+    .venv/bin/pytest tests/chaos -m chaos                          # reduced, ~2-3 minutes
+    EDGEHOST_CHAOS_FULL=1 .venv/bin/pytest tests/chaos -m chaos    # full, ~30-60 minutes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from chaos_kit import (FULL, SYNC_INTERVAL, ChaosResult, SwitchableProxy, assert_nothing_lost, count, create_properties, db_holders, fill_disk, final_checks, free_bytes, fresh_restore,
+                       home_processes, mount_tmpfs, portal_serves, power_cut, record, rng, services,
+                       start_writers, stats, umount, wait_all_running)
+from procs import edgehost, pid_alive, start_supervisor, wait_until
+
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(3600 if FULL else 300)]
+
+SLUGS = ["alpha", "bravo"]
+
+
+def _stop(up) -> int:
+    code = up.stop(90)
+    return code
+
+
+# --- 1. kill -9 litestream ----------------------------------------------------------------------
+
+
+def test_kill9_litestream_while_writing(chaos_home, tmp_path):
+    n, r = count("litestream_kills"), rng("litestream")
+    settings = chaos_home.settings()
+    result = ChaosResult("kill -9 litestream", n, "kills")
+    up = start_supervisor(chaos_home)
+    cmp, code = None, None
+    try:
+        create_properties(settings.portal_url, SLUGS)
+        writers = start_writers(settings.portal_url, SLUGS)
+        writers[0].wait_acks(20)
+        recover = []
+        for _ in range(n):
+            time.sleep(r.uniform(0.2, 2.5))
+            old = services(settings)["litestream"]["pid"]
+            os.kill(old, signal.SIGKILL)
+            t0 = time.monotonic()
+            wait_all_running(settings, 60, exclude_pids={"litestream": old})  # running = its control socket answers
+            recover.append(time.monotonic() - t0)
+        result.recover_seconds, result.recover_mean = stats(recover)
+        assert services(settings)["litestream"]["restarts"] == n
+        writers[0].wait_acks(20)
+        cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
+    finally:
+        code = _stop(up)
+        record(result)
+    assert_nothing_lost(cmp)
+    assert code == 0, up.output()[-3000:]
+
+
+# --- 2. kill -9 the portal ----------------------------------------------------------------------
+
+
+def test_kill9_portal_while_writing(chaos_home, tmp_path):
+    n, r = count("portal_kills"), rng("portal")
+    settings = chaos_home.settings()
+    url = settings.portal_url
+    result = ChaosResult("kill -9 portal", n, "kills")
+    up = start_supervisor(chaos_home)
+    cmp, code = None, None
+    try:
+        create_properties(url, SLUGS)
+        writers = start_writers(url, SLUGS)
+        writers[0].wait_acks(20)
+        recover = []
+        for _ in range(n):
+            time.sleep(r.uniform(0.2, 2.0))
+            old = services(settings)["portal"]["pid"]
+            os.kill(old, signal.SIGKILL)
+            t0 = time.monotonic()
+            wait_all_running(settings, 60, exclude_pids={"portal": old})
+            wait_until(lambda: portal_serves(url), 30, interval=0.05, what="portal serving")
+            recover.append(time.monotonic() - t0)
+        result.recover_seconds, result.recover_mean = stats(recover)
+        writers[0].wait_acks(20)
+        cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
+    finally:
+        code = _stop(up)
+        record(result)
+    assert_nothing_lost(cmp)
+    assert code == 0, up.output()[-3000:]
+
+
+# --- 3. kill -9 the supervisor ------------------------------------------------------------------
+
+
+def test_kill9_supervisor_children_die_and_next_up_recovers(chaos_home, tmp_path):
+    n, r = count("supervisor_kills"), rng("supervisor")
+    settings = chaos_home.settings()
+    url = settings.portal_url
+    result = ChaosResult("kill -9 supervisor", n, "kills")
+    up = start_supervisor(chaos_home)
+    cmp, code, writers = None, None, []
+    orphans_gone, recover = [], []
+    try:
+        create_properties(url, SLUGS)
+        writers = start_writers(url, SLUGS)
+        for k in range(n):
+            writers[0].wait_acks(20)
+            time.sleep(r.uniform(0.2, 2.0))
+            svc = services(settings)
+            children = [s["pid"] for s in svc.values()] + [s["group"] for s in svc.values()]  # services and guards
+            os.kill(up.pid, signal.SIGKILL)
+            t0 = time.monotonic()
+            # Each guard sees its stdin close and stops its child (litestream gets SIGTERM and makes its final sync).
+            wait_until(lambda: not any(pid_alive(p) for p in children), 90, interval=0.05,
+                       what="the dead supervisor's children to exit")
+            orphans_gone.append(time.monotonic() - t0)
+            assert db_holders(settings.data_dir) == {}, "a process still holds the databases open"
+            assert home_processes(chaos_home) == [], "a process of the killed supervisor lives on"
+            up.stop()
+
+            t1 = time.monotonic()
+            up = start_supervisor(chaos_home, log_name=f"up{k + 1}.log")  # over the stale pid file and sockets
+            for w in writers:
+                w.wait_acks(1, timeout=60)
+            recover.append(time.monotonic() - t1)
+            log = up.output()
+            assert "every database in the replica is on disk" in log, log[-3000:]
+        result.recover_seconds, result.recover_mean = stats(recover)
+        g_max, g_mean = stats(orphans_gone)
+        result.notes = f"children gone {g_max:.2f} s max / {g_mean:.2f} s mean after the kill; recover = new `up` to writes acked"
+        cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
+    finally:
+        for w in writers:
+            w.stop()
+        code = _stop(up)
+        record(result)
+    assert_nothing_lost(cmp)
+    assert code == 0, up.output()[-3000:]
+
+
+# --- 4. the S3 endpoint gone --------------------------------------------------------------------
+
+
+def _status(home) -> tuple[int, dict]:
+    proc = edgehost(home, "status", "--json", timeout=60)
+    assert proc.returncode in (0, 1), f"status exit {proc.returncode}: {proc.stderr[-2000:]}"
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def _max_lag(report: dict) -> float:
+    return max((d["lag_seconds"] or 0.0) for d in report["databases"])
+
+
+def test_s3_endpoint_gone_lag_alerts_and_drains(chaos_home, moto_s3, tmp_path):
+    outage = count("s3_outage_seconds")
+    threshold = 5.0
+    proxy = SwitchableProxy(moto_s3.endpoint)
+    chaos_home.env.update({"EDGEHOST_S3_ENDPOINT": proxy.endpoint, "EDGEHOST_LAG_ALERT_SECONDS": str(threshold)})
+    settings = chaos_home.settings()
+    url = settings.portal_url
+    result = ChaosResult("S3 endpoint gone", outage, "s outage")
+    up = start_supervisor(chaos_home)
+    cmp, code, samples = None, None, []
+    try:
+        create_properties(url, SLUGS)
+        writers = start_writers(url, SLUGS)
+        writers[0].wait_acks(20)
+        wait_until(lambda: _status(chaos_home)[0] == 0, 30, interval=0.5, what="status OK before the outage")
+
+        acked_before = sum(w.count() for w in writers)
+        t0 = time.monotonic()
+        proxy.set_mode("blackhole")  # first half: packets vanish; second half: connections refused
+        while (elapsed := time.monotonic() - t0) < outage:
+            if elapsed >= outage / 2 and proxy.mode == "blackhole":
+                proxy.set_mode("refuse")
+            exit_code, report = _status(chaos_home)
+            samples.append((round(time.monotonic() - t0, 1), _max_lag(report), exit_code, report["lagging"]))
+            time.sleep(1.0)
+        acked_during = sum(w.count() for w in writers) - acked_before
+        proxy.set_mode("up")
+        t_back = time.monotonic()
+        print(f"[chaos] outage samples (t, max lag, exit, lagging): {samples}")
+
+        # Lag grew through the outage, status alerted (exit 1) once it passed the threshold, and only then.
+        lags = [s[1] for s in samples]
+        assert max(lags) >= min(outage - 5, threshold + 5), samples
+        assert lags[-1] >= lags[len(lags) // 2] >= lags[0], samples
+        for t, lag, exit_code, lagging in samples:
+            assert (exit_code == 1) == (lag > threshold), (t, lag, exit_code, lagging)
+        assert any(s[2] == 1 for s in samples)
+        assert acked_during > 0, "writes must go on while the replica is unreachable"
+
+        # The endpoint is back: the lag drains (below one sync round while writers run), status is OK again.
+        drained = []
+
+        def caught_up():
+            exit_code, report = _status(chaos_home)
+            drained.append((round(time.monotonic() - t_back, 1), _max_lag(report), exit_code))
+            return exit_code == 0 and _max_lag(report) <= 2 * SYNC_INTERVAL
+
+        wait_until(caught_up, 180, interval=0.5, what="the replication lag to drain")
+        result.recover_seconds = result.recover_mean = round(time.monotonic() - t_back, 2)
+        for w in writers:
+            w.stop()
+        wait_until(lambda: (lambda c, rep: c == 0 and _max_lag(rep) == 0)(*_status(chaos_home)), 60, interval=0.5,
+                   what="lag back to exactly 0 once writes stop")
+        print(f"[chaos] drain samples (t, max lag, exit): {drained}")
+        first_alert = next((s[0] for s in samples if s[2] == 1), None)
+        result.notes = (f"lag alert threshold {threshold:.0f} s, status exit 1 from t={first_alert} s, peak lag "
+                        f"{max(lags):.0f} s; {acked_during} writes acknowledged during the outage; recover = endpoint back to lag drained")
+        cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
+    finally:
+        proxy.set_mode("up")
+        code = _stop(up)
+        proxy.close()
+        record(result)
+    assert_nothing_lost(cmp)
+    assert code == 0, up.output()[-3000:]
+
+
+# --- 5. a power cut -----------------------------------------------------------------------------
+
+
+def test_power_cut_everything_killed_at_once(chaos_home, tmp_path):
+    n, r = count("power_cuts"), rng("power cut")
+    settings = chaos_home.settings()
+    url = settings.portal_url
+    result = ChaosResult("power cut (all kill -9)", n, "cuts")
+    up = start_supervisor(chaos_home)
+    cmp, code, writers = None, None, []
+    recover, in_window, beyond = [], 0, []
+    try:
+        create_properties(url, SLUGS)
+        writers = start_writers(url, SLUGS)
+        for k in range(n):
+            for w in writers:
+                w.wait_acks(10, timeout=60)
+            time.sleep(r.uniform(0.0, 2.0))
+            svc = services(settings)
+            expected = {up.pid} | {s["pid"] for s in svc.values()} | {s["group"] for s in svc.values()}
+            pids = home_processes(chaos_home)
+            assert expected <= set(pids), (expected, pids)
+            power_cut(pids)
+            t_cut = time.time()
+            wait_until(lambda: not any(pid_alive(p) for p in pids), 10, interval=0.02, what="everything dead")
+            up.stop()
+            # What had reached the replica at the cut: the loss had the disk died too.
+            acks_at_cut = {w.name: dict(w.acked) for w in writers}
+            missing = _missing_in_replica_at_cut(chaos_home, writers, acks_at_cut, tmp_path / f"at-cut-{k}")
+            for _, _, at in missing:
+                if t_cut - at < SYNC_INTERVAL:
+                    in_window += 1
+                else:
+                    beyond.append(round(t_cut - at, 2))
+
+            t1 = time.monotonic()
+            up = start_supervisor(chaos_home, log_name=f"up{k + 1}.log")
+            for w in writers:
+                w.wait_acks(1, timeout=60)
+            recover.append(time.monotonic() - t1)
+        result.recover_seconds, result.recover_mean = stats(recover)
+        result.in_window = in_window
+        result.notes = ("in-window rows were recovered from the WAL on disk after restart; "
+                        f"not in the replica at the cut but older than {SYNC_INTERVAL:.0f} s: {len(beyond)}"
+                        + (f" (ages {sorted(beyond)[-5:]} s)" if beyond else "")
+                        + "; recover = new `up` to writes acked")
+        cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
+    finally:
+        for w in writers:
+            w.stop()
+        code = _stop(up)
+        record(result)
+    assert_nothing_lost(cmp)
+    assert code == 0, up.output()[-3000:]
+
+
+def _missing_in_replica_at_cut(home, writers, acks_at_cut, dest):
+    """Acknowledged writes a restore made right after the cut (nothing running) does not have."""
+    fresh_restore(home, dest)
+    settings = home.settings()
+    missing = []
+    for w in writers:
+        db = dest / w.relpath(settings)
+        got = w.read_rows(db) if db.exists() else {}
+        missing += [(w.name, key, ack.at) for key, ack in acks_at_cut[w.name].items() if key not in got]
+    return missing
+
+
+# --- 6. the data disk full ----------------------------------------------------------------------
+
+
+def test_data_disk_full(chaos_home, tmp_path):
+    n = count("disk_full_cycles")
+    settings = chaos_home.settings()
+    data = settings.data_dir
+    why = mount_tmpfs(data, "32m")
+    if why:
+        print(f"[chaos] disk full: SKIPPED: {why}")
+        pytest.skip(why)
+    url = settings.portal_url
+    result = ChaosResult("data disk full", n, "fills")
+    cmp, code, writers, up = None, None, [], None
+    hold = 10.0 if FULL else 4.0
+    recover, refused = [], []
+    try:
+        up = start_supervisor(chaos_home)
+        create_properties(url, SLUGS)
+        writers = start_writers(url, SLUGS, pad=1500)
+        for k in range(n):
+            for w in writers:
+                w.wait_acks(20, timeout=60)
+            errors_before = sum(w.errors for w in writers)
+            ballast = fill_disk(data)
+            print(f"[chaos] disk full #{k + 1}: {free_bytes(data)} bytes free")
+            time.sleep(hold)
+            refused.append(sum(w.errors for w in writers) - errors_before)
+            ballast.unlink()  # the operator frees space
+            t0 = time.monotonic()
+            for w in writers:
+                w.wait_acks(5, timeout=120)
+            wait_all_running(settings, 60)
+            recover.append(time.monotonic() - t0)
+        result.recover_seconds, result.recover_mean = stats(recover)
+        result.notes = (f"tmpfs 32 MiB, full for {hold:.0f} s each time; writes refused while full: {refused}; "
+                        "recover = space freed to every writer acknowledged again")
+        assert all(x > 0 for x in refused), "a full disk must refuse writes"
+        cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
+    finally:
+        for w in writers:
+            w.stop()
+        if up is not None:
+            code = _stop(up)
+        from chaos_kit import reap_home
+
+        reap_home(chaos_home)
+        umount(data)
+        record(result)
+    assert_nothing_lost(cmp)
+    assert code == 0, up.output()[-3000:]
