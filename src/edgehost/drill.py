@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -208,14 +209,17 @@ def _rpo(settings: Settings, repl: litestream.Replication, binary: Path, env: di
         lags = {d.name: d.lag_seconds for d in status.replication_status(settings)}
     except EdgehostError:
         pass  # litestream not running: fall back to the replica's own timestamps
-    for key in keys:
+    def one(key: str) -> tuple[str, tuple[float | None, str]]:
         ref = layout.ref_for(settings, key)
         window = restore_window(binary, env, repl.restore_url(ref), ref.label)
         rpo = lags.get(ref.label)
         if rpo is None and window.latest_time:
             newest = datetime.fromisoformat(window.latest_time.replace("Z", "+00:00"))
             rpo = round((datetime.now(timezone.utc) - newest).total_seconds(), 1)
-        out[key] = (rpo, window.latest_time)
+        return key, (rpo, window.latest_time)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        out.update(pool.map(one, keys))
     return out
 
 
