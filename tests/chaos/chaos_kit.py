@@ -432,7 +432,9 @@ class SwitchableProxy:
                 self._conns.add(client)
             if mode == "up":
                 threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-            # blackhole: keep it open, never read or answer (closed when the mode changes)
+            elif mode == "refuse":  # accepted just before the listener closed
+                self._drop(client)
+            # blackhole: keep it open, never read or answer (cut when the mode changes)
 
     def _serve(self, client: socket.socket) -> None:
         try:
@@ -477,13 +479,18 @@ class SwitchableProxy:
         for s in conns:
             self._drop(s)
 
-    def set_mode(self, mode: str) -> None:
+    def set_mode(self, mode: str, cut: bool = True) -> None:
+        """Switch; every open connection is cut (as a network that drops, then comes back, resets them).
+
+        ``cut=False`` keeps them: a blackholed connection then stays open and silent after the
+        endpoint is back (a hung server or middlebox rather than a network outage).
+        """
         assert mode in ("up", "refuse", "blackhole"), mode
         with self._lock:
             old, self.mode = self.mode, mode
         if old == mode:
             return
-        if mode != "up" or old == "blackhole":
+        if cut:
             self._cut_all()
         if mode == "refuse" and self._listener is not None:
             self._listener.close()
