@@ -204,6 +204,7 @@ class Supervisor:
             self.phase = "running"
             self._loop()
         except EdgehostError as exc:
+            self.exit_status = exc.status
             self.log(f"error: {exc}")
             raise
         finally:
