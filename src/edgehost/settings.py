@@ -120,7 +120,7 @@ class Settings:
     def portal_argv(self) -> list[str]:
         if self.portal.command:
             return list(self.portal.command)
-        return [sys.executable, "-m", "edgehost", "portal"]
+        return [sys.executable, "-m", "edgehost.portal"]
 
     def litestream_env(self) -> dict[str, str]:
         """The variables litestream.yml refers to, as the kit resolved them."""
