@@ -269,7 +269,6 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
               progress: Progress = lambda _m: None) -> DrillReport:
     """Rehearse a disaster recovery end to end; never raises for a failed check, only records it."""
     report = DrillReport("full", _now(), point=at.isoformat() if at else "latest")
-    t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="drill-", dir=_drill_root(settings)))
     report.scratch_dir = str(work)
     portal = None
@@ -304,7 +303,7 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
         t_boot = time.monotonic()
         portal, url = boot_portal(settings, work / "data", work / "portal.log")
         report.portal_boot_seconds = round(time.monotonic() - t_boot, 3)
-        report.rto_seconds = round(time.monotonic() - t0, 3)
+        report.rto_seconds = round(time.monotonic() - t_restore, 3)
 
         progress("comparing the restored portal's answers with the live data")
         _compare_answers(settings, report, keys, PortalReader(url), at)
