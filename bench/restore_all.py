@@ -5,15 +5,20 @@ download lower bound, on loopback and with added round-trip time (issue 4).
     .venv/bin/python bench/restore_all.py --tenants 20 --delay-ms 0
 
 Everything runs on 127.0.0.1: a moto S3 server (its own process, so its CPU shows apart from the
-clients'), databases replicated into it by the real litestream binary, and, for the delayed pass, a
-delaying TCP proxy (a child process of this script) in front of moto. Methods, each restoring the
-global DB plus every tenant into an empty directory:
+clients'; served by uvicorn, which keeps connections alive as S3 and R2 do, where moto_server closes
+every one), databases replicated into it by the real litestream binary (`litestream replicate` with
+the repo's litestream.yml, synced through its control socket), and, for the delayed pass, a delaying
+TCP proxy (a child process of this script) in front of moto. Methods, each restoring the global DB
+plus every tenant into an empty directory:
 
   a  seq          `litestream restore -o OUT URL`, one after another (a bash while-read loop)
   b  xargs-P8     the same commands through `xargs -P 8`
   c  raw-boto3    a boto3 download, 16 threads, of exactly the LTX objects the restores need
                   (found beforehand, untimed, with `litestream restore -dry-run`): the lower bound
-  d  edgehost-PN  `edgehost restore --all --parallel N --to DIR --json` (N from --edgehost-parallel)
+  d  edgehost-PN  `edgehost restore --all --parallel N --to DIR --json`; the first --edgehost-parallel
+                  value runs on every network, the others only with the delay
+  e  (optional)   xargs -P8 of `litestream restore -txid T`, T read from one LIST of the whole
+                  replica: what edgehost could do to halve litestream's LISTs (see bench/README.md)
 
 Each method is checked afterwards (every database present, the row count of every database equals
 what was written, PRAGMA integrity_check on a sample; for the raw download every object present at
@@ -102,6 +107,7 @@ def run_proxy(listen_port: int, upstream_port: int, rtt_ms: float) -> None:
 
     async def handle(client_reader, client_writer) -> None:
         accepted = asyncio.get_running_loop().time()
+        running.add(asyncio.current_task())  # a strong reference: never garbage-collected mid-flight
         try:
             up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream_port)
         except OSError:
@@ -111,17 +117,31 @@ def run_proxy(listen_port: int, upstream_port: int, rtt_ms: float) -> None:
             sock = w.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stats["connections"] += 1
         try:
             await asyncio.gather(pump(client_reader, up_writer, accepted + handshake),
                                  pump(up_reader, client_writer, 0.0))
+        except Exception as exc:  # a peer went away mid-stream; the client sees a broken connection
+            stats[f"ended with {type(exc).__name__}"] += 1
         finally:
             for w in (client_writer, up_writer):
                 try:
                     w.close()
                 except Exception:
                     pass
+            running.discard(asyncio.current_task())
+
+    stats: collections.Counter = collections.Counter()
+    running: set = set()
+
+    def stop() -> None:
+        print(f"delay proxy: {dict(stats)}", file=sys.stderr, flush=True)
+        os._exit(0)
 
     async def main() -> None:
+        import signal
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
         server = await asyncio.start_server(handle, "127.0.0.1", listen_port, backlog=512)
         async with server:
             await server.serve_forever()
@@ -198,6 +218,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat), to see others' load."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def client_cpu() -> float:
+    """CPU time of this process plus its waited-for children (the litestream, edgehost, bash processes)."""
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def db_url(key: str, endpoint: str) -> str:
     rel = GLOBAL_NAME if key == GLOBAL_KEY else f"{key}/{PROPERTY_NAME}"
     return f"s3://{BUCKET}/{PREFIX}/{rel}?endpoint={endpoint}&forcePathStyle=true&region=us-east-1"
@@ -208,7 +243,7 @@ def db_relpath(key: str) -> str:
 
 
 class MotoLog:
-    """moto's werkzeug request log, read between two marks."""
+    """moto's request log (uvicorn's access log, or werkzeug's), read between two marks."""
 
     REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) (\S+)')
     PEER = re.compile(r'(127\.0\.0\.1:\d+) - "')
@@ -442,6 +477,36 @@ def method_xargs(keys, endpoint, out, work, parallel=8, **_):
                           env=base_env(), capture_output=True, text=True)
 
 
+def latest_txids(endpoint: str) -> dict[str, str]:
+    """Each database's newest txid from one paginated LIST of the whole replica (no delimiter)."""
+    client = s3(endpoint)
+    best: dict[str, int] = {}
+    name_re = re.compile(rf"^{PREFIX}/(?:([^/]+)/)?([^/]+)/\d{{4}}/[0-9a-f]{{16}}-([0-9a-f]{{16}})\.ltx$")
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/"):
+        for obj in page.get("Contents", []):
+            m = name_re.match(obj["Key"])
+            if not m:
+                continue
+            key = m.group(1) if m.group(1) else GLOBAL_KEY
+            best[key] = max(best.get(key, 0), int(m.group(3), 16))
+    return {k: f"{v:016x}" for k, v in best.items()}
+
+
+def method_xargs_txid(keys, endpoint, out, work, parallel=8, **_):
+    """Proposed for edgehost: learn every database's latest txid from one LIST of the replica, then
+    `litestream restore -txid`, which skips two of litestream's four passes over the levels."""
+    txids = latest_txids(endpoint)
+    lines = []
+    for key in keys:
+        target = out / db_relpath(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lines.append(f"{txids[key]} {target} {db_url(key, endpoint)}")
+    jobs = work / "jobs-txid.txt"
+    jobs.write_text("\n".join(lines) + "\n")
+    return subprocess.run(["bash", "-c", f'xargs -P {parallel} -L 1 sh -c \'exec "$0" restore -txid "$1" -o "$2" "$3"\' '
+                                         f'"{LITESTREAM}" < "{jobs}"'], env=base_env(), capture_output=True, text=True)
+
+
 def method_raw(keys, endpoint, out, work, objects=None, threads=16, **_):
     client = s3(endpoint, threads)
     wanted = [o for key in keys for o in objects[key]]
@@ -528,8 +593,11 @@ def main() -> None:
     ap.add_argument("--no-loopback", action="store_true", help="only the delayed pass")
     ap.add_argument("--parallel", type=int, default=8, help="xargs -P")
     ap.add_argument("--raw-threads", type=int, default=16)
-    ap.add_argument("--edgehost-parallel", default="4,8,16", help="comma-separated --parallel values to run")
-    ap.add_argument("--methods", default="a,b,c,d")
+    ap.add_argument("--edgehost-parallel", default="8,16",
+                    help="comma-separated --parallel values; the first runs on every network, the others only "
+                         "with the delay (on loopback moto's CPU, not parallelism, bounds them)")
+    ap.add_argument("--methods", default="a,b,c,d",
+                    help="a seq, b xargs, c raw lower bound, d edgehost, e xargs with -txid from one LIST (a proposed fix)")
     ap.add_argument("--sample", type=int, default=20, help="databases given PRAGMA integrity_check per method")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "edgehost-bench-cache"),
@@ -584,21 +652,31 @@ def main() -> None:
         if "c" in chosen:
             methods.append((f"c raw boto3 x{args.raw_threads}", method_raw, {"objects": objects, "threads": args.raw_threads}))
         if "d" in chosen:
-            for n in [int(x) for x in args.edgehost_parallel.split(",") if x]:
-                methods.append((f"d edgehost -P{n}", method_edgehost, {"parallel": n}))
+            for i, n in enumerate(int(x) for x in args.edgehost_parallel.split(",") if x):
+                # values after the first run only with the delay, where parallelism is what counts
+                methods.append((f"d edgehost -P{n}", method_edgehost, {"parallel": n, "delayed_only": i > 0}))
+        if "e" in chosen:
+            methods.append((f"e xargs -P{args.parallel} -txid", method_xargs_txid, {"parallel": args.parallel}))
 
         for net, endpoint in networks:
             for label, fn, kw in methods:
+                kw = dict(kw)
+                if kw.pop("delayed_only", False) and endpoint == direct and len(networks) > 1:
+                    continue
                 out = work / "out"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 mark = log.mark()
-                cpu = {"moto": cpu_seconds(moto_pid), "proxy": cpu_seconds(proxy_pid) if proxy_pid else 0.0}
+                cpu = {"moto": cpu_seconds(moto_pid), "proxy": cpu_seconds(proxy_pid) if proxy_pid else 0.0,
+                       "clients": client_cpu(), "machine": machine_busy()}
                 started = time.monotonic()
                 proc = fn(keys, endpoint, out, work, **kw)
                 seconds = time.monotonic() - started
                 cpu = {"moto": cpu_seconds(moto_pid) - cpu["moto"],
-                       "proxy": (cpu_seconds(proxy_pid) - cpu["proxy"]) if proxy_pid and endpoint != direct else 0.0}
+                       "proxy": (cpu_seconds(proxy_pid) - cpu["proxy"]) if proxy_pid and endpoint != direct else 0.0,
+                       "clients": client_cpu() - cpu["clients"], "machine": machine_busy() - cpu["machine"]}
+                # what the rest of the machine (other processes, not this benchmark's) burned meanwhile
+                cpu["others"] = max(0.0, cpu["machine"] - cpu["moto"] - cpu["proxy"] - cpu["clients"])
                 counts = log.counts(mark)
                 if proc.returncode != 0:
                     check = f"FAILED rc={proc.returncode}: {(proc.stderr or '').strip()[-300:]}"
@@ -612,10 +690,11 @@ def main() -> None:
                     check += (f"; edgehost says {report['seconds']:.1f}s, per DB median {per[len(per) // 2]:.2f}s"
                               f" max {per[-1]:.2f}s")
                 row = {"network": net, "method": label, "seconds": round(seconds, 2), "requests": counts,
-                       "moto_cpu": round(cpu["moto"], 1), "proxy_cpu": round(cpu["proxy"], 1), "check": check}
+                       "moto_cpu": round(cpu["moto"], 1), "proxy_cpu": round(cpu["proxy"], 1),
+                       "client_cpu": round(cpu["clients"], 1), "others_cpu": round(cpu["others"], 1), "check": check}
                 results.append(row)
-                print(f"  {net:14s} {label:20s} {seconds:8.2f}s  {counts}  moto cpu {cpu['moto']:.1f}s"
-                      f"  proxy cpu {cpu['proxy']:.1f}s  {check}", file=sys.stderr, flush=True)
+                print(f"  {net:14s} {label:20s} {seconds:8.2f}s  {counts}  cpu: moto {cpu['moto']:.1f}s"
+                      f" proxy {cpu['proxy']:.1f}s clients {cpu['clients']:.1f}s others {cpu['others']:.1f}s  {check}", file=sys.stderr, flush=True)
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         for p in reversed(procs):
@@ -629,8 +708,8 @@ def main() -> None:
     print()
     print(f"{len(rows)} databases ({args.tenants} tenants of {args.min_mb:g}-{args.max_mb:g} MB + the global DB), "
           f"{total_bytes / 2**20:.0f} MiB of LTX; {os.cpu_count()} CPUs")
-    print("| network | method | seconds | x lower bound | LIST | GET | other | TCP conns | moto CPU s | proxy CPU s | check |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    print("| network | method | seconds | x lower bound | LIST | GET | other | TCP conns | CPU s moto | CPU s proxy | CPU s clients | CPU s others | check |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     bounds = {r["network"]: r["seconds"] for r in results if r["method"].startswith("c ")}
     for r in results:
         bound = bounds.get(r["network"])
@@ -638,7 +717,7 @@ def main() -> None:
         req = dict(r["requests"])
         lists, gets, conns = req.pop("LIST", 0), req.pop("GET", 0), req.pop("connections", "-")
         other = sum(req.values())
-        print(f"| {r['network']} | {r['method']} | {r['seconds']:.1f} | {ratio} | {lists} | {gets} | {other} | {conns} | {r['moto_cpu']:.1f} | {r['proxy_cpu']:.1f} | {r['check']} |")
+        print(f"| {r['network']} | {r['method']} | {r['seconds']:.1f} | {ratio} | {lists} | {gets} | {other} | {conns} | {r['moto_cpu']:.1f} | {r['proxy_cpu']:.1f} | {r['client_cpu']:.1f} | {r.get('others_cpu', 0):.1f} | {r['check']} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

@@ -62,3 +62,4 @@ def test_content_hash_sees_any_change_and_ignores_row_storage_order(tmp_path):
     assert content_hash(a).rows == {"t": 3}
     b.execute("UPDATE t SET v = '1' WHERE k = 'k1'")  # same text, other type
     assert content_hash(a).digest != content_hash(b).digest
+

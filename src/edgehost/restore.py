@@ -6,6 +6,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -71,7 +72,6 @@ def restore_db(
     if out.exists():
         result.error = f"{out} already exists"
         return result
-    out.parent.mkdir(parents=True, exist_ok=True)
     # The temporary name must not match the property DB pattern Litestream watches.
     tmp = out.parent / f".restoring-{secrets.token_hex(6)}.tmp"
     args = ["restore", "-json", "-o", str(tmp)]
@@ -81,6 +81,7 @@ def restore_db(
         args += ["-timestamp", timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
     started = time.monotonic()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         proc = litestream.run(binary, [*args, url], env, timeout=timeout)
         if proc.returncode != 0:
             result.error = _explain(litestream.last_line(proc.stderr) or "restore failed")
@@ -98,7 +99,7 @@ def restore_db(
         for suffix in ("-wal", "-shm"):
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
         try:
-            os.link(tmp, out)  # fails if out appeared meanwhile: never overwrite
+            _place(tmp, out)
         except FileExistsError:
             result.error = f"{out} appeared during the restore; left untouched"
             return result
@@ -108,11 +109,29 @@ def restore_db(
         result.error = str(exc)
     except sqlite3.DatabaseError as exc:
         result.error = f"restored file is not a usable database: {exc}"
+    except OSError as exc:
+        result.error = f"{exc.filename or out}: {exc.strerror or exc}"
     finally:
         result.seconds = round(time.monotonic() - started, 3)
         for suffix in ("", "-wal", "-shm"):
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
     return result
+
+
+def _place(tmp: Path, out: Path) -> None:
+    """Put the restored file at `out` without ever overwriting: a hard link, or an exclusive copy
+    where the filesystem has no hard links (exFAT, some network shares)."""
+    try:
+        os.link(tmp, out)
+        return
+    except FileExistsError:
+        raise
+    except OSError:
+        pass
+    with open(tmp, "rb") as src, open(out, "xb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+        dst.flush()
+        os.fsync(dst.fileno())
 
 
 def _explain(message: str) -> str:
@@ -216,7 +235,7 @@ class RestorePlan:
     root: str  # the data dir the restore writes (scratch, --to, or the live one)
     point: str  # "latest", a time or a txid
     targets: list[RestoreTarget] = field(default_factory=list)
-    parallel: int = 4
+    parallel: int = 8
     at: datetime | None = None
     txid: int | None = None
 
@@ -235,7 +254,7 @@ class RestoreReport:
 
 def restore_plan(settings: Settings, repl: litestream.Replication, keys: list[str], *, to: Path | None = None,
                  in_place: bool = False, at: datetime | None = None, txid: int | None = None,
-                 parallel: int = 4, scratch_root: Path | None = None) -> RestorePlan:
+                 parallel: int = 8, scratch_root: Path | None = None) -> RestorePlan:
     """Decide what goes where; refuses existing targets before anything is written."""
     if at is not None and txid is not None:
         raise BadInput("--at and --txid exclude each other: give one")

@@ -99,7 +99,7 @@ def restore(
     txid: Optional[str] = typer.Option(None, "--txid", help="Restore up to this transaction id (hex), one database."),
     to: Optional[Path] = typer.Option(None, "--to", help="Write into this directory (data-dir layout); never overwrites."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace the live databases; needs `edgehost up` running."),
-    parallel: int = typer.Option(4, "--parallel", help="Databases restored at once."),
+    parallel: int = typer.Option(8, "--parallel", help="Databases restored at once (each mostly waits on the network)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:

@@ -113,7 +113,7 @@ def missing_databases(settings: Settings, pre: Preflight) -> list[layout.Databas
     return [r for r in refs if not r.path.exists()]
 
 
-def restore_missing(settings: Settings, pre: Preflight, log: Callable[[str], None], parallel: int = 4) -> list[RestoreResult]:
+def restore_missing(settings: Settings, pre: Preflight, log: Callable[[str], None], parallel: int = 8) -> list[RestoreResult]:
     refs = missing_databases(settings, pre)
     if not refs:
         log("restore: every database in the replica is on disk")
