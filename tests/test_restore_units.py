@@ -20,3 +20,16 @@ def test_a_restore_onto_a_filesystem_without_hard_links_still_never_overwrites(t
     with pytest.raises(FileExistsError):
         _place(src, tmp_path / "out.db")
     assert (tmp_path / "out.db").read_bytes() == b"restored"
+
+
+def test_latest_txids_reads_every_database_from_one_listing(tmp_path):
+    from edgehost.replica import ReplicaStore, latest_txids
+
+    for rel in ("acme/honestcam.db/0000/0000000000000003-0000000000000003.ltx",
+                "acme/honestcam.db/0001/0000000000000001-0000000000000002.ltx",
+                "acme/honestcam.db/0009/0000000000000001-0000000000000001.ltx",
+                "honestcam-study.db/0000/000000000000000a-000000000000000b.ltx",
+                "_edgehost/doctor/probe", "beta/honestcam.db/0000/garbage.ltx"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert latest_txids(ReplicaStore(tmp_path.as_uri())) == {"acme/honestcam.db": 3, "honestcam-study.db": 11}

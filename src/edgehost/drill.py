@@ -29,7 +29,7 @@ from .errors import EdgehostError, EnvironmentProblem
 from .layout import GLOBAL
 from .portal import store
 from .replica import replica_keys
-from .restore import execute_plan, restore_db, restore_plan, restore_window
+from .restore import execute_plan, latest_by_key, restore_db, restore_plan, restore_window
 from .settings import SECRET_NAMES, Settings
 from .sqlite import connect, content_hash, schema_sql
 
@@ -288,7 +288,7 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
         progress(f"restoring {len(keys)} database(s) into {work / 'data'}")
         t_restore = time.monotonic()
         plan = restore_plan(settings, repl, keys, to=work / "data", at=at, parallel=8)
-        restored = execute_plan(plan, binary, env)
+        restored = execute_plan(plan, binary, env, latest=None if at else latest_by_key(settings, repl, keys))
         report.restore_seconds = round(time.monotonic() - t_restore, 3)
         for key, result in zip(keys, restored.results):
             ref = layout.ref_for(settings, key)

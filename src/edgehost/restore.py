@@ -284,15 +284,30 @@ def restore_plan(settings: Settings, repl: litestream.Replication, keys: list[st
     return plan
 
 
+def restore_latest_or_point(binary: Path, env: Mapping[str, str], url: str, out: Path, *, name: str,
+                            txid: int | None, timestamp: datetime | None, latest: int | None) -> RestoreResult:
+    """restore_db, handing litestream the latest txid when a listing found it (fewer LISTs);
+    if that txid is gone by now (compaction), the plain latest restore runs instead."""
+    if txid is None and timestamp is None and latest:
+        result = restore_db(binary, env, url, out, name=name, txid=latest)
+        if result.ok or "no matching backup files" not in result.error:
+            return result
+    return restore_db(binary, env, url, out, name=name, txid=txid, timestamp=timestamp)
+
+
 def execute_plan(plan: RestorePlan, binary: Path, env: Mapping[str, str],
-                 on_result: Callable[[RestoreResult], None] | None = None) -> RestoreReport:
-    """Restore every target of a scratch or --to plan in parallel; one failure does not stop the rest."""
+                 on_result: Callable[[RestoreResult], None] | None = None,
+                 latest: Mapping[str, int] | None = None) -> RestoreReport:
+    """Restore every target of a scratch or --to plan in parallel; one failure does not stop the rest.
+
+    `latest` maps a target's key to its newest txid (see replica.latest_txids) for latest restores.
+    """
     report = RestoreReport(plan)
     started = time.monotonic()
 
     def one(target: RestoreTarget) -> RestoreResult:
-        result = restore_db(binary, env, target.url, Path(target.out), name=target.name, txid=plan.txid,
-                            timestamp=plan.at)
+        result = restore_latest_or_point(binary, env, target.url, Path(target.out), name=target.name,
+                                         txid=plan.txid, timestamp=plan.at, latest=(latest or {}).get(target.key))
         if on_result:
             on_result(result)
         return result
@@ -367,3 +382,19 @@ def _swap(live: Path, restored: Path, keep: Path) -> None:
     if meta.exists():
         os.rename(meta, keep.parent / meta.name)
     os.rename(restored, live)
+
+
+def latest_by_key(settings: Settings, repl: litestream.Replication, keys: list[str]) -> dict[str, int]:
+    """Each database's newest txid, from one listing per replica root; worth it for many databases."""
+    from .replica import ReplicaStore, latest_txids
+
+    wanted: dict[str, list[tuple[str, str]]] = {}
+    for key in keys:
+        ref = layout.ref_for(settings, key)
+        root, _, rel = repl.replica_url(ref).rpartition("/") if ref.is_global else (repl.tenants_root, "", ref.relpath)
+        wanted.setdefault(root, []).append((key, rel))
+    out: dict[str, int] = {}
+    for root, pairs in wanted.items():
+        newest = latest_txids(ReplicaStore.from_settings(settings, root))
+        out.update({key: newest[rel] for key, rel in pairs if rel in newest})
+    return out

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import layout, litestream
 from ..errors import BadInput, ExitStatus
 from ..replica import replica_keys
-from ..restore import (RestorePlan, RestoreReport, execute_in_place, execute_plan, parse_time, parse_txid, point_error,
+from ..restore import (RestorePlan, latest_by_key, RestoreReport, execute_in_place, execute_plan, parse_time, parse_txid, point_error,
                        restore_plan, restore_window)
 from ..settings import Settings, load_settings
 from . import app
@@ -145,7 +145,8 @@ def restore(
 
             report = execute_in_place(settings, plan, binary, env, SupervisorClient(settings.supervisor_socket), on_result)
         else:
-            report = execute_plan(plan, binary, env, on_result)
+            latest = latest_by_key(settings, repl, keys) if when is None and tx is None and len(keys) >= 4 else None
+            report = execute_plan(plan, binary, env, on_result, latest)
     _finish(report, as_json)
 
 

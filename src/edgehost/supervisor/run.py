@@ -19,7 +19,7 @@ from .. import layout, litestream, status
 from ..errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from ..portal.store import ensure_data_dir
 from ..replica import ReplicaStore, replica_keys
-from ..restore import RestoreResult, restore_db
+from ..restore import RestoreResult, latest_by_key, restore_latest_or_point
 from ..settings import SECRET_NAMES, Settings
 from ..sqlite import journal_mode
 from .control import ControlServer, MetricsServer
@@ -121,8 +121,11 @@ def restore_missing(settings: Settings, pre: Preflight, log: Callable[[str], Non
     log(f"restore: {len(refs)} database(s) in the replica are missing on disk: {', '.join(r.label for r in refs)}")
     env, _ = litestream.child_environ(settings)
 
+    latest = latest_by_key(settings, pre.replication, [r.key for r in refs]) if len(refs) >= 4 else {}
+
     def one(ref: layout.DatabaseRef) -> RestoreResult:
-        result = restore_db(pre.binary, env, pre.replication.restore_url(ref), ref.path, name=ref.label)
+        result = restore_latest_or_point(pre.binary, env, pre.replication.restore_url(ref), ref.path, name=ref.label,
+                                         txid=None, timestamp=None, latest=latest.get(ref.key))
         log(f"restore: {ref.label}: " + (f"ok txid {result.txid} in {result.seconds:.2f}s" if result.ok else f"FAILED: {result.error}"))
         return result
 
