@@ -87,32 +87,49 @@ class Pinned:
     writer_wait_ms: float
 
 
+PAUSE_LIMIT = 2.0  # seconds writers may be paused; their busy_timeout is 5 s
+PAUSE_TRIES = 3
+
+
 def pin_after_sentinel(db: Path, sock: litestream.ControlSocket) -> Pinned:
     """Commit a sentinel, pause writers, let Litestream cut txid N, pin a read snapshot at N, resume.
 
     Writers wait (on their busy_timeout, holding nothing) only for one local Litestream sync, WAL
     to LTX without upload; the reader keeps the snapshot while hashing with writers running again.
+    A sync slower than PAUSE_LIMIT releases the writers and tries again, so no writer waits long
+    enough to hit its busy_timeout.
     """
+    quick = litestream.ControlSocket(sock.path, timeout=PAUSE_LIMIT)
     writer = connect(db)
     reader = connect(db, readonly=True)
     try:
         token = _write_sentinel(writer)
         committed = time.monotonic()
-        writer.execute("BEGIN IMMEDIATE")  # right after the commit, so the WAL is never empty here
-        paused = time.monotonic()
-        try:
-            txid = int(sock.sync(db, wait=False, timeout=10)["txid"])
-            reader.execute("BEGIN")
-            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
-        finally:
-            writer.execute("ROLLBACK")
-            waited = (time.monotonic() - paused) * 1000
+        longest = 0.0
+        for attempt in range(PAUSE_TRIES):
+            writer.execute("BEGIN IMMEDIATE")  # right after a commit, so the WAL is never empty here
+            paused = time.monotonic()
+            try:
+                txid = int(quick.sync(db, wait=False, timeout=int(PAUSE_LIMIT))["txid"])
+                reader.execute("BEGIN")
+                reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
+                break
+            except EdgehostError:
+                if reader.in_transaction:
+                    reader.execute("ROLLBACK")
+                if attempt == PAUSE_TRIES - 1:
+                    raise EdgehostError(f"litestream did not cut a txid within {PAUSE_LIMIT:.0f}s "
+                                        f"in {PAUSE_TRIES} tries; writers were released each time")
+            finally:
+                writer.execute("ROLLBACK")
+                longest = max(longest, time.monotonic() - paused)
+            time.sleep(0.2)
     except BaseException:
         reader.close()
         raise
     finally:
         writer.close()
-    return Pinned(reader, token, txid, committed, round(waited, 1))
+    return Pinned(reader, token, txid, committed, round(longest * 1000, 1))
 
 
 def _foreign_key_problems(conn: sqlite3.Connection) -> list[tuple]:
@@ -207,7 +224,7 @@ def _verify_stale(res: VerifyResult, ref: DatabaseRef, url: str, binary: Path, e
     return res
 
 
-def verify_all(settings: Settings, refs: list[DatabaseRef], *, parallel: int = 4,
+def verify_all(settings: Settings, refs: list[DatabaseRef], *, parallel: int = 8,
                on_result: Callable[[VerifyResult], None] | None = None) -> tuple[list[VerifyResult], float]:
     """Verify several databases; returns the results (in the given order) and the wall time."""
     repl = litestream.replication(settings)

@@ -20,7 +20,7 @@ def verify(
     slugs: Optional[List[str]] = typer.Argument(None, help="Property slugs to verify."),
     global_db: bool = typer.Option(False, "--global", help="Verify the global study database."),
     all_dbs: bool = typer.Option(False, "--all", help="Every database on disk (the default when none is named)."),
-    parallel: int = typer.Option(4, "--parallel", help="Databases verified at once."),
+    parallel: int = typer.Option(8, "--parallel", help="Databases verified at once."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON on stdout."),
 ) -> None:
     """Prove each database restores whole and fresh from its replica.
