@@ -103,7 +103,8 @@ def results_table(results: list[ChaosResult]) -> str:
             "| time to recover (max / mean) | notes |")
     rows = [head, "|" + " --- |" * 7]
     for r in results:
-        rows.append(f"| {r.fault} | {r.injected} {r.unit} | {r.acked} | {r.lost} | {r.in_window} | "
+        unit = r.unit[:-1] if r.injected == 1 and r.unit in ("kills", "cuts", "fills") else r.unit
+        rows.append(f"| {r.fault} | {r.injected} {unit} | {r.acked} | {r.lost} | {r.in_window} | "
                     f"{r.recover_seconds:.2f} s / {r.recover_mean:.2f} s | {r.notes} |")
     return "\n".join(rows)
 
@@ -152,7 +153,8 @@ class AckWriter:
             body = resp.json()
             return Ack(body["id"], ("chaos", json.dumps(payload, sort_keys=True)), time.time())
         uid = f"u-{token}"
-        resp = client.put(f"{self.url}/study/users/{uid}", json={"email": f"{token}@chaos.test", "display_name": str(i)})
+        resp = client.put(f"{self.url}/study/users/{uid}",
+                          json={"email": f"{token}@chaos.test", "display_name": str(i)})
         if resp.status_code != 200:
             return None
         return Ack(uid, (f"{token}@chaos.test", str(i)), time.time())
@@ -209,7 +211,13 @@ class AckWriter:
             conn.close()
 
 
-def start_writers(url: str, slugs: list[str], pause: float = 0.01, pad: int = 0) -> list[AckWriter]:
+# Pause between one writer's writes: the full runs write as fast as 2 cores allow with 3 writers,
+# the reduced ones at about half that, to leave CI's CPU to the processes under test.
+WRITER_PAUSE = 0.01 if FULL else 0.03
+
+
+def start_writers(url: str, slugs: list[str], pause: float = WRITER_PAUSE, pad: int = 0) -> list[AckWriter]:
+    """One writer per property (append-only events) and one on the global DB (a new study user per write)."""
     writers = [AckWriter(url, s, pause, pad) for s in slugs] + [AckWriter(url, None, pause * 2)]
     for w in writers:
         w.start()
@@ -265,9 +273,11 @@ def verify_passes(home, attempts: int = 3, pause: float = 3.0) -> int:
         if proc.returncode == 0:
             return attempt
         last = proc
-        print(f"[chaos] verify attempt {attempt} exit {proc.returncode}: {_verify_failures(proc.stdout) or proc.stderr[-500:]}")
+        why = _verify_failures(proc.stdout) or proc.stderr[-500:]
+        print(f"[chaos] verify attempt {attempt} exit {proc.returncode}: {why}")
         time.sleep(pause)
-    raise AssertionError(f"edgehost verify --all never passed; last exit {last.returncode}:\n{last.stdout}\n{last.stderr}")
+    raise AssertionError(f"edgehost verify --all never passed; last exit {last.returncode}:\n"
+                         f"{last.stdout}\n{last.stderr}")
 
 
 def _verify_failures(stdout: str) -> str:
@@ -282,9 +292,14 @@ def final_checks(home, writers: list[AckWriter], dest: Path, result: ChaosResult
     """Verify (once recovered), then a fresh restore of everything compared with every acknowledged write."""
     for w in writers:
         w.stop()
+    t0 = time.monotonic()
     result.verify_attempts = verify_passes(home)
+    t1 = time.monotonic()
     fresh_restore(home, dest)
+    t2 = time.monotonic()
     cmp = compare(writers, dest, home.settings())
+    print(f"[chaos] {result.fault}: verify {t1 - t0:.1f}s, restore --all {t2 - t1:.1f}s, "
+          f"compare {time.monotonic() - t2:.1f}s")
     result.acked = cmp.acked
     result.lost = len(cmp.lost) + len(cmp.changed)
     result.unacked_present = cmp.unacked_present

@@ -18,8 +18,9 @@ import time
 
 import pytest
 
-from chaos_kit import (FULL, SYNC_INTERVAL, ChaosResult, SwitchableProxy, assert_nothing_lost, count, create_properties, db_holders, fill_disk, final_checks, free_bytes, fresh_restore,
-                       home_processes, mount_tmpfs, portal_serves, power_cut, record, rng, services,
+from chaos_kit import (FULL, SYNC_INTERVAL, ChaosResult, SwitchableProxy, assert_nothing_lost, count,
+                       create_properties, db_holders, fill_disk, final_checks, free_bytes, fresh_restore,
+                       home_processes, mount_tmpfs, portal_serves, power_cut, reap_home, record, rng, services,
                        start_writers, stats, umount, wait_all_running)
 from procs import edgehost, pid_alive, start_supervisor, wait_until
 
@@ -28,9 +29,11 @@ pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.timeout(3600 if FU
 SLUGS = ["alpha", "bravo"]
 
 
-def _stop(up) -> int:
-    code = up.stop(90)
-    return code
+def _stop(up, writers) -> int:
+    """Stop the writers, then `edgehost up` (SIGTERM, as launchd would); its exit code."""
+    for w in writers:
+        w.stop()
+    return up.stop(90)
 
 
 # --- 1. kill -9 litestream ----------------------------------------------------------------------
@@ -41,7 +44,7 @@ def test_kill9_litestream_while_writing(chaos_home, tmp_path):
     settings = chaos_home.settings()
     result = ChaosResult("kill -9 litestream", n, "kills")
     up = start_supervisor(chaos_home)
-    cmp, code = None, None
+    cmp, code, writers = None, None, []
     try:
         create_properties(settings.portal_url, SLUGS)
         writers = start_writers(settings.portal_url, SLUGS)
@@ -55,11 +58,17 @@ def test_kill9_litestream_while_writing(chaos_home, tmp_path):
             wait_all_running(settings, 60, exclude_pids={"litestream": old})  # running = its control socket answers
             recover.append(time.monotonic() - t0)
         result.recover_seconds, result.recover_mean = stats(recover)
-        assert services(settings)["litestream"]["restarts"] == n
+        restarts = services(settings)["litestream"]["restarts"]
+        assert restarts >= n
         writers[0].wait_acks(20)
         cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
+        # litestream 0.5.17 can exit 1 at start when a -shm file vanishes during its directory scan
+        # (the portal's last connection closing): the supervisor restarts it; count those.
+        races = up.output().count("failed to scan directory")
+        result.notes = (f"{restarts} restarts for {n} kills ({races} litestream exit(s) at start: "
+                        "'failed to scan directory ... -shm')")
     finally:
-        code = _stop(up)
+        code = _stop(up, writers)
         record(result)
     assert_nothing_lost(cmp)
     assert code == 0, up.output()[-3000:]
@@ -74,7 +83,7 @@ def test_kill9_portal_while_writing(chaos_home, tmp_path):
     url = settings.portal_url
     result = ChaosResult("kill -9 portal", n, "kills")
     up = start_supervisor(chaos_home)
-    cmp, code = None, None
+    cmp, code, writers = None, None, []
     try:
         create_properties(url, SLUGS)
         writers = start_writers(url, SLUGS)
@@ -92,7 +101,7 @@ def test_kill9_portal_while_writing(chaos_home, tmp_path):
         writers[0].wait_acks(20)
         cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
     finally:
-        code = _stop(up)
+        code = _stop(up, writers)
         record(result)
     assert_nothing_lost(cmp)
     assert code == 0, up.output()[-3000:]
@@ -136,12 +145,11 @@ def test_kill9_supervisor_children_die_and_next_up_recovers(chaos_home, tmp_path
             assert "every database in the replica is on disk" in log, log[-3000:]
         result.recover_seconds, result.recover_mean = stats(recover)
         g_max, g_mean = stats(orphans_gone)
-        result.notes = f"children gone {g_max:.2f} s max / {g_mean:.2f} s mean after the kill; recover = new `up` to writes acked"
+        result.notes = (f"children gone {g_max:.2f} s max / {g_mean:.2f} s mean after the kill; "
+                        "recover = new `up` to writes acked")
         cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
     finally:
-        for w in writers:
-            w.stop()
-        code = _stop(up)
+        code = _stop(up, writers)
         record(result)
     assert_nothing_lost(cmp)
     assert code == 0, up.output()[-3000:]
@@ -169,7 +177,7 @@ def test_s3_endpoint_gone_lag_alerts_and_drains(chaos_home, moto_s3, tmp_path):
     url = settings.portal_url
     result = ChaosResult("S3 endpoint gone", outage, "s outage")
     up = start_supervisor(chaos_home)
-    cmp, code, samples = None, None, []
+    cmp, code, samples, writers = None, None, [], []
     try:
         create_properties(url, SLUGS)
         writers = start_writers(url, SLUGS)
@@ -183,18 +191,20 @@ def test_s3_endpoint_gone_lag_alerts_and_drains(chaos_home, moto_s3, tmp_path):
             if elapsed >= outage / 2 and proxy.mode == "blackhole":
                 proxy.set_mode("refuse")
             exit_code, report = _status(chaos_home)
-            samples.append((round(time.monotonic() - t0, 1), _max_lag(report), exit_code, report["lagging"]))
-            time.sleep(1.0)
+            samples.append((round(time.monotonic() - t0, 1), _max_lag(report), exit_code, report["lagging"],
+                            report["litestream_error"]))
+            time.sleep(1.5)
         acked_during = sum(w.count() for w in writers) - acked_before
         proxy.set_mode("up")
         t_back = time.monotonic()
-        print(f"[chaos] outage samples (t, max lag, exit, lagging): {samples}")
+        print(f"[chaos] outage samples (t, max lag, exit, lagging, litestream error): {samples}")
 
         # Lag grew through the outage, status alerted (exit 1) once it passed the threshold, and only then.
         lags = [s[1] for s in samples]
         assert max(lags) >= min(outage - 5, threshold + 5), samples
         assert lags[-1] >= lags[len(lags) // 2] >= lags[0], samples
-        for t, lag, exit_code, lagging in samples:
+        for t, lag, exit_code, lagging, error in samples:
+            assert not error, (t, error)
             assert (exit_code == 1) == (lag > threshold), (t, lag, exit_code, lagging)
         assert any(s[2] == 1 for s in samples)
         assert acked_during > 0, "writes must go on while the replica is unreachable"
@@ -207,7 +217,9 @@ def test_s3_endpoint_gone_lag_alerts_and_drains(chaos_home, moto_s3, tmp_path):
             drained.append((round(time.monotonic() - t_back, 1), _max_lag(report), exit_code))
             return exit_code == 0 and _max_lag(report) <= 2 * SYNC_INTERVAL
 
-        wait_until(caught_up, 180, interval=0.5, what="the replication lag to drain")
+        # Litestream's own retries back off (the S3 SDK up to 20 s between its 10 attempts, the replica
+        # monitor doubling up to 5 minutes), so after a long outage the drain can take minutes.
+        wait_until(caught_up, 480 if FULL else 180, interval=1.0, what="the replication lag to drain")
         result.recover_seconds = result.recover_mean = round(time.monotonic() - t_back, 2)
         for w in writers:
             w.stop()
@@ -216,11 +228,12 @@ def test_s3_endpoint_gone_lag_alerts_and_drains(chaos_home, moto_s3, tmp_path):
         print(f"[chaos] drain samples (t, max lag, exit): {drained}")
         first_alert = next((s[0] for s in samples if s[2] == 1), None)
         result.notes = (f"lag alert threshold {threshold:.0f} s, status exit 1 from t={first_alert} s, peak lag "
-                        f"{max(lags):.0f} s; {acked_during} writes acknowledged during the outage; recover = endpoint back to lag drained")
+                        f"{max(lags):.0f} s; {acked_during} writes acknowledged during the outage; "
+                        "recover = endpoint back to lag drained")
         cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
     finally:
         proxy.set_mode("up")
-        code = _stop(up)
+        code = _stop(up, writers)
         proxy.close()
         record(result)
     assert_nothing_lost(cmp)
@@ -275,9 +288,7 @@ def test_power_cut_everything_killed_at_once(chaos_home, tmp_path):
                         + "; recover = new `up` to writes acked")
         cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
     finally:
-        for w in writers:
-            w.stop()
-        code = _stop(up)
+        code = _stop(up, writers)
         record(result)
     assert_nothing_lost(cmp)
     assert code == 0, up.output()[-3000:]
@@ -300,16 +311,19 @@ def _missing_in_replica_at_cut(home, writers, acks_at_cut, dest):
 
 def test_data_disk_full(chaos_home, tmp_path):
     n = count("disk_full_cycles")
-    settings = chaos_home.settings()
-    data = settings.data_dir
-    why = mount_tmpfs(data, "32m")
+    # One small disk holds the data dir and the state dir (logs, sockets, the kit's state DB, verify's scratch).
+    disk = chaos_home.path / "disk"
+    why = mount_tmpfs(disk, "32m")
     if why:
         print(f"[chaos] disk full: SKIPPED: {why}")
         pytest.skip(why)
+    chaos_home.env.update({"EDGEHOST_DATA_DIR": str(disk / "data"), "EDGEHOST_STATE_DIR": str(disk / "state")})
+    settings = chaos_home.settings()
+    data = disk
     url = settings.portal_url
     result = ChaosResult("data disk full", n, "fills")
     cmp, code, writers, up = None, None, [], None
-    hold = 10.0 if FULL else 4.0
+    hold = 15.0 if FULL else 4.0
     recover, refused = [], []
     try:
         up = start_supervisor(chaos_home)
@@ -330,19 +344,78 @@ def test_data_disk_full(chaos_home, tmp_path):
             wait_all_running(settings, 60)
             recover.append(time.monotonic() - t0)
         result.recover_seconds, result.recover_mean = stats(recover)
-        result.notes = (f"tmpfs 32 MiB, full for {hold:.0f} s each time; writes refused while full: {refused}; "
+        result.notes = (f"tmpfs 32 MiB holding data/ and state/, full for {hold:.0f} s each time; "
+                        f"writes refused while full: {refused}; "
                         "recover = space freed to every writer acknowledged again")
+        log_errors = up.output().count("--- Logging error ---")
+        result.notes += f"; supervisor stderr got {log_errors} 'Logging error' tracebacks (log files on the full disk)"
         assert all(x > 0 for x in refused), "a full disk must refuse writes"
         cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
     finally:
-        for w in writers:
-            w.stop()
         if up is not None:
-            code = _stop(up)
-        from chaos_kit import reap_home
-
-        reap_home(chaos_home)
-        umount(data)
+            code = _stop(up, writers)
+        reap_home(chaos_home)  # nothing may keep the mount busy
+        umount(disk)
         record(result)
     assert_nothing_lost(cmp)
     assert code == 0, up.output()[-3000:]
+
+
+# --- a hung S3 endpoint (a finding; opt-in) -----------------------------------------------------
+
+
+@pytest.mark.skipif(not (FULL or os.environ.get("EDGEHOST_CHAOS_HUNG")),
+                    reason="documents a known gap (docs/reliability.md); "
+                           "runs with EDGEHOST_CHAOS_FULL=1 or EDGEHOST_CHAOS_HUNG=1")
+@pytest.mark.xfail(strict=False, reason="litestream 0.5.17 waits up to 24 h on an S3 connection that never answers, "
+                   "and nothing in edgehost restarts it: replication stalls until litestream restarts")
+def test_hung_s3_endpoint_replication_resumes_when_it_answers_again(chaos_home, moto_s3, tmp_path):
+    """The endpoint accepts connections but never answers, then answers again on new connections only
+    (a hung server or middlebox, not a dropped network, which resets them). Desired: the lag drains."""
+    hung, patience = 10.0, 120.0
+    proxy = SwitchableProxy(moto_s3.endpoint)
+    chaos_home.env.update({"EDGEHOST_S3_ENDPOINT": proxy.endpoint, "EDGEHOST_LAG_ALERT_SECONDS": "5"})
+    settings = chaos_home.settings()
+    url = settings.portal_url
+    result = ChaosResult("S3 endpoint hung (accepts, never answers)", int(hung), "s hung")
+    up = start_supervisor(chaos_home)
+    cmp, code, recovered, writers = None, None, False, []
+    try:
+        create_properties(url, SLUGS)
+        writers = start_writers(url, SLUGS)
+        writers[0].wait_acks(20)
+        wait_until(lambda: _status(chaos_home)[0] == 0, 30, interval=0.5, what="status OK before")
+        proxy.set_mode("blackhole")
+        time.sleep(hung)
+        proxy.set_mode("up", cut=False)  # new connections work; the ones opened while hung stay silent
+        t_back = time.monotonic()
+
+        def caught_up():
+            c, rep = _status(chaos_home)
+            return c == 0 and _max_lag(rep) <= 2 * SYNC_INTERVAL
+
+        try:
+            wait_until(caught_up, patience, interval=1.0, what="the lag to drain on its own")
+            recovered = True
+            result.recover_seconds = result.recover_mean = round(time.monotonic() - t_back, 2)
+            result.notes = "drained on its own"
+        except AssertionError:
+            lag = _max_lag(_status(chaos_home)[1])
+            # The workaround a watchdog could apply: restart litestream (SIGTERM; the supervisor starts it again).
+            old = services(settings)["litestream"]["pid"]
+            t_restart = time.monotonic()
+            os.kill(old, signal.SIGTERM)
+            wait_all_running(settings, 60, exclude_pids={"litestream": old})
+            wait_until(caught_up, 180, interval=1.0, what="the lag to drain after a litestream restart")
+            result.recover_seconds = result.recover_mean = round(time.monotonic() - t_back, 2)
+            result.notes = (f"STALLED: lag still {lag:.0f} s after {patience:.0f} s with the endpoint answering again; "
+                            f"drained {time.monotonic() - t_restart:.1f} s after a litestream restart")
+        cmp = final_checks(chaos_home, writers, tmp_path / "restored", result)
+    finally:
+        proxy.set_mode("up")
+        code = _stop(up, writers)
+        proxy.close()
+        record(result)
+    assert_nothing_lost(cmp)
+    assert code == 0, up.output()[-3000:]
+    assert recovered, result.notes
