@@ -200,6 +200,8 @@ def read_config(settings: Settings, path: Path | None = None) -> LitestreamConfi
         text = source.read_text()
     except FileNotFoundError:
         raise BadInput(f"{source}: litestream config not found") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{source}: not UTF-8 text (byte {exc.start})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -238,6 +240,9 @@ def read_config(settings: Settings, path: Path | None = None) -> LitestreamConfi
         url = str(url).rstrip("/")
         if not re.match(r"^(file|s3)://[^/]", url) and not url.startswith("file:///"):
             raise BadInput(f"{source}: {where}.replica.url: {url!r} is not a file:// or s3:// URL")
+        for key in ("path", "dir", "pattern"):
+            if db.get(key) is not None and not isinstance(db[key], str):
+                raise BadInput(f"{source}: {where}.{key}: must be a string")
         if bool(db.get("path")) == bool(db.get("dir")):
             raise BadInput(f"{source}: {where}: give exactly one of 'path' or 'dir'")
         if db.get("dir") and not db.get("pattern"):
@@ -258,6 +263,11 @@ def read_config(settings: Settings, path: Path | None = None) -> LitestreamConfi
         return parse_go_duration(default if value in (None, "") else value, key)
 
     socket = cfg.get("socket") or {}
+    if socket.get("path") is not None and not isinstance(socket["path"], str):
+        raise BadInput(f"{source}: socket.path: must be a string")
+    raw_levels = cfg.get("levels") or []
+    if not isinstance(raw_levels, list) or not all(isinstance(lvl, dict) for lvl in raw_levels):
+        raise BadInput(f"{source}: levels: must be a list of '- interval: <duration>' entries")
     levels = tuple(parse_go_duration(lvl.get("interval"), f"levels[{i}].interval")
                    for i, lvl in enumerate(cfg.get("levels") or []))
     return LitestreamConfig(

@@ -147,7 +147,7 @@ def parse_txid(text: str) -> int:
     """A txid as Litestream prints it (16 hex digits) or shorter hex."""
     try:
         value = int(text.strip().lower().removeprefix("0x"), 16)
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError):
         raise BadInput(f"invalid txid {text!r}: give the hex id Litestream prints, e.g. 000000000000002a") from None
     if value <= 0 or value >= 2**64:
         raise BadInput(f"invalid txid {text!r}: out of range")
@@ -165,16 +165,21 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(timezone.utc)
     s = (text or "").strip()
     m = _RELATIVE_RE.match(s)
-    if m:
-        when = now - timedelta(seconds=float(m.group(1)) * _RELATIVE_UNITS[m.group(2)])
-    else:
-        try:
-            when = datetime.fromisoformat(s.replace("z", "Z").replace("Z", "+00:00"))
-        except ValueError:
-            raise BadInput(f"invalid time {text!r}: use RFC 3339 (2026-11-21T14:03:00Z) or relative (-15m, -2h, -1d)") from None
-        if when.tzinfo is None:
-            raise BadInput(f"invalid time {text!r}: give a timezone (Z or +01:00)")
-        when = when.astimezone(timezone.utc)
+    try:
+        if m:
+            when = now - timedelta(seconds=float(m.group(1)) * _RELATIVE_UNITS[m.group(2)])
+        else:
+            try:
+                when = datetime.fromisoformat(s.replace("z", "Z").replace("Z", "+00:00"))
+            except ValueError:
+                raise BadInput(f"invalid time {text!r}: use RFC 3339 (2026-11-21T14:03:00Z) or relative (-15m, -2h, -1d)") from None
+            if when.tzinfo is None:
+                raise BadInput(f"invalid time {text!r}: give a timezone (Z or +01:00)")
+            when = when.astimezone(timezone.utc)
+    except (OverflowError, ValueError) as exc:
+        if isinstance(exc, BadInput):
+            raise
+        raise BadInput(f"time {text!r} is out of range") from None
     if when > now + timedelta(seconds=1):
         raise BadInput(f"time {when.isoformat()} is in the future")
     return when

@@ -167,7 +167,10 @@ def read_env_file(path: Path) -> dict[str, str]:
             f"{path}: env file is mode {stat.S_IMODE(st.st_mode):04o}; it holds secrets, "
             f"run: chmod 600 {path}"
         )
-    values = dotenv_values(path)
+    try:
+        values = dotenv_values(path)
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not UTF-8 text (byte {exc.start})") from None
     return {k: v for k, v in values.items() if v is not None}
 
 
@@ -204,6 +207,8 @@ def load_settings(home: Path | None = None, environ: Mapping[str, str] | None = 
             raw = tomllib.loads(settings_path.read_text())
         except tomllib.TOMLDecodeError as exc:
             raise BadInput(f"{settings_path}: invalid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"{settings_path}: not UTF-8 text (byte {exc.start})") from None
         for key in raw:
             if key not in _TOP_KEYS:
                 raise BadInput(f"{settings_path}: unknown key '{key}'")
