@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from edgehost import layout, litestream
-from edgehost.sqlite import connect, content_hash
+from edgehost.sqlite import connect, content_hash, user_tables
 from procs import edgehost, plain_restore, rows, start_supervisor, supervisor_status, sync_db
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +80,9 @@ def test_restore_all_of_30_tenants_equals_the_live_data(running, tmp_path):
     root = Path(report["root"])
     for ref in layout.local_databases(settings):
         live, copy = connect(ref.path), connect(root / ref.relpath)
-        assert content_hash(live) == content_hash(copy), ref.label
+        # Litestream's own bookkeeping tables may move on after the last sync; the data may not.
+        bookkeeping = frozenset(t for t in user_tables(live) if t.startswith("_litestream"))
+        assert content_hash(live, bookkeeping) == content_hash(copy, bookkeeping), ref.label
         live.close()
         copy.close()
 

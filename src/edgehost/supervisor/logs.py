@@ -10,6 +10,28 @@ from typing import Iterable, TextIO
 import logging
 
 
+class _FileHandler(RotatingFileHandler):
+    """A rotating file that reports a failing disk once, instead of a traceback per line."""
+
+    def __init__(self, *args, on_error, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.on_error = on_error
+        self.failing = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802
+        self._errored = True
+        if not self.failing:
+            self.failing = True
+            self.on_error(f"cannot write {self.baseFilename} (disk full?); lines go to stdout only until it works again")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._errored = False
+        super().emit(record)
+        if self.failing and not self._errored:
+            self.failing = False
+            self.on_error(f"writing {self.baseFilename} again")
+
+
 class LogHub:
     """Writes `[service] line` to stdout and each service's file; secrets are masked on the way."""
 
@@ -28,11 +50,18 @@ class LogHub:
     def _handler(self, name: str) -> RotatingFileHandler:
         handler = self._files.get(name)
         if handler is None:
-            handler = RotatingFileHandler(self.log_dir / f"{name}.log", maxBytes=self.max_bytes,
-                                          backupCount=self.backups, encoding="utf-8")
+            handler = _FileHandler(self.log_dir / f"{name}.log", maxBytes=self.max_bytes, backupCount=self.backups,
+                                   encoding="utf-8", delay=True, on_error=self._stdout_only)
             handler.setFormatter(self._fmt)
             self._files[name] = handler
         return handler
+
+    def _stdout_only(self, text: str) -> None:
+        try:
+            self.stream.write(f"[edgehost] {text}\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def mask(self, line: str) -> str:
         for secret in self._secrets:

@@ -159,6 +159,7 @@ class Supervisor:
         self._commands: queue.Queue[tuple[str, str, threading.Event, dict]] = queue.Queue()
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
+        self._store: ReplicaStore | None = None
 
     def log(self, text: str) -> None:
         self.hub.line("edgehost", text)
@@ -190,6 +191,7 @@ class Supervisor:
         try:
             self.log(f"edgehost up (pid {os.getpid()}), home {s.home}")
             pre = preflight(s)
+            self._store = pre.store
             self.log(f"preflight ok: litestream {pre.version}, replica {s.replica_url} reachable")
             _, notes = litestream.child_environ(s)
             for note in notes:
@@ -332,7 +334,14 @@ class Supervisor:
             except queue.Empty:
                 return
             svc = next(s for s in self.services if s.name == name)
-            if verb == "hold":
+            if verb == "restart":
+                if svc.state in (Service.STARTING, Service.RUNNING):
+                    code = svc.stop(svc.spec.stop_timeout)
+                    svc.state, svc.next_start_at = Service.BACKOFF, time.monotonic()
+                    self.log(f"{name} stopped for a restart (exit {code})")
+                reply.update(ok=True, state=svc.state)
+                done.set()
+            elif verb == "hold":
                 if svc.state in (Service.STARTING, Service.RUNNING):
                     code = svc.stop(svc.spec.stop_timeout)
                     self.log(f"{name} stopped on request (exit {code}); held until released")
@@ -379,7 +388,28 @@ class Supervisor:
                 except EdgehostError:
                     pass
                 self._alert()
+                self._unstick(ls)
             self.stopping.wait(self.STATUS_EVERY)
+
+    def _unstick(self, ls: Service) -> None:
+        """Restart litestream when replication has stalled although the replica answers.
+
+        litestream 0.5.17's S3 client has no response timeout: after an endpoint that accepted
+        connections and never answered comes back, uploads stay parked on the dead connections and
+        every database stays behind until litestream restarts (docs/reliability.md, F1).
+        """
+        limit = max(60.0, 4 * self.settings.lag_alert_seconds)
+        worst = max((d.lag_seconds or 0.0 for d in self.db_status), default=0.0)
+        if worst <= limit or ls.uptime() <= limit or self._store is None:
+            return
+        try:
+            self._store.reachable()
+        except EdgehostError:
+            return  # the replica itself is down: a restart would not help
+        self.log(f"litestream restarted: replication stalled {worst:.0f}s while the replica answers")
+        done = threading.Event()
+        self._commands.put(("restart", "litestream", done, {}))
+        done.wait(self.settings.litestream_stop_timeout + 10)
 
     def _alert(self) -> None:
         limit = self.settings.lag_alert_seconds
