@@ -21,6 +21,7 @@ import yaml
 from .errors import BadInput, EnvironmentProblem
 from .layout import DatabaseRef
 from .settings import Settings
+from .yamlfile import read_yaml
 
 MIN_VERSION = (0, 5, 8)
 
@@ -196,20 +197,7 @@ def _walk_expand(node: Any, env: Mapping[str, str], where: str, source: Path) ->
 def read_config(settings: Settings, path: Path | None = None) -> LitestreamConfig:
     """Parse and check litestream.yml with the variables the kit passes to litestream."""
     source = Path(path or settings.litestream_config)
-    try:
-        text = source.read_text()
-    except FileNotFoundError:
-        raise BadInput(f"{source}: litestream config not found") from None
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{source}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise BadInput(f"{source}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    if raw is None:
-        raw = {}
+    raw = read_yaml(source, "litestream config")
     _check_keys(raw, _TOP_KEYS, "", source)
     for key, allowed in _NESTED_KEYS.items():
         if key in raw and raw[key] is not None:

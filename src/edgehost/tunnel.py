@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import BadInput
+from .yamlfile import read_yaml
 
 PROTOCOLS = ("auto", "quic", "http2")
 DEFAULT_PROTOCOL = "auto"
@@ -236,20 +237,7 @@ class LintReport:
 
 def load_config(path: Path) -> dict[str, Any]:
     """Parse a cloudflared config file; bad YAML or a non-mapping is BadInput."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: cloudflared config not found") from None
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark is not None else ""
-        raise BadInput(f"{path}: invalid YAML{at}") from None
-    if data is None:
-        data = {}
+    data = read_yaml(path, "cloudflared config")
     if not isinstance(data, dict):
         raise BadInput(f"{path}: a cloudflared config must be a mapping of keys, not {type(data).__name__}")
     return data

@@ -12,7 +12,7 @@ from .. import launchd
 from ..errors import BadInput, ExitStatus
 from ..settings import load_settings
 from . import app
-from .output import console, emit_json
+from .output import console, emit_json, report_written
 
 launchd_app = typer.Typer(
     help="The supervisor as a macOS LaunchDaemon (back after a power cut, nobody logged in) and the monthly drill.",
@@ -65,11 +65,7 @@ def render(
         path = out / launchd.example_name(f)
         path.write_bytes(f.content)
         written.append({"path": str(path), "kind": f.kind, "label": f.label, "installs_to": str(f.install_path)})
-    if as_json:
-        emit_json({"files": written, "user": dep.user, "group": dep.group, "program": str(dep.program)})
-        return
-    for w in written:
-        console.print(f"{w['path']}  ->  {w['installs_to']}", markup=False, highlight=False, soft_wrap=True)
+    report_written(written, dep, as_json)
 
 
 @launchd_app.command("install")

@@ -27,3 +27,12 @@ def _default(obj: Any) -> Any:
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, default=_default, indent=2, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+def report_written(written: list[dict[str, str]], dep: Any, as_json: bool) -> None:
+    """What `launchd render` / `systemd render` wrote: each file and where installing puts it."""
+    if as_json:
+        emit_json({"files": written, "user": dep.user, "group": dep.group, "program": str(dep.program)})
+        return
+    for w in written:
+        console.print(f"{w['path']}  ->  {w['installs_to']}", markup=False, highlight=False, soft_wrap=True)

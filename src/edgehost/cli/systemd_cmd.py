@@ -12,7 +12,7 @@ from ..errors import BadInput
 from ..launchd import Deployment
 from ..settings import load_settings
 from . import app
-from .output import console, emit_json
+from .output import console, emit_json, report_written
 
 systemd_app = typer.Typer(help="The supervisor as a systemd service and the monthly drill as a timer (Linux).",
                           no_args_is_help=True)
@@ -45,11 +45,7 @@ def render(
     for name, text in systemd.render(dep).items():
         (out / name).write_text(text)
         written.append({"path": str(out / name), "installs_to": str(systemd.UNIT_DIR / name)})
-    if as_json:
-        emit_json({"files": written, "user": dep.user, "group": dep.group, "program": str(dep.program)})
-        return
-    for w in written:
-        console.print(f"{w['path']}  ->  {w['installs_to']}", markup=False, highlight=False, soft_wrap=True)
+    report_written(written, dep, as_json)
 
 
 @systemd_app.command("install")
