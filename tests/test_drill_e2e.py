@@ -81,6 +81,11 @@ def test_a_drill_fails_on_a_corrupted_replica_and_cannot_run_without_one(s3_home
     try:
         settings = s3_home.settings()
         _populate(settings, 2)
+        # Hold litestream first: a compaction or snapshot it writes after the corruption would hand
+        # the drill clean copies again.
+        from edgehost.supervisor import SupervisorClient
+
+        SupervisorClient(settings.supervisor_socket).hold("litestream")
         store = ReplicaStore.from_settings(settings)
         for obj in list(store.walk("prop-01")):
             if obj.key.endswith(".ltx"):

@@ -2,7 +2,7 @@
 
 Restore every database the replica holds into an empty scratch data dir (as on a new machine), check
 each one, boot the portal on the restored data on a scratch port, compare its answers with the live
-data, and measure RTO (start -> portal healthy on restored data) and RPO per database.
+data, and measure RTO (restore start -> portal healthy on restored data) and RPO per database.
 """
 
 from __future__ import annotations
@@ -456,7 +456,7 @@ def render_markdown(report: DrillReport) -> str:
         "",
         f"- started {report.started_at}, finished {report.finished_at}",
         f"- restore point: {report.point}",
-        "- RTO (start to portal healthy on restored data): "
+        "- RTO (restore start to portal healthy on restored data): "
         + (f"{report.rto_seconds:.2f} s" if report.rto_seconds is not None else "n/a"),
     ]
     if report.restore_seconds is not None:
