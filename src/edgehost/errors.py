@@ -12,7 +12,9 @@ class ExitStatus(enum.IntEnum):
     CHECK_FAILED = 1  # verify, drill, lint, status or doctor found a problem
     BAD_INPUT = 2  # bad arguments, settings or config files
     ENVIRONMENT = 3  # something outside the kit: binary missing, bucket unreachable, port taken
-    SERVICE_FAILED = 4  # the supervisor gave up on a crash-looping service
+    SERVICE_FAILED = 4  # the supervisor gave up on a crash-looping litestream
+    FINAL_SYNC_FAILED = 5  # at stop, a database's newest writes did not reach the replica
+    LEASE_HELD = 6  # another machine holds the writer lease (or took it): this one does not write
 
 
 class EdgehostError(Exception):

@@ -23,6 +23,7 @@ from ..restore import RestoreResult, latest_by_key, restore_latest_or_point
 from ..settings import SECRET_NAMES, Settings
 from ..sqlite import journal_mode
 from .control import ControlServer, MetricsServer
+from .final_sync import final_sync
 from .logs import LogHub
 from .policy import Backoff
 from .service import Service, ServiceSpec
@@ -160,6 +161,8 @@ class Supervisor:
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
         self._store: ReplicaStore | None = None
+        self.fenced = False  # another machine took the writer lease: never write to the replica again
+        self.final_sync_results: list = []
 
     def log(self, text: str) -> None:
         self.hub.line("edgehost", text)
@@ -301,15 +304,53 @@ class Supervisor:
     def _stop_all(self) -> None:
         timeouts = {"portal": self.settings.portal.stop_timeout}
         for svc in reversed(self.services):
+            stop_timeout = timeouts.get(svc.name, svc.spec.stop_timeout)
+            if svc.name == "litestream":
+                # The writers (portal, tunnel) are stopped by now: push every database out first.
+                spent = self._final_sync(svc)
+                stop_timeout = max(5.0, stop_timeout - spent)
             if svc.proc is None:
                 continue
             started = time.monotonic()
             if self.hurry.is_set():
                 code = svc.stop(0)
             else:
-                code = svc.stop(timeouts.get(svc.name, svc.spec.stop_timeout), self.hurry)
+                code = svc.stop(stop_timeout, self.hurry)
             svc.state = Service.STOPPED
             self.log(f"{svc.name} stopped (exit {code}) in {time.monotonic() - started:.2f}s")
+
+    def _final_sync(self, ls: Service) -> float:
+        """Sync every database on disk and check the replica reached its local txid; returns the seconds spent."""
+        started = time.monotonic()
+        refs = layout.local_databases(self.settings)
+        if not refs or self.fenced:
+            if self.fenced:
+                self.log("final sync skipped: another machine holds the writer lease")
+            return 0.0
+        budget = max(5.0, self.settings.litestream_stop_timeout - 5.0)
+        if ls.state not in (Service.RUNNING, Service.STARTING) or ls.poll() is not None:
+            # Backoff, held or crashed: run litestream once more, or the newest writes stay on this disk.
+            self.log(f"final sync: litestream is {ls.state}; starting it for the final sync")
+            if ls.proc is not None:
+                ls.stop(1)
+            ls.start()
+        sock = litestream.ControlSocket(self.settings.litestream_socket, timeout=5.0)
+        while not sock.alive() and ls.poll() is None and time.monotonic() - started < budget:
+            if self.hurry.wait(0.05):
+                break
+        results = final_sync(sock, refs, budget - (time.monotonic() - started), self.hurry)
+        missing = [r for r in results if not r.landed]
+        took = time.monotonic() - started
+        if missing:
+            self.exit_status = ExitStatus.FINAL_SYNC_FAILED
+            for r in missing:
+                self.log(f"!!! final sync did not land for {r.describe()}; its newest writes are only on this disk")
+            self.log(f"!!! final sync: {len(missing)} of {len(results)} database(s) not replicated "
+                     f"(exit {int(ExitStatus.FINAL_SYNC_FAILED)}); start `edgehost up` again to push them")
+        else:
+            self.log(f"final sync: {len(results)} database(s) replicated up to their local txid in {took:.2f}s")
+        self.final_sync_results = results
+        return took
 
     # --- control socket ---------------------------------------------------------------------
 
