@@ -34,8 +34,16 @@ def portal(
 
 @property_app.command("add")
 def property_add(slug: str = typer.Argument(..., help="Lowercase letters, digits and hyphens; 1-63 characters.")) -> None:
-    """Create a property: its directory and a migrated database."""
-    path = store.create_property(load_settings(), slug)
+    """Create a property: its directory and a migrated database.
+
+    Refused when the replica already holds a property of that name (restore it instead: the
+    message gives the command) or cannot be asked.
+    """
+    from ..provision import check_new_property
+
+    settings = load_settings()
+    check_new_property(settings, slug)
+    path = store.create_property(settings, slug)
     console.print(f"created property [bold]{slug}[/] at {path}")
 
 
@@ -54,8 +62,14 @@ def property_list(as_json: bool = typer.Option(False, "--json", help="Print JSON
 
 @app.command("migrate")
 def migrate() -> None:
-    """Create the global DB if missing and bring every database to the latest schema (a no-op when current)."""
+    """Bring every database to the latest schema (a no-op when current).
+
+    First restores every database the replica holds and the disk lacks (a new machine gets its data
+    back, never an empty database over it); creates the global DB only when the replica holds none.
+    """
+    from ..provision import prepare_data_dir
+
     settings = load_settings()
-    store.ensure_global(settings)
+    prepare_data_dir(settings, lambda line: console.print(line, markup=False, highlight=False))
     for label, applied in store.migrate_all(settings):
         console.print(f"{label}: {', '.join(applied) if applied else 'up to date'}")

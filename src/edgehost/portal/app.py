@@ -117,7 +117,11 @@ def serve(settings: Settings) -> None:
     """Prepare the databases and serve the portal until SIGTERM/SIGINT."""
     import uvicorn
 
-    store.ensure_global(settings)
+    if not settings.global_db.exists():
+        # Never create a global DB the replica holds: restore it, or create it only if the replica has none.
+        from ..provision import prepare_data_dir
+
+        prepare_data_dir(settings, lambda line: print(line, flush=True))
     store.migrate_all(settings)
     uvicorn.run(
         create_app(settings),

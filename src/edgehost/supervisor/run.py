@@ -9,17 +9,15 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
 import httpx
 
-from .. import layout, litestream, status
+from .. import layout, litestream, provision, status
 from ..errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
-from ..portal.store import ensure_data_dir
-from ..replica import ReplicaStore, replica_keys
-from ..restore import RestoreResult, latest_by_key, restore_latest_or_point
+from ..portal.store import ensure_data_dir, ensure_global
+from ..replica import ReplicaStore
 from ..settings import SECRET_NAMES, Settings
 from ..sqlite import journal_mode
 from .control import ControlServer, MetricsServer
@@ -107,38 +105,6 @@ def preflight(settings: Settings) -> Preflight:
     return Preflight(binary, version, repl, store)
 
 
-def missing_databases(settings: Settings, pre: Preflight) -> list[layout.DatabaseRef]:
-    """Every database the replica holds that the disk lacks: the global one and every listed tenant."""
-    keys = replica_keys(settings, pre.replication.tenants_root, pre.replication.global_entry.replica_url)
-    refs = [layout.ref_for(settings, key) for key in keys]
-    return [r for r in refs if not r.path.exists()]
-
-
-def restore_missing(settings: Settings, pre: Preflight, log: Callable[[str], None], parallel: int = 8) -> list[RestoreResult]:
-    refs = missing_databases(settings, pre)
-    if not refs:
-        log("restore: every database in the replica is on disk")
-        return []
-    log(f"restore: {len(refs)} database(s) in the replica are missing on disk: {', '.join(r.label for r in refs)}")
-    env, _ = litestream.child_environ(settings)
-
-    latest = latest_by_key(settings, pre.replication, [r.key for r in refs]) if len(refs) >= 4 else {}
-
-    def one(ref: layout.DatabaseRef) -> RestoreResult:
-        result = restore_latest_or_point(pre.binary, env, pre.replication.restore_url(ref), ref.path, name=ref.label,
-                                         txid=None, timestamp=None, latest=latest.get(ref.key))
-        log(f"restore: {ref.label}: " + (f"ok txid {result.txid} in {result.seconds:.2f}s" if result.ok else f"FAILED: {result.error}"))
-        return result
-
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        results = list(pool.map(one, refs))
-    failed = [r.name for r in results if not r.ok]
-    if failed:
-        # Starting now would let the portal create empty databases over a replica that has data.
-        raise EnvironmentProblem(f"restore of {', '.join(failed)} failed; not starting (see the log above)")
-    return results
-
-
 class Supervisor:
     """Runs the services in order and keeps them up until told to stop."""
 
@@ -203,7 +169,11 @@ class Supervisor:
                 self.log(f"secrets from {s.env_file} pass to children by environment")
             ensure_data_dir(s)
             self.phase = "restoring"
-            restore_missing(s, pre, self.log)
+            provision.restore_missing(s, pre.replication, pre.binary, self.log)
+            if not s.global_db.exists():
+                # The listing just showed the replica holds no global DB: only now may one be created.
+                self.log(f"the replica holds no global database: creating {s.global_db}")
+                ensure_global(s)
             if self.stopping.is_set():
                 return int(self.exit_status)
             for spec in service_plan(s, pre.binary):

@@ -1,0 +1,98 @@
+"""Databases come from the replica first: restore what it holds and the disk lacks, create only what it lacks.
+
+An empty database created on a new machine beside a replica that has the real one becomes the
+newest state the moment Litestream replicates it. So every path that can create a database (`up`,
+`migrate`, `property add`, the portal's start) asks the replica first.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from . import layout, litestream
+from .errors import BadInput, EdgehostError, EnvironmentProblem
+from .replica import replica_keys
+from .restore import RestoreResult, latest_by_key, restore_latest_or_point
+from .settings import Settings
+
+Log = Callable[[str], None]
+
+
+class HeldByReplica(BadInput):
+    """The database a command would create already exists in the replica."""
+
+
+def missing_databases(settings: Settings, repl: litestream.Replication) -> list[layout.DatabaseRef]:
+    """Every database the replica holds that the disk lacks: the global one and every listed tenant."""
+    keys = replica_keys(settings, repl.tenants_root, repl.global_entry.replica_url)
+    refs = [layout.ref_for(settings, key) for key in keys]
+    return [r for r in refs if not r.path.exists()]
+
+
+def restore_missing(settings: Settings, repl: litestream.Replication, binary: Path, log: Log,
+                    parallel: int = 8) -> list[RestoreResult]:
+    """Restore every database the replica holds and the disk lacks; raise if any restore fails."""
+    refs = missing_databases(settings, repl)
+    if not refs:
+        log("restore: every database in the replica is on disk")
+        return []
+    log(f"restore: {len(refs)} database(s) in the replica are missing on disk: {', '.join(r.label for r in refs)}")
+    env, _ = litestream.child_environ(settings)
+    latest = latest_by_key(settings, repl, [r.key for r in refs]) if len(refs) >= 4 else {}
+
+    def one(ref: layout.DatabaseRef) -> RestoreResult:
+        result = restore_latest_or_point(binary, env, repl.restore_url(ref), ref.path, name=ref.label,
+                                         txid=None, timestamp=None, latest=latest.get(ref.key))
+        log(f"restore: {ref.label}: " + (f"ok txid {result.txid} in {result.seconds:.2f}s" if result.ok
+                                         else f"FAILED: {result.error}"))
+        return result
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        results = list(pool.map(one, refs))
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        # Going on would let something create empty databases over a replica that has data.
+        raise EnvironmentProblem(f"restore of {', '.join(failed)} failed; nothing was created (see above)")
+    return results
+
+
+def prepare_data_dir(settings: Settings, log: Log) -> list[RestoreResult]:
+    """Before migrating: restore what the replica holds, then create the global DB only if it holds none.
+
+    When the replica cannot be listed, nothing is created: an existing data dir is migrated as it is,
+    a missing global DB is refused with the reason.
+    """
+    from .portal.store import ensure_data_dir, ensure_global
+
+    ensure_data_dir(settings)
+    repl = litestream.replication(settings)
+    try:
+        binary, _ = litestream.check_binary(settings.environ)
+        results = restore_missing(settings, repl, binary, log)
+    except EnvironmentProblem as exc:
+        if not settings.global_db.exists():
+            raise EnvironmentProblem(
+                f"cannot check the replica ({exc}); not creating {settings.global_db}: the replica may hold it. "
+                f"Fix the replica settings (edgehost doctor) and run this again") from None
+        log(f"warning: cannot check the replica ({exc}); migrating the databases on disk only")
+        return []
+    if not settings.global_db.exists():
+        log(f"the replica holds no global database: creating {settings.global_db}")
+    ensure_global(settings)
+    return results
+
+
+def check_new_property(settings: Settings, slug: str) -> None:
+    """Refuse to create a property whose database the replica already holds (or when it cannot be asked)."""
+    layout.check_slug(slug)
+    repl = litestream.replication(settings)
+    try:
+        held = slug in replica_keys(settings, repl.tenants_root, repl.global_entry.replica_url)
+    except EdgehostError as exc:
+        raise EnvironmentProblem(f"cannot check the replica before creating {slug!r} ({exc}); "
+                                 f"a property the replica holds must be restored, not created") from None
+    if held:
+        raise HeldByReplica(f"property {slug!r} already exists in the replica ({settings.replica_url}); "
+                            f"bring it back with: edgehost restore {slug} --to {settings.data_dir}")

@@ -1,0 +1,96 @@
+"""No command creates a database the replica already holds: a new machine on an existing replica.
+
+Home A writes, stops. A fresh home B on the same bucket follows the documented new-machine steps
+(config check, doctor, migrate, then up): B must hold every row, and so must the replica's latest.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import pytest
+
+from edgehost import layout, litestream
+from procs import KitHome, edgehost, plain_restore, rows, start_supervisor
+
+pytestmark = pytest.mark.e2e
+
+
+def _second_home(a: KitHome, tmp_path_factory) -> KitHome:
+    path = tmp_path_factory.mktemp("b", numbered=True)
+    shutil.copy(a.path / "litestream.yml", path / "litestream.yml")
+    env = {**a.env, "EDGEHOST_HOME": str(path)}
+    return KitHome(path, env)
+
+
+def _write_some(home: KitHome) -> dict:
+    url = home.settings().portal_url
+    events = {}
+    for slug in ("alpha", "bravo"):
+        httpx.post(f"{url}/properties", json={"slug": slug}).raise_for_status()
+        events[slug] = [httpx.post(f"{url}/properties/{slug}/events", json={"kind": "k"}).json()["id"]
+                        for _ in range(7)]
+    for i in range(5):
+        httpx.put(f"{url}/study/users/u{i}", json={"email": f"u{i}@x.y"}).raise_for_status()
+    return events
+
+
+def test_migrate_on_a_new_machine_restores_instead_of_creating_an_empty_db(s3_home, tmp_path_factory, tmp_path):
+    a = s3_home
+    up = start_supervisor(a)
+    events = _write_some(a)
+    assert up.stop() == 0, up.output()
+
+    b = _second_home(a, tmp_path_factory)
+    assert not b.settings().data_dir.exists()
+    for step in (("config", "check"), ("migrate",)):
+        proc = edgehost(b, *step)
+        assert proc.returncode == 0, f"{step}: {proc.stderr}"
+    settings = b.settings()
+    assert len(rows(settings.global_db, "SELECT user_id FROM study_users")) == 5
+    migrated = edgehost(b, "migrate")  # a second run does nothing more
+    assert migrated.returncode == 0 and "every database in the replica is on disk" in migrated.stderr
+
+    up = start_supervisor(b)
+    try:
+        url = settings.portal_url
+        assert len(httpx.get(f"{url}/study/users").json()["users"]) == 5
+        for slug, ids in events.items():
+            assert [e["id"] for e in httpx.get(f"{url}/properties/{slug}/events").json()["events"]] == ids
+    finally:
+        assert up.stop() == 0, up.output()
+
+    # and the replica's latest is still the real data, not an empty database B made
+    repl = litestream.replication(settings)
+    out = tmp_path / "global.db"
+    proc = plain_restore(repl.restore_url(layout.global_db(settings)), out, b.environ())
+    assert proc.returncode == 0, proc.stderr
+    assert len(rows(out, "SELECT user_id FROM study_users")) == 5
+
+
+def test_property_add_refuses_a_slug_the_replica_holds(s3_home, tmp_path_factory):
+    up = start_supervisor(s3_home)
+    _write_some(s3_home)
+    assert up.stop() == 0
+
+    b = _second_home(s3_home, tmp_path_factory)
+    proc = edgehost(b, "property", "add", "alpha")
+    assert proc.returncode == 2
+    assert "already exists in the replica" in proc.stderr and "edgehost restore alpha --to" in proc.stderr
+    assert not layout.property_db(b.settings(), "alpha").path.exists()
+    assert edgehost(b, "property", "add", "charlie").returncode == 0
+
+
+def test_a_standalone_portal_on_a_new_machine_restores_the_global_db(s3_home, tmp_path_factory):
+    from procs import start_portal
+
+    up = start_supervisor(s3_home)
+    _write_some(s3_home)
+    assert up.stop() == 0
+    b = _second_home(s3_home, tmp_path_factory)
+    portal, url = start_portal(b)
+    try:
+        assert len(httpx.get(f"{url}/study/users").json()["users"]) == 5
+    finally:
+        portal.stop()
