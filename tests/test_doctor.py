@@ -7,6 +7,7 @@ Only what cannot exist here goes through a seam: the clock (skew), the platform 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -22,7 +24,9 @@ import pytest
 import edgehost.cli.doctor_cmd  # noqa: F401  (registers `edgehost doctor`)
 from edgehost import doctor, launchd
 from edgehost.cli import main
+from edgehost.errors import BadInput
 from edgehost.portal import store
+from edgehost.tunnel import TunnelSpec, check_config_for_supervisor, render_config, write_config
 
 from procs import KitHome, free_port
 
@@ -341,3 +345,90 @@ def test_env_file_lookup_matches_load_settings(kit_home, tmp_path):
     assert doctor.env_file_path(kit_home.path, {}) == kit_home.path / "secrets" / "kit.env"
     other = tmp_path / "x.env"
     assert doctor.env_file_path(kit_home.path, {"EDGEHOST_ENV_FILE": str(other)}) == other
+
+
+# --- the tunnel: cloudflared and its config, as `edgehost up` will find them ----------------
+
+TUNNEL_ID = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+
+
+def _tunnel_home(home: KitHome, *, config_metrics: int, setting: int = 20241) -> Path:
+    """Tunnel enabled, cloudflared by its bare name (as a Homebrew install is found), a rendered config."""
+    creds = home.path / f"{TUNNEL_ID}.json"
+    creds.write_text(json.dumps({"AccountTag": "x", "TunnelSecret": "c2VjcmV0", "TunnelID": TUNNEL_ID}))
+    creds.chmod(0o600)
+    config = home.path / "cloudflared" / "config.yml"
+    spec = TunnelSpec(TUNNEL_ID, creds, ("portal.example.com",), "acme", "a" * 64,
+                      int(home.env["EDGEHOST_PORTAL_PORT"]), config_metrics)
+    write_config(render_config(spec), config)
+    (home.path / "edgehost.toml").write_text(f"[tunnel]\nenabled = true\nmetrics_port = {setting}\n")
+    bin_dir = home.path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    home.env["PATH"] = str(bin_dir)  # only this: no cloudflared of the machine's own can answer
+    return bin_dir
+
+
+def _doctor_process(home: KitHome) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEHOST_", "AWS_"))}
+    return subprocess.run([sys.executable, "-m", "edgehost", "doctor"], env={**env, **home.env}, cwd=home.path,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _line(output: str, check: str) -> str:
+    lines = output.splitlines()
+    i = next(i for i, ln in enumerate(lines) if ln.split()[1:2] == [check])
+    fix = lines[i + 1].strip() if i + 1 < len(lines) and lines[i + 1].strip().startswith("fix:") else ""
+    return f"{' '.join(lines[i].split())}\n{fix}"  # column widths depend on which checks ran
+
+
+def test_a_missing_cloudflared_fails_doctor_with_the_brew_fix(kit_home):
+    bin_dir = _tunnel_home(kit_home, config_metrics=20241)
+    done = _doctor_process(kit_home)
+    assert done.returncode == 1, done.stderr
+    line, fix = _line(done.stderr, "cloudflared").split("\n")
+    assert line == (f"fail cloudflared cloudflared not found: tunnel.binary is 'cloudflared' and no such program is "
+                    f"on PATH ({bin_dir}): the portal is not reachable through the tunnel")
+    assert fix.startswith("fix: brew install cloudflared") and "tunnel section of edgehost.toml" in fix
+    assert _line(done.stderr, "tunnel.config").startswith("ok")  # the config itself is fine
+
+    # Installed (here: a stand-in that answers --version as cloudflared does): doctor passes.
+    stand_in = bin_dir / "cloudflared"
+    stand_in.write_text('#!/bin/sh\necho "cloudflared version 2025.1.0 (built 2025-01-10-1200 UTC)"\n')
+    stand_in.chmod(0o755)
+    done = _doctor_process(kit_home)
+    assert done.returncode == 0, done.stderr
+    assert _line(done.stderr, "cloudflared").startswith(
+        f"ok cloudflared cloudflared version 2025.1.0 (built 2025-01-10-1200 UTC) at {stand_in}")
+
+
+def test_a_metrics_port_the_supervisor_would_not_probe_fails_doctor(kit_home):
+    bin_dir = _tunnel_home(kit_home, config_metrics=20300)  # rendered with --metrics-port 20300 before the fix
+    (bin_dir / "cloudflared").write_text('#!/bin/sh\necho "cloudflared version 2025.1.0"\n')
+    (bin_dir / "cloudflared").chmod(0o755)
+    config = kit_home.path / "cloudflared" / "config.yml"
+    report = run_doctor(kit_home)
+    checks = by_check(report)
+    assert not report.ok
+    assert checks["cloudflared"].status == "ok"
+    metrics = checks["tunnel.metrics"]
+    assert metrics.status == "fail"
+    # The supervisor's own words, with the config's path, as `edgehost up` would print them.
+    with pytest.raises(BadInput) as refusal:
+        check_config_for_supervisor(config, metrics_port=20241)
+    assert metrics.message == str(refusal.value)
+    assert metrics.fix == (f"edit {config} to read metrics: 127.0.0.1:20241, or set metrics_port in the tunnel "
+                           "section of edgehost.toml to the config's port")
+    assert checks["tunnel.config"].status == "ok"
+
+    done = _doctor_process(kit_home)
+    assert done.returncode == 1
+    assert "supervisor probes port 20241 (tunnel.metrics_port)" in _line(done.stderr, "tunnel.metrics")
+
+    (kit_home.path / "edgehost.toml").write_text("[tunnel]\nenabled = true\nmetrics_port = 20300\n")
+    assert by_check(run_doctor(kit_home))["tunnel.metrics"].status == "ok"
+
+
+def test_a_disabled_tunnel_is_not_checked(kit_home):
+    (kit_home.path / "edgehost.toml").write_text("[tunnel]\nenabled = false\nbinary = '/nowhere/cloudflared'\n")
+    names = {f.check for f in run_doctor(kit_home).findings}
+    assert not names & {"cloudflared", "tunnel.config", "tunnel.metrics"}

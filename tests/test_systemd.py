@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,100 @@ def test_a_failing_systemctl_is_an_environment_problem(home_env, tmp_path, monke
     monkeypatch.setattr(systemd, "systemctl", lambda *a: (1, "Failed to enable unit: Access denied"))
     assert main(["systemd", "install", *_args(tmp_path)]) == 3
     assert "Access denied" in capsys.readouterr().err
+
+
+# --- the unit never gives up (a power cut, then half a minute without network) ---------------
+
+
+def start_limit_outcome(unit: dict, outage: float, fail_after: float = 1.0, horizon: float = 3600.0) -> tuple[str, list[float]]:
+    """What systemd does with this unit while every start fails for `outage` seconds, then succeeds.
+
+    A model of systemd's start rate limit (ratelimit_below: at most StartLimitBurst starts per
+    StartLimitIntervalSec window, 0 disables it; automatic restarts count) and of the restart delay
+    (RestartSec, growing to RestartMaxDelaySec in RestartSteps exponential steps). Returns "running" or
+    "failed" (start-limit-hit: systemd stops for good) and the start times.
+    """
+    interval = float(unit["Unit"].get("StartLimitIntervalSec", ["10"])[0])
+    burst = int(unit["Unit"].get("StartLimitBurst", ["5"])[0])
+    svc = unit["Service"]
+    base = float(svc["RestartSec"][0])
+    steps = int(svc.get("RestartSteps", ["0"])[0])
+    cap = float(svc.get("RestartMaxDelaySec", [str(base)])[0])
+    t, begin, count, starts = 0.0, None, 0, []
+    while t <= horizon:
+        if interval > 0 and burst > 0:
+            if begin is None or t - begin > interval:
+                begin, count = t, 0
+            count += 1
+            if count > burst:
+                return "failed", starts
+        starts.append(t)
+        if t >= outage:
+            return "running", starts
+        i = len(starts) - 1  # restarts scheduled so far
+        delay = base if not steps or cap <= base else base * (cap / base) ** (min(i, steps) / steps)
+        t += fail_after + delay
+    return "failing", starts
+
+
+OLD_UNIT = {"Unit": {"StartLimitIntervalSec": ["300"], "StartLimitBurst": ["5"]},
+            "Service": {"Restart": ["on-failure"], "RestartSec": ["5"]}}
+
+
+@pytest.mark.parametrize("backoff", [False, True])
+def test_a_network_outage_after_a_power_cut_never_leaves_the_unit_failed(home_env, tmp_path, backoff):
+    # What the user hit: `edgehost up` exited 3 at each start while the replica was unreachable; with
+    # 5 starts per 300 s allowed, a 25 s outage used them up and systemd gave up for good.
+    assert start_limit_outcome(OLD_UNIT, outage=25)[0] == "failed"
+
+    text = systemd.supervisor_unit(_dep(home_env), backoff=backoff)
+    unit = parse_unit(text)
+    assert unit["Unit"]["StartLimitIntervalSec"] == ["0"] and "StartLimitBurst" not in unit["Unit"]
+    assert unit["Service"]["Restart"] == ["on-failure"]
+    for outage in (25, 600, 6 * 3600):
+        outcome, starts = start_limit_outcome(unit, outage=outage, horizon=outage + 120)
+        assert outcome == "running", (outage, starts)
+        assert starts[-1] - outage <= 61  # back within a minute of the network
+    # The rendered unit says why, next to the setting.
+    comment = text[text.index("[Unit]"):text.index("StartLimitIntervalSec=0")]
+    assert "# Never give up restarting" in comment and "power cut" in comment and "failed for good" in comment
+
+    if backoff:  # systemd >= 254: the wait grows from 5 s to a minute
+        assert unit["Service"]["RestartSec"] == ["5"]
+        assert unit["Service"]["RestartSteps"] == ["4"] and unit["Service"]["RestartMaxDelaySec"] == ["60"]
+        _, starts = start_limit_outcome(unit, outage=600)
+        gaps = [round(b - a - 1) for a, b in zip(starts, starts[1:])]
+        assert gaps[:6] == [5, 9, 17, 32, 60, 60]
+    else:  # older systemd does not know those keys (it would warn "Unknown key" at every boot)
+        assert "RestartSteps" not in unit["Service"] and "RestartMaxDelaySec" not in unit["Service"]
+
+
+@pytest.mark.parametrize("version, backoff", [(255, True), (254, True), (252, False), (None, False)])
+def test_backoff_is_written_only_for_a_systemd_that_knows_it(home_env, monkeypatch, version, backoff):
+    monkeypatch.setattr(systemd, "installed_version", lambda: version)
+    svc = parse_unit(systemd.render(_dep(home_env))[systemd.SUPERVISOR_UNIT])["Service"]
+    assert ("RestartSteps" in svc) is backoff
+
+
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl is not installed")
+def test_installed_version_reads_systemctl():
+    out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=30).stdout
+    assert systemd.installed_version() == int(out.split()[1])
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed (apt-get install systemd)")
+def test_systemd_analyze_verify_accepts_the_never_give_up_unit_with_the_cli(home_env, tmp_path):
+    # `edgehost systemd render` as a user runs it (a real process), then systemd's own parser on the result.
+    out = tmp_path / "units"
+    env = {**os.environ, **home_env.env}
+    done = subprocess.run([sys.executable, "-m", "edgehost", "systemd", "render", "--out", str(out), "--user", "daemon"],
+                          env=env, cwd=home_env.path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    unit = out / systemd.SUPERVISOR_UNIT
+    assert "StartLimitIntervalSec=0" in unit.read_text().splitlines()
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    for problem in ("Unknown key", "Unknown section", "Failed to parse", "Invalid", "not executable"):
+        assert problem not in output, output

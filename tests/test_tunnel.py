@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import edgehost.cli.tunnel_cmd  # noqa: F401  (registers `edgehost tunnel` until
 from edgehost import tunnel
 from edgehost.cli import main
 from edgehost.errors import BadInput, ExitStatus
+from edgehost.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 TUNNEL_ID = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
@@ -386,3 +389,116 @@ def test_cli_lint_runs_cloudflared_from_path(home, monkeypatch, good, tmp_path):
     assert main(["tunnel", "lint", str(path)]) == ExitStatus.CHECK_FAILED
     assert main(["tunnel", "lint", str(path), "--skip-cloudflared"]) == ExitStatus.OK
 
+
+
+# ---------------------------------------------------------------- render, lint and `up` agree on the metrics port
+# A user rendered with --metrics-port 20300: lint said 0 errors and `edgehost up` refused the config.
+
+
+def run_cli(home: Path, *args: str, env: dict | None = None):
+    """`edgehost ARGS` as a user runs it: a real process in the kit's home."""
+    environ = {**os.environ, "EDGEHOST_HOME": str(home), **(env or {})}
+    for name in ("EDGEHOST_TUNNEL_CONFIG", "EDGEHOST_SETTINGS", "EDGEHOST_ENV_FILE", "EDGEHOST_PORTAL_PORT"):
+        environ.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "edgehost", *args], cwd=home, env=environ, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_render_lint_and_the_supervisor_agree_on_the_metrics_port(home):
+    out = home / "cloudflared" / "config.yml"
+    args = render_args(home, "-o", str(out))[:]
+
+    refused = run_cli(home, *args, "--metrics-port", "20300")
+    assert refused.returncode == ExitStatus.BAD_INPUT
+    message = refused.stderr.strip()
+    assert "\n" not in message, message  # one line
+    assert message.startswith("error: --metrics-port 20300 is not tunnel.metrics_port (20241)")
+    assert "set metrics_port = 20300 in the tunnel section of edgehost.toml" in message and "drop --metrics-port" in message
+    assert "EDGEHOST_METRICS_PORT is the kit's own metrics server" in message  # the env var that is NOT it
+    assert not out.exists()
+
+    # The same port as the setting is accepted; so is no flag at all (the default is the setting).
+    assert run_cli(home, *args, "--metrics-port", "20241").returncode == ExitStatus.OK
+    assert yaml.safe_load(out.read_text())["metrics"] == "127.0.0.1:20241"
+    assert run_cli(home, "tunnel", "lint", "--skip-cloudflared").returncode == ExitStatus.OK
+
+    # Change the setting instead, as the message says: render follows it, and the old config no longer lints.
+    (home / "edgehost.toml").write_text("[tunnel]\nmetrics_port = 20300\n")
+    linted = run_cli(home, "tunnel", "lint", "--skip-cloudflared", "--json")
+    assert linted.returncode == ExitStatus.CHECK_FAILED
+    finding = next(f for f in json.loads(linted.stdout)["findings"] if f["code"] == "metrics-port-mismatch")
+    assert finding["severity"] == "error" and finding["where"] == "metrics"
+    # ... in the very words `edgehost up` refuses it with.
+    with pytest.raises(BadInput) as refusal:
+        tunnel.check_config_for_supervisor(out, metrics_port=20300)
+    assert str(refusal.value) == f"{out}: {finding['message']}"
+    assert finding["message"] == ("metrics is 127.0.0.1:20241, but the supervisor probes port 20300 "
+                                  "(tunnel.metrics_port); set metrics: 127.0.0.1:20300")
+    human = run_cli(home, "tunnel", "lint", "--skip-cloudflared")
+    assert human.returncode == ExitStatus.CHECK_FAILED and "1 error(s)" in human.stderr
+
+    assert run_cli(home, *args, "--force", "--metrics-port", "20300").returncode == ExitStatus.OK
+    assert yaml.safe_load(out.read_text())["metrics"] == "127.0.0.1:20300"
+    assert run_cli(home, "tunnel", "lint", "--skip-cloudflared").returncode == ExitStatus.OK
+    tunnel.check_config_for_supervisor(out, metrics_port=20300)
+
+
+def test_lint_with_the_settings_makes_a_missing_metrics_address_an_error(good):
+    config = copy.deepcopy(good)
+    del config["metrics"]
+    assert codes(tunnel.lint_config(config)) == {"no-metrics": "warning"}  # no settings: only a warning
+    found = tunnel.lint_config(config, metrics_port=20241)
+    assert codes(found) == {"no-metrics": "error"}  # the supervisor refuses it
+    assert found[0].message == "metrics is not set, but the supervisor probes port 20241 (tunnel.metrics_port); " \
+                               "set metrics: 127.0.0.1:20241"
+    config["metrics"] = "0.0.0.0:20241"  # exposed, but where the probe finds it
+    assert codes(tunnel.lint_config(config, metrics_port=20241)) == {"metrics-exposed": "warning"}
+
+
+# ---------------------------------------------------------------- a missing cloudflared with the tunnel enabled
+
+
+def tunnel_settings(home: Path, binary: str, path: str, enabled: bool = True):
+    (home / "edgehost.toml").write_text(f"[tunnel]\nenabled = {'true' if enabled else 'false'}\nbinary = '{binary}'\n")
+    return load_settings(home, {"EDGEHOST_HOME": str(home), "PATH": path})
+
+
+def stand_in(bin_dir: Path, body: str, mode: int = 0o755) -> Path:
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / "cloudflared"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(mode)
+    return path
+
+
+def test_cloudflared_problem_names_what_is_wrong_in_one_line(home, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    settings = tunnel_settings(home, "cloudflared", str(bin_dir))
+    problem = tunnel.cloudflared_problem(settings)
+    assert problem == (f"cloudflared not found: tunnel.binary is 'cloudflared' and no such program is on PATH ({bin_dir}); "
+                       f"the tunnel stays down until it is fixed: {tunnel.CLOUDFLARED_FIX}")
+    assert "brew install cloudflared" in problem and "\n" not in problem
+
+    # The tunnel disabled: nothing to say, whatever the binary.
+    assert tunnel.cloudflared_problem(tunnel_settings(home, "cloudflared", str(bin_dir), enabled=False)) is None
+
+    binary = stand_in(bin_dir, 'echo "cloudflared version 2025.1.0 (built 2025-01-10)"', mode=0o644)
+    assert tunnel.cloudflared_problem(settings).startswith(f"cloudflared at {binary} (tunnel.binary) is not an executable")
+
+    binary.chmod(0o755)
+    assert tunnel.cloudflared_problem(settings) is None
+    assert tunnel.check_cloudflared(settings) == (binary, "cloudflared version 2025.1.0 (built 2025-01-10)")
+
+    stand_in(bin_dir, 'echo "dyld: Library not loaded: libresolv" >&2; exit 134')
+    assert tunnel.cloudflared_problem(settings).startswith(
+        f"`{binary} --version` exited 134: dyld: Library not loaded: libresolv;")
+
+    binary.write_bytes(b"\xcf\xfa\xed\xfe not a program for this machine")  # e.g. the wrong architecture
+    assert "cannot run" in tunnel.cloudflared_problem(settings)
+
+    # A path in tunnel.binary: absolute, or relative to the kit's home (as the supervisor runs it).
+    assert tunnel.cloudflared_problem(tunnel_settings(home, "/opt/nowhere/cloudflared", str(bin_dir))).startswith(
+        "cloudflared not found: tunnel.binary is /opt/nowhere/cloudflared, which does not exist;")
+    stand_in(home / "bin", 'echo "cloudflared version 2025.1.0"')
+    assert tunnel.cloudflared_problem(tunnel_settings(home, "bin/cloudflared", "")) is None

@@ -2,7 +2,8 @@
 
 Each check gives a finding (ok, warn or fail) with a one-line fix. Doctor keeps going after a bad
 finding, including a bad env file that would stop every other command, so one run lists everything.
-Side effects are limited to a small probe object under a kit-only prefix of the replica, removed again.
+Side effects are limited to a small probe object under a kit-only prefix of the replica, removed again
+(and, with the tunnel enabled, running `cloudflared --version`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Mapping
 
-from . import launchd, layout, litestream
+from . import launchd, layout, litestream, tunnel
 from .errors import BadInput, EdgehostError, EnvironmentProblem
 from .replica import ReplicaStore
 from .settings import DEFAULT_ENV_FILE, SETTINGS_FILE, Settings, load_settings
@@ -112,6 +113,7 @@ def doctor(home: Path | None = None, environ: Mapping[str, str] | None = None) -
         _check_databases(report, settings)
         _check_data_dir(report, settings)
         _check_replica(report, settings)
+        _check_tunnel(report, settings)
     if platform() == "darwin":
         _check_power(report)
         _check_filevault(report)
@@ -310,6 +312,50 @@ def _check_clock(report: DoctorReport, settings: Settings, store: ReplicaStore |
         report.add("clock", WARN, message, fix)
     else:
         report.add("clock", OK, message)
+
+
+def _check_tunnel(report: DoctorReport, settings: Settings) -> None:
+    """With the tunnel enabled: cloudflared runs, and `edgehost up` accepts its config (metrics port included)."""
+    if not settings.tunnel.enabled:
+        return
+    try:
+        path, version = tunnel.check_cloudflared(settings)
+    except EnvironmentProblem as exc:
+        # Not fatal for the kit (replication runs without the tunnel), but the portal is unreachable.
+        report.add("cloudflared", FAIL, f"{exc}: the portal is not reachable through the tunnel", tunnel.CLOUDFLARED_FIX)
+    else:
+        report.add("cloudflared", OK, f"{version} at {path}")
+
+    config = settings.tunnel.config
+    if not config.is_file():
+        report.add("tunnel.config", FAIL, f"{config}: cloudflared config not found (the tunnel is enabled)",
+                   f"edgehost tunnel render -o {config}")
+        return
+    try:
+        address = tunnel.load_config(config).get("metrics")
+    except BadInput as exc:
+        report.add("tunnel.config", FAIL, str(exc), f"fix the file, then: edgehost tunnel lint {config}")
+        return
+    port = settings.tunnel.metrics_port
+    problem = tunnel.metrics_port_problem(address, port)
+    if problem:
+        report.add("tunnel.metrics", FAIL, f"{config}: {problem}",
+                   f"edit {config} to read metrics: 127.0.0.1:{port}, or set metrics_port in the tunnel "
+                   "section of edgehost.toml to the config's port")
+    else:
+        try:
+            tunnel.split_address(address)
+        except BadInput:
+            pass  # nonsense: tunnel.config below reports it (bad-metrics)
+        else:
+            report.add("tunnel.metrics", OK, f"cloudflared's metrics ({address}) are where the supervisor probes /ready")
+    try:
+        # Everything else `edgehost up` refuses: lint errors, the credentials file. The metrics port was above.
+        tunnel.check_config_for_supervisor(config)
+    except BadInput as exc:
+        report.add("tunnel.config", FAIL, str(exc), f"edgehost tunnel lint {config}")
+    else:
+        report.add("tunnel.config", OK, f"{config}: `edgehost up` accepts it")
 
 
 def _pmset_value(output: str, key: str) -> str | None:

@@ -23,12 +23,19 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import BadInput
+from .errors import BadInput, EnvironmentProblem
+from .settings import SECRET_NAMES, Settings
 from .yamlfile import read_yaml
 
 PROTOCOLS = ("auto", "quic", "http2")
 DEFAULT_PROTOCOL = "auto"
 VALIDATE_TIMEOUT = 30.0
+VERSION_TIMEOUT = 15.0
+# The kit's setting for the port the supervisor probes (GET /ready). It has no environment variable;
+# EDGEHOST_METRICS_PORT is a different port (the kit's own Prometheus endpoint).
+METRICS_PORT_SETTING = "tunnel.metrics_port"
+CLOUDFLARED_FIX = ("brew install cloudflared (Linux: Cloudflare's cloudflared package), "
+                   "or set binary = \"/path/to/cloudflared\" in the tunnel section of edgehost.toml")
 
 # cloudflared reads any of its command-line flags from the config file, plus the structured keys.
 # Source of truth: cloudflared's config/configuration.go and the tunnel command's flags.
@@ -120,6 +127,22 @@ class TunnelSpec:
             raise BadInput("the portal and cloudflared's metrics server need different ports")
         if self.protocol not in PROTOCOLS:
             raise BadInput(f"protocol {self.protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+
+
+def render_metrics_port(requested: int | None, setting: int) -> int:
+    """The metrics port `tunnel render` writes: the kit's tunnel.metrics_port, which the supervisor probes.
+
+    An explicit different port is refused with BadInput: the config would pass lint only to be refused
+    by `edgehost up`.
+    """
+    if requested is None or requested == setting:
+        return setting
+    raise BadInput(
+        f"--metrics-port {requested} is not {METRICS_PORT_SETTING} ({setting}), the port `edgehost up` probes, "
+        f"so it would refuse this config: drop --metrics-port, or set metrics_port = {requested} in the tunnel "
+        f"section of edgehost.toml ({METRICS_PORT_SETTING} has no environment variable; EDGEHOST_METRICS_PORT "
+        "is the kit's own metrics server)"
+    )
 
 
 _RENDER_HEADER = """\
@@ -248,8 +271,14 @@ def is_catch_all(rule: Mapping[str, Any]) -> bool:
     return rule.get("hostname") in (None, "", "*") and rule.get("path") in (None, "")
 
 
-def lint_config(config: Mapping[str, Any], *, require_access: bool = True) -> list[Finding]:
-    """Every problem found in a parsed config, in file order. Pure: reads no files."""
+def lint_config(
+    config: Mapping[str, Any], *, require_access: bool = True, metrics_port: int | None = None,
+) -> list[Finding]:
+    """Every problem found in a parsed config, in file order. Pure: reads no files.
+
+    With `metrics_port` (the kit's tunnel.metrics_port), a `metrics:` the supervisor would refuse is an
+    error, reported in the supervisor's own words.
+    """
     findings: list[Finding] = []
 
     def add(severity: Severity, code: str, where: str, message: str) -> None:
@@ -278,7 +307,9 @@ def lint_config(config: Mapping[str, Any], *, require_access: bool = True) -> li
         add("error", "url-with-ingress", "url", "'url' cannot be combined with ingress rules; use an ingress rule instead")
 
     metrics = config.get("metrics")
-    if metrics is None:
+    if metrics is None and metrics_port is not None:
+        add("error", "no-metrics", "metrics", str(metrics_port_problem(None, metrics_port)))
+    elif metrics is None:
         add("warning", "no-metrics", "metrics",
             "no 'metrics' address: the supervisor cannot probe /ready; set e.g. metrics: 127.0.0.1:20241")
     else:
@@ -290,6 +321,9 @@ def lint_config(config: Mapping[str, Any], *, require_access: bool = True) -> li
             if not _is_loopback_host(host):
                 add("warning", "metrics-exposed", "metrics",
                     f"metrics listen on {metrics}: bind 127.0.0.1 so only this machine can read them")
+            problem = None if metrics_port is None else metrics_port_problem(metrics, metrics_port)
+            if problem:
+                add("error", "metrics-port-mismatch", "metrics", problem)
 
     top_origin = config.get("originRequest")
     if top_origin is not None:
@@ -430,10 +464,15 @@ def lint_file(
     *,
     require_access: bool = True,
     cloudflared: str | None = "cloudflared",
+    metrics_port: int | None = None,
 ) -> LintReport:
-    """Lint a config file; when the cloudflared binary is found, also run its own ingress validation."""
+    """Lint a config file; when the cloudflared binary is found, also run its own ingress validation.
+
+    Pass `metrics_port` (the kit's tunnel.metrics_port) to lint it as the supervisor will run it.
+    """
     config = load_config(path)
-    report = LintReport(config=path, require_access=require_access, findings=lint_config(config, require_access=require_access))
+    findings = lint_config(config, require_access=require_access, metrics_port=metrics_port)
+    report = LintReport(config=path, require_access=require_access, findings=findings)
     creds = config.get("credentials-file")
     if creds:
         report.findings.extend(_lint_credentials(Path(os.path.expanduser(str(creds))), config.get("tunnel")))
@@ -521,10 +560,82 @@ def check_config_for_supervisor(
     check_credentials_file(Path(os.path.expanduser(str(creds))))
     if metrics_port is not None:
         address = config.get("metrics")
-        if address is None or split_address(address)[1] != metrics_port:
-            raise BadInput(f"{config_path}: metrics is {address or 'not set'}, but the supervisor probes port "
-                           f"{metrics_port} (tunnel.metrics_port); set metrics: 127.0.0.1:{metrics_port}")
+        problem = metrics_port_problem(address, metrics_port)
+        if problem:
+            raise BadInput(f"{config_path}: {problem}")
     return report
+
+
+def metrics_port_problem(address: Any, metrics_port: int) -> str | None:
+    """Why the supervisor's /ready probe on `metrics_port` (tunnel.metrics_port) misses this `metrics:` value.
+
+    None when the ports agree, or when the address cannot be parsed (lint reports that as bad-metrics).
+    One sentence, shared by the supervisor's preflight, `edgehost tunnel lint` and `edgehost doctor`.
+    """
+    if address is not None:
+        try:
+            if split_address(address)[1] == metrics_port:
+                return None
+        except BadInput:
+            return None
+    return (f"metrics is {address or 'not set'}, but the supervisor probes port {metrics_port} "
+            f"({METRICS_PORT_SETTING}); set metrics: 127.0.0.1:{metrics_port}")
+
+
+def check_cloudflared(settings: Settings, timeout: float = VERSION_TIMEOUT) -> tuple[Path, str]:
+    """The cloudflared the supervisor would run (tunnel.binary) and its version line.
+
+    Resolved as the supervisor's child resolves it: a bare name on the PATH of the kit's environment, a
+    relative path from the kit's home. Raises EnvironmentProblem with one line: not found, not
+    executable, or `cloudflared --version` does not run.
+    """
+    name = settings.tunnel.binary
+    search_path = settings.environ.get("PATH", os.defpath)
+    if os.sep in name:
+        path = Path(name) if Path(name).is_absolute() else settings.home / name
+        if not path.exists():
+            raise EnvironmentProblem(f"cloudflared not found: tunnel.binary is {path}, which does not exist")
+    else:
+        found = shutil.which(name, path=search_path)
+        if found is None:
+            candidates = [(Path(d) if d else settings.home) / name for d in search_path.split(os.pathsep)]
+            present = next((p for p in candidates if p.is_file()), None)
+            if present is None:
+                raise EnvironmentProblem(
+                    f"cloudflared not found: tunnel.binary is {name!r} and no such program is on PATH ({search_path})")
+            path = present
+        else:
+            path = Path(found)
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise EnvironmentProblem(f"cloudflared at {path} (tunnel.binary) is not an executable file")
+    env = {k: v for k, v in settings.environ.items() if k not in SECRET_NAMES}
+    try:
+        done = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=env, cwd=settings.home)
+    except subprocess.TimeoutExpired:
+        raise EnvironmentProblem(f"`{path} --version` did not answer within {timeout:g}s") from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"`{path} --version` cannot run: {exc.strerror or exc}") from None
+    lines = [ln.strip() for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+    if done.returncode != 0:
+        detail = lines[-1] if lines else "no output"
+        raise EnvironmentProblem(f"`{path} --version` exited {done.returncode}: {detail[:200]}")
+    return path, (lines[0] if lines else "cloudflared (version unknown)")[:200]
+
+
+def cloudflared_problem(settings: Settings, timeout: float = VERSION_TIMEOUT) -> str | None:
+    """One line for the supervisor to log as a warning when the tunnel is enabled but cloudflared cannot run.
+
+    None when the tunnel is disabled or cloudflared answers `--version`. Never a reason to stop: the
+    tunnel stays down, replication goes on.
+    """
+    if not settings.tunnel.enabled:
+        return None
+    try:
+        check_cloudflared(settings, timeout)
+    except EnvironmentProblem as exc:
+        return f"{exc}; the tunnel stays down until it is fixed: {CLOUDFLARED_FIX}"
+    return None
 
 
 def cloudflared_argv(binary: str, config_path: Path | str) -> list[str]:

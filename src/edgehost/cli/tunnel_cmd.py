@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .. import tunnel
@@ -44,7 +45,9 @@ def render(
     aud: Optional[str] = typer.Option(None, "--aud", help="The Access application's AUD tag. Env: EDGEHOST_ACCESS_AUD."),
     portal_port: Optional[int] = typer.Option(None, "--portal-port", help="Portal port on 127.0.0.1 (default: settings)."),
     metrics_port: Optional[int] = typer.Option(
-        None, "--metrics-port", help="cloudflared metrics port on 127.0.0.1 (default: settings)."),
+        None, "--metrics-port",
+        help="cloudflared metrics port on 127.0.0.1: must be tunnel.metrics_port, the port the supervisor probes "
+             "(the default); change that setting in edgehost.toml instead."),
     protocol: str = typer.Option(tunnel.DEFAULT_PROTOCOL, "--protocol", help="Edge transport: auto, quic or http2."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
@@ -66,7 +69,7 @@ def render(
         team_name=str(_pick(team, env, "EDGEHOST_ACCESS_TEAM", "the Access team name")).strip(),
         aud_tag=aud_value.strip(),
         portal_port=portal_port or settings.portal.port,
-        metrics_port=metrics_port or settings.tunnel.metrics_port,
+        metrics_port=tunnel.render_metrics_port(metrics_port, settings.tunnel.metrics_port),
         protocol=protocol,
     )
     text = tunnel.render_config(spec)
@@ -87,11 +90,15 @@ def lint(
         False, "--skip-cloudflared", help="Do not run `cloudflared tunnel ingress validate` even if cloudflared is installed."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
-    """Check a cloudflared config for the traps that bypass Access or break routing; exit 1 on any error."""
+    """Check a cloudflared config for the traps that bypass Access or break routing; exit 1 on any error.
+
+    The config is linted as the supervisor will run it: its metrics port must be tunnel.metrics_port.
+    """
     settings = load_settings()
     path = config or settings.tunnel.config
     report = tunnel.lint_file(path, require_access=require_access,
-                              cloudflared=None if skip_cloudflared else settings.tunnel.binary)
+                              cloudflared=None if skip_cloudflared else settings.tunnel.binary,
+                              metrics_port=settings.tunnel.metrics_port)
     if as_json:
         emit_json(report.as_dict())
     else:
@@ -105,7 +112,8 @@ def _print_report(report: tunnel.LintReport) -> None:
         table = Table("severity", "where", "problem", show_lines=False)
         for f in report.findings:
             style = "bold red" if f.severity == "error" else "yellow"
-            table.add_row(f"[{style}]{f.severity}[/]", f.where, f"{f.message} [dim]({f.code})[/]")
+            # Messages quote config text ([::1]:20241, audTag: ["..."]): never rich markup.
+            table.add_row(f"[{style}]{f.severity}[/]", escape(f.where), f"{escape(f.message)} [dim]({f.code})[/]")
         console.print(table)
     if report.cloudflared is not None:
         verdict = "[green]OK[/]" if report.cloudflared.ok else "[bold red]failed[/]"
