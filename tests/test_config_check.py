@@ -73,14 +73,22 @@ def test_up_refuses_a_missing_binary_an_unusable_data_dir_and_a_rollback_db(kit_
     assert not (kit_home.path / "replica").exists()
 
 
-def test_up_refuses_an_unreachable_replica(kit_home):
-    from procs import S3_KEYS, free_port
+def test_up_waits_for_an_unreachable_replica_and_creates_nothing(kit_home):
+    import signal
+    import time
+
+    from procs import S3_KEYS, Proc, edgehost_argv, free_port
 
     kit_home.env.update({"EDGEHOST_REPLICA_URL": "s3://some-bucket/x",
                          "EDGEHOST_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}", **S3_KEYS})
-    proc = edgehost(kit_home, "up", timeout=120)
-    assert proc.returncode == 3
-    assert "replica s3://some-bucket/x: list failed" in proc.stdout + proc.stderr
+    up = Proc(edgehost_argv("up"), kit_home.environ(), kit_home.path / "up.log")
+    time.sleep(4)
+    assert up.alive(), up.output()
+    assert "nothing is started or created until the replica answers" in up.output()
+    assert not (kit_home.path / "data" / "honestcam-study.db").exists()
+    up.signal(signal.SIGTERM)
+    assert up.popen.wait(30) == 0
+    up.stop()
 
 
 def test_bad_slug_creates_nothing(kit_home):

@@ -94,3 +94,54 @@ def test_a_standalone_portal_on_a_new_machine_restores_the_global_db(s3_home, tm
         assert len(httpx.get(f"{url}/study/users").json()["users"]) == 5
     finally:
         portal.stop()
+
+
+def test_a_replica_outage_at_boot_delays_the_start_and_then_restores(s3_home, moto_s3, tmp_path_factory):
+    """After a power cut the network is often late: a new machine waits for the replica, then restores."""
+    import time
+
+    from moto.server import ThreadedMotoServer
+
+    from procs import free_port, wait_until
+
+    port = free_port()
+    late = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    late.start()
+    s3_home.env["EDGEHOST_S3_ENDPOINT"] = f"http://127.0.0.1:{port}"  # same moto backend, its own port
+    up = start_supervisor(s3_home)
+    events = _write_some(s3_home)
+    assert up.stop() == 0
+    late.stop()  # the endpoint goes away; moto keeps the buckets in this process
+
+    b = _second_home(s3_home, tmp_path_factory)
+    up = start_supervisor(b, wait=False)
+    try:
+        wait_until(lambda: "until the replica answers" in up.output(), 30, what="up to wait for the replica")
+        time.sleep(3)
+        assert up.alive() and not b.settings().global_db.exists()
+        late = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        late.start()
+        url = b.settings().portal_url
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=2).status_code == 200, 90, what="the portal after the outage")
+        assert len(httpx.get(f"{url}/study/users").json()["users"]) == 5
+        assert [e["id"] for e in httpx.get(f"{url}/properties/alpha/events").json()["events"]] == events["alpha"]
+    finally:
+        assert up.stop() == 0, up.output()[-2000:]
+        late.stop()
+
+
+def test_a_replica_outage_on_a_machine_with_its_data_starts_at_once(s3_home):
+    from procs import free_port, service
+
+    up = start_supervisor(s3_home)
+    _write_some(s3_home)
+    assert up.stop() == 0
+    s3_home.env["EDGEHOST_S3_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing answers there
+    up = start_supervisor(s3_home)  # waits until every service runs
+    try:
+        settings = s3_home.settings()
+        assert service(settings, "litestream")["state"] == "running"
+        assert len(httpx.get(f"{settings.portal_url}/study/users").json()["users"]) == 5
+        assert "litestream uploads when the replica answers" in up.output()
+    finally:
+        up.stop(timeout=90)

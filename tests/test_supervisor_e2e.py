@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from edgehost import layout, litestream
-from procs import (Proc, Writer, edgehost_argv, pid_alive, plain_restore, rows, service, start_supervisor,
-                   supervisor_status, sync_db, wait_until)
+from procs import (Proc, Writer, edgehost, edgehost_argv, pid_alive, plain_restore, rows, service,
+                   start_supervisor, supervisor_status, sync_db, wait_until)
 
 pytestmark = pytest.mark.e2e
 
@@ -118,18 +118,26 @@ def test_a_fresh_machine_gets_every_database_back_before_the_portal_starts(s3_ho
         assert up.stop() == 0
 
 
-def test_a_crash_looping_portal_fails_the_supervisor(kit_home):
+def test_a_crash_looping_portal_is_failed_while_litestream_keeps_replicating(kit_home, tmp_path):
     (kit_home.path / "edgehost.toml").write_text(
         "[portal]\ncommand = ['sh', '-c', 'echo portal broke; exit 3']\n"
-        "[restart]\ninitial_backoff = 0.05\nmax_backoff = 0.2\ncrash_loop_failures = 4\ncrash_loop_window = 30\n"
+        "[restart]\ninitial_backoff = 0.05\nmax_backoff = 0.5\ncrash_loop_failures = 4\ncrash_loop_window = 30\n"
     )
-    up = Proc(edgehost_argv("up"), kit_home.environ(), kit_home.path / "up.log")
-    code = up.popen.wait(60)
-    up.stop()
-    assert code == 4, up.output()
-    log = up.output()
-    assert "portal FAILED: 4 exits within 30s" in log
-    assert log.count("[portal] portal broke") == 4
+    settings = kit_home.settings()
+    up = start_supervisor(kit_home, wait=False)
+    try:
+        wait_until(lambda: service(settings, "portal")["state"] == "failed", 30, what="the portal to be marked failed")
+        assert "portal FAILED: 4 exits within 30s" in up.output()
+        assert service(settings, "litestream")["state"] == "running" and up.alive()
+        # retried at the maximum backoff, never given up on
+        wait_until(lambda: up.output().count("[portal] portal broke") >= 6, 30, what="retries of the failed portal")
+        # replication goes on: a property written beside the broken portal reaches the replica
+        assert edgehost(kit_home, "property", "add", "acme").returncode == 0
+        ref = layout.property_db(settings, "acme")
+        sync_db(settings, ref)
+        assert _restored_ids(kit_home, "acme", tmp_path) == []
+    finally:
+        assert up.stop() == 0, up.output()[-2000:]
 
 
 def test_a_world_readable_env_file_is_refused(kit_home):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import time
 
 import pytest
 
 from edgehost.tunnel import TunnelSpec, render_config
 from procs import free_port
-from procs import Proc, edgehost_argv, service, start_supervisor, supervisor_status
+from procs import Proc, edgehost_argv, service, start_supervisor, supervisor_status, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -20,6 +21,8 @@ STAND_IN = textwrap.dedent("""\
     # Plays cloudflared's process contract for the supervisor: nothing here talks to Cloudflare.
     import http.server, signal, sys, yaml
     args = sys.argv[1:]
+    if args == ["--version"]:
+        print("cloudflared version 2026.1.0 (stand-in)"); sys.exit(0)
     if "ingress" in args:
         print("Validating rules from", args[args.index("--config") + 1]); print("OK"); sys.exit(0)
     assert args[:2] == ["tunnel", "--no-autoupdate"] and args[-1] == "run", args
@@ -73,8 +76,52 @@ def test_cloudflared_starts_last_and_stops_first(kit_home):
     assert "[cloudflared] stand-in cloudflared: SIGTERM" in log
 
 
-def test_readable_tunnel_credentials_are_refused(kit_home):
+def test_readable_tunnel_credentials_keep_the_tunnel_down_not_replication(kit_home):
     home = _tunnel_home(kit_home, creds_mode=0o644)
-    up = Proc(edgehost_argv("up"), home.environ(), home.path / "up.log")
-    assert up.popen.wait(30) == 2
-    assert "chmod 600" in up.output()
+    up = start_supervisor(home, wait=False)
+    settings = home.settings()
+    try:
+        wait_until(lambda: service(settings, "portal")["state"] == "running", 60, what="the portal")
+        assert service(settings, "litestream")["state"] == "running"
+        tunnel = service(settings, "cloudflared")
+        assert tunnel["state"] == "failed" and "chmod 600" in tunnel["reason"]
+        assert "cloudflared not started" in up.output()
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_missing_cloudflared_is_reported_and_the_rest_runs(kit_home):
+    home = _tunnel_home(kit_home)
+    toml = home.path / "edgehost.toml"
+    toml.write_text(toml.read_text().replace(f"binary = '{home.path / 'bin' / 'cloudflared'}'",
+                                             "binary = 'cloudflared-not-installed'"))
+    up = start_supervisor(home, wait=False)
+    settings = home.settings()
+    try:
+        wait_until(lambda: service(settings, "portal")["state"] == "running", 60, what="the portal")
+        assert service(settings, "litestream")["state"] == "running"
+        tunnel = service(settings, "cloudflared")
+        assert tunnel["state"] == "failed" and "cloudflared" in tunnel["reason"]
+        assert "brew install cloudflared" in up.output()
+        assert up.alive()
+    finally:
+        assert up.stop() == 0
+
+
+def test_a_crash_looping_cloudflared_never_stops_litestream(kit_home):
+    home = _tunnel_home(kit_home)
+    (home.path / "bin" / "cloudflared").write_text(
+        "#!/bin/sh\ncase \"$*\" in *--version*) echo 'cloudflared version 2026.1.0'; exit 0;; *ingress*) echo OK; exit 0;; esac\n"
+        "echo tunnel broke; exit 1\n")
+    toml = home.path / "edgehost.toml"
+    toml.write_text(toml.read_text() + "[restart]\ninitial_backoff = 0.05\nmax_backoff = 0.5\ncrash_loop_failures = 3\n")
+    up = start_supervisor(home, wait=False)
+    settings = home.settings()
+    try:
+        wait_until(lambda: service(settings, "cloudflared")["state"] == "failed", 60, what="cloudflared to fail")
+        assert service(settings, "litestream")["state"] == "running"
+        assert service(settings, "portal")["state"] == "running"
+        time.sleep(1.5)
+        assert up.alive() and service(settings, "litestream")["state"] == "running"
+    finally:
+        assert up.stop() == 0

@@ -76,6 +76,7 @@ class Preflight:
     version: str
     replication: litestream.Replication
     store: ReplicaStore
+    tunnel_problem: str = ""  # why cloudflared cannot run; the rest runs without it
 
 
 def preflight(settings: Settings) -> Preflight:
@@ -95,14 +96,22 @@ def preflight(settings: Settings) -> Preflight:
             raise BadInput(f"{ref.path}: database is in '{mode}' journal mode, edgehost needs WAL; "
                            f"stop its writers and run: sqlite3 {ref.path} 'PRAGMA journal_mode=WAL'")
     store = ReplicaStore(repl.tenants_root, settings.s3_endpoint, settings.s3_region, dict(settings.environ))
-    store.reachable()
-    if settings.tunnel.enabled:
-        from .. import tunnel
+    return Preflight(binary, version, repl, store, tunnel_problem=tunnel_problem(settings))
 
-        if not settings.tunnel.config.is_file():
-            raise BadInput(f"{settings.tunnel.config}: cloudflared config not found (tunnel is enabled)")
+
+def tunnel_problem(settings: Settings) -> str:
+    """Why cloudflared cannot run, or "": a tunnel problem is reported, never a reason to stop replicating."""
+    if not settings.tunnel.enabled:
+        return ""
+    from .. import tunnel
+
+    if not settings.tunnel.config.is_file():
+        return f"{settings.tunnel.config}: cloudflared config not found (tunnel is enabled)"
+    try:
         tunnel.check_config_for_supervisor(settings.tunnel.config, metrics_port=settings.tunnel.metrics_port)
-    return Preflight(binary, version, repl, store)
+    except EdgehostError as exc:
+        return str(exc)
+    return tunnel.cloudflared_problem(settings) or ""
 
 
 class Supervisor:
@@ -128,6 +137,7 @@ class Supervisor:
         self._metrics: MetricsServer | None = None
         self._store: ReplicaStore | None = None
         self.fenced = False  # another machine took the writer lease: never write to the replica again
+        self.replica_checked = False  # the replica was listed and every database it holds is on disk
         self.final_sync_results: list = []
 
     def log(self, text: str) -> None:
@@ -161,7 +171,7 @@ class Supervisor:
             self.log(f"edgehost up (pid {os.getpid()}), home {s.home}")
             pre = preflight(s)
             self._store = pre.store
-            self.log(f"preflight ok: litestream {pre.version}, replica {s.replica_url} reachable")
+            self.log(f"preflight ok: litestream {pre.version}, replica {s.replica_url}")
             _, notes = litestream.child_environ(s)
             for note in notes:
                 self.log(note)
@@ -169,15 +179,15 @@ class Supervisor:
                 self.log(f"secrets from {s.env_file} pass to children by environment")
             ensure_data_dir(s)
             self.phase = "restoring"
-            provision.restore_missing(s, pre.replication, pre.binary, self.log)
-            if not s.global_db.exists():
-                # The listing just showed the replica holds no global DB: only now may one be created.
-                self.log(f"the replica holds no global database: creating {s.global_db}")
-                ensure_global(s)
-            if self.stopping.is_set():
+            if not self._restore_or_wait(pre):
                 return int(self.exit_status)
             for spec in service_plan(s, pre.binary):
                 self.services.append(Service(spec, Backoff(s.restart), self.hub))
+            if pre.tunnel_problem:
+                cloudflared = next(svc for svc in self.services if svc.name == "cloudflared")
+                cloudflared.state, cloudflared.reason = Service.FAILED, pre.tunnel_problem
+                self.log(f"!!! cloudflared not started: {pre.tunnel_problem}")
+                self.log("!!! the tunnel stays down; replication and the portal run without it")
             self._start_servers()
             self.phase = "running"
             self._loop()
@@ -193,6 +203,38 @@ class Supervisor:
             s.pid_file.unlink(missing_ok=True)
             self.hub.close()
         return int(self.exit_status)
+
+    RETRY_MAX = 60.0
+
+    def _restore_or_wait(self, pre: Preflight) -> bool:
+        """Restore what the replica holds and the disk lacks, waiting out an unreachable replica.
+
+        After a power cut the network is often late. With the global DB on disk this machine has
+        run before: start at once, litestream uploads when the replica answers. Without it, nothing
+        may be created before the replica has been listed, so wait and ask again. False when
+        told to stop meanwhile.
+        """
+        s, delay = self.settings, 1.0
+        while not self.stopping.is_set():
+            try:
+                pre.store.reachable()
+                provision.restore_missing(s, pre.replication, pre.binary, self.log)
+                if not s.global_db.exists():
+                    # The listing just showed the replica holds no global DB: only now may one be created.
+                    self.log(f"the replica holds no global database: creating {s.global_db}")
+                    ensure_global(s)
+                self.replica_checked = True
+                return True
+            except EnvironmentProblem as exc:
+                if s.global_db.exists() and not self.replica_checked:
+                    self.log(f"warning: {exc}; the databases are on disk: starting now, litestream uploads "
+                             f"when the replica answers")
+                    return True
+                self.log(f"{exc}; nothing is started or created until the replica answers: "
+                         f"asking again in {delay:.0f}s")
+            self.stopping.wait(delay)
+            delay = min(delay * 2, self.RETRY_MAX)
+        return False
 
     def _claim_pid_file(self) -> None:
         pid_file = self.settings.pid_file
@@ -252,6 +294,9 @@ class Supervisor:
         elif svc.state == Service.BACKOFF and now >= svc.next_start_at:
             self.log(f"restarting {svc.name} (restart #{svc.restarts + 1})")
             svc.start()
+        elif svc.state == Service.FAILED and not svc.reason and svc.name != "litestream" and now >= svc.next_start_at:
+            self.log(f"retrying failed {svc.name} (restart #{svc.restarts + 1})")
+            svc.start()
 
     def _exited(self, svc: Service, code: int | None, now: float) -> None:
         ran_for = now - svc.started_at
@@ -259,8 +304,16 @@ class Supervisor:
         svc.stop(1)  # sweep the group: nothing of the old instance may linger
         decision = svc.backoff.on_exit(now, ran_for)
         if decision.failed:
+            was_failed = svc.state == Service.FAILED
             svc.state = Service.FAILED
             p = self.settings.restart
+            if svc.name != "litestream":
+                # Replication is the core: a crash-looping portal or tunnel never takes litestream down.
+                svc.next_start_at = now + p.max_backoff
+                if not was_failed:
+                    self.log(f"!!! {svc.name} FAILED: {p.crash_loop_failures} exits within {p.crash_loop_window:.0f}s "
+                             f"(last exit code {code}); retrying every {p.max_backoff:.0f}s, litestream keeps replicating")
+                return
             self.log(f"!!! {svc.name} FAILED: {p.crash_loop_failures} exits within {p.crash_loop_window:.0f}s "
                      f"(last exit code {code}); not restarting it")
             if p.exit_on_failure:

@@ -49,6 +49,7 @@ class Service:
         self.next_start_at = 0.0
         self.last_exit: int | None = None
         self.child_pid: int | None = None
+        self.reason = ""  # why a FAILED service is not retried (a config problem), shown by status
         self._pump: threading.Thread | None = None
 
     @property
@@ -147,4 +148,5 @@ class Service:
             "restarts": self.restarts,
             "uptime_seconds": round(self.uptime(), 1),
             "last_exit": self.last_exit,
+            "reason": self.reason,
         }
