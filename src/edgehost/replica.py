@@ -6,17 +6,33 @@ by the litestream binary.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-from .errors import BadInput, EnvironmentProblem
+from .errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from .layout import GLOBAL, is_slug
 from .settings import Settings
+
+
+# S3 and R2 answer a failed If-Match / If-None-Match with 412 PreconditionFailed, or with 409
+# ConditionalRequestConflict when another conditional write to the key is in flight; an If-Match on a
+# key that is gone is a 404 NoSuchKey. All three mean "someone else changed it first".
+_CONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
+
+
+class PreconditionFailed(EdgehostError):
+    """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
+
+    status = ExitStatus.ENVIRONMENT
 
 
 @dataclass(frozen=True)
@@ -81,11 +97,16 @@ class ReplicaStore:
 
         try:
             return fn(**kw)
-        except ClientError as exc:
+        except (ClientError, BotoCoreError) as exc:
+            raise self._s3_problem(what, exc) from None
+
+    def _s3_problem(self, what: str, exc: Exception) -> EnvironmentProblem:
+        from botocore.exceptions import ClientError
+
+        if isinstance(exc, ClientError):
             err = exc.response.get("Error", {})
-            raise EnvironmentProblem(f"replica {self.url}: {what} failed: {err.get('Code')} {err.get('Message', '')}".strip()) from None
-        except BotoCoreError as exc:
-            raise EnvironmentProblem(f"replica {self.url}: {what} failed: {exc}") from None
+            return EnvironmentProblem(f"replica {self.url}: {what} failed: {err.get('Code')} {err.get('Message', '')}".strip())
+        return EnvironmentProblem(f"replica {self.url}: {what} failed: {exc}")
 
     def list_dirs(self, rel: str = "") -> list[str]:
         """Names one level below `rel` (S3 common prefixes or directories)."""
@@ -158,6 +179,98 @@ class ReplicaStore:
             return
         self._s3("delete", self._client.delete_object, Bucket=self.bucket, Key=self._key(rel))
 
+    # Conditional writes: the primitives behind the writer lease. On S3 the server decides; on a file
+    # replica an flock on a sibling lock file makes read-compare-write atomic between processes.
+
+    def get_versioned(self, rel: str) -> tuple[bytes, str, float | None] | None:
+        """(data, etag, age in seconds) of one object, or None when it does not exist.
+
+        The age comes from one clock: the server's (its `Date` minus the object's LastModified) for
+        S3, this machine's for a file replica; None when the server sends no Date.
+        """
+        if self.scheme == "file":
+            try:
+                with open(self.root / rel, "rb") as f:
+                    # fstat and read the same open file: a concurrent os.replace cannot mix versions.
+                    st = os.fstat(f.fileno())
+                    data = f.read()
+            except FileNotFoundError:
+                return None
+            return data, _sha256(data), max(0.0, time.time() - st.st_mtime)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._key(rel))
+            data = resp["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise self._s3_problem("get", exc) from None
+        except BotoCoreError as exc:
+            raise self._s3_problem("get", exc) from None
+        date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        age = None
+        if date and resp.get("LastModified"):
+            from email.utils import parsedate_to_datetime
+
+            age = max(0.0, (parsedate_to_datetime(date) - resp["LastModified"]).total_seconds())
+        return data, resp["ETag"], age
+
+    def put_if_absent(self, rel: str, data: bytes) -> str:
+        """Create `rel` only if no object is there (If-None-Match: *); its new etag. Raises PreconditionFailed."""
+        if self.scheme == "file":
+            with self._file_lock(rel):
+                if (self.root / rel).exists():
+                    raise PreconditionFailed(f"replica {self.url}: {rel} already exists")
+                return self._file_replace(rel, data)
+        return self._s3_conditional("conditional put", Key=self._key(rel), Body=data, IfNoneMatch="*")
+
+    def put_if_match(self, rel: str, data: bytes, etag: str) -> str:
+        """Replace `rel` only if it is still the version `etag` names (If-Match); its new etag. Raises PreconditionFailed."""
+        if self.scheme == "file":
+            with self._file_lock(rel):
+                try:
+                    current = (self.root / rel).read_bytes()
+                except FileNotFoundError:
+                    raise PreconditionFailed(f"replica {self.url}: {rel} is gone") from None
+                if _sha256(current) != etag:
+                    raise PreconditionFailed(f"replica {self.url}: {rel} changed")
+                return self._file_replace(rel, data)
+        return self._s3_conditional("conditional put", Key=self._key(rel), Body=data, IfMatch=etag)
+
+    def _s3_conditional(self, what: str, **kw) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self._client.put_object(Bucket=self.bucket, **kw)["ETag"]
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if err.get("Code") in _CONDITION_CODES or status in (409, 412):
+                raise PreconditionFailed(f"replica {self.url}: {what} of {kw['Key']} lost: {err.get('Code')}") from None
+            raise self._s3_problem(what, exc) from None
+        except BotoCoreError as exc:
+            raise self._s3_problem(what, exc) from None
+
+    def _file_lock(self, rel: str):
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _Flock(path.with_name(path.name + ".lock"))
+
+    def _file_replace(self, rel: str, data: bytes) -> str:
+        # A temp file and os.replace: a reader sees the old version or the new one, never half of one.
+        path = self.root / rel
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return _sha256(data)
+
     def head_date(self) -> datetime | None:
         """The server's clock (HTTP Date of a bucket request), for skew checks; None for file replicas."""
         if self.scheme == "file":
@@ -176,6 +289,24 @@ class ReplicaStore:
             return
         self._s3("list", self._client.list_objects_v2, Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1)
 
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Flock:
+    """An exclusive flock on a lock file, held for a `with` block (between processes and threads alike)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> None:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
 
 
 def replica_keys(settings: Settings, tenants_root: str, global_url: str) -> list[str]:

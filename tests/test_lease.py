@@ -1,0 +1,169 @@
+"""The writer lease: one machine writes to a replica, on a moto S3 server and on a file replica alike."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import threading
+import time
+import uuid
+from typing import Callable
+
+import pytest
+
+from edgehost.errors import ExitStatus
+from edgehost.replica import ReplicaStore
+from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, machine_id
+
+TTL = 30.0
+
+
+@pytest.fixture(params=["s3", "file"])
+def store(request: pytest.FixtureRequest) -> ReplicaStore:
+    """A fresh replica: a bucket on the moto server, or a directory."""
+    home = request.getfixturevalue("s3_home" if request.param == "s3" else "kit_home")
+    return ReplicaStore.from_settings(home.settings())
+
+
+@pytest.fixture
+def machines(store: ReplicaStore) -> Callable[..., WriterLease]:
+    """machines(n) is host mini-n with its own machine id; the same n is the same machine."""
+    ids: dict[int, str] = {}
+
+    def make(n: int, pid: int = 1000, ttl: float = TTL) -> WriterLease:
+        mid = ids.setdefault(n, uuid.uuid4().hex)
+        # The machines share one S3 client only to keep the test fast (a client costs ~0.3 s); the
+        # lease keeps its state in WriterLease, and the store is a stateless door to the bucket.
+        return WriterLease(store, mid, f"mini-{n}", pid + n, ttl)
+
+    return make
+
+
+def test_second_machine_is_refused_naming_the_holder(machines):
+    first, second = machines(1), machines(2)
+    assert first.acquire() is None and first.held
+
+    with pytest.raises(LeaseHeld) as refused:
+        second.acquire()
+
+    assert refused.value.status == ExitStatus.LEASE_HELD
+    assert re.search(r"held by host mini-1 \(machine [0-9a-f]{8}, pid 1001\), renewed \d+s ago", str(refused.value))
+    assert "--take-over" in str(refused.value)
+    assert not second.held
+    assert second.read().host == "mini-1"
+
+
+def test_same_machine_reacquires_after_a_restart(machines):
+    before = machines(1, pid=1000)
+    before.acquire()
+
+    after = machines(1, pid=2000)
+    assert after.acquire() is None
+    assert after.read().pid == 2001
+    after.renew()
+
+
+def test_take_over_returns_the_previous_holder_and_fences_it(machines):
+    old, new = machines(1), machines(2)
+    old.acquire()
+
+    previous = new.acquire(take_over=True)
+
+    assert previous is not None and previous.host == "mini-1" and not previous.released
+    with pytest.raises(LeaseLost) as lost:
+        old.renew()
+    assert "mini-2" in str(lost.value) and lost.value.holder.host == "mini-2"
+    assert lost.value.status == ExitStatus.LEASE_HELD
+    assert not old.held
+    new.renew()
+    assert new.read().host == "mini-2"
+
+
+def test_release_lets_another_machine_in_without_take_over(machines):
+    first, second = machines(1), machines(2)
+    first.acquire()
+    first.release()
+    assert first.read().released and not first.held
+
+    assert second.acquire() is None
+    # A second release by the machine that no longer holds it must not disturb the new holder.
+    first.release()
+    current = second.read()
+    assert current.host == "mini-2" and not current.released
+
+
+def test_release_after_being_taken_over_is_quiet(machines):
+    old, new = machines(1), machines(2)
+    old.acquire()
+    new.acquire(take_over=True)
+
+    old.release()
+
+    current = new.read()
+    assert current.host == "mini-2" and not current.released
+    new.renew()
+
+
+def test_stale_lease_is_taken_without_take_over(machines, store):
+    crashed = machines(1)
+    crashed.acquire()
+    with pytest.raises(LeaseHeld):
+        machines(2, ttl=TTL).acquire()
+
+    # S3's Date and LastModified headers count whole seconds, so the lease must age past one.
+    time.sleep(1.1 if store.scheme == "s3" else 0.3)
+    successor = machines(2, ttl=0.2)
+
+    assert successor.acquire() is None
+    with pytest.raises(LeaseLost):
+        crashed.renew()
+
+
+def test_age_comes_from_the_replica_clock_not_the_holders(machines, store):
+    """A holder whose clock is an hour behind still looks fresh: only the replica's clock judges age."""
+    skewed = "2000-01-01T00:00:00.000000Z"
+    record = {"host": "mini-9", "machine_id": uuid.uuid4().hex, "pid": 9, "started_at": skewed,
+              "renewed_at": skewed, "released": False, "version": 1}
+    store.put_if_absent(WriterLease.KEY, json.dumps(record).encode())
+
+    with pytest.raises(LeaseHeld) as refused:
+        machines(2).acquire()
+
+    assert refused.value.holder.age_seconds < TTL
+    assert "mini-9" in str(refused.value)
+
+
+def test_of_eight_racing_machines_exactly_one_wins(machines):
+    contenders = [machines(n) for n in range(1, 9)]
+    start = threading.Barrier(len(contenders))
+    results: dict[str, list] = {"won": [], "held": [], "other": []}
+
+    def race(lease: WriterLease) -> None:
+        start.wait()
+        try:
+            lease.acquire()
+            results["won"].append(lease.host)
+        except LeaseHeld:
+            results["held"].append(lease.host)
+        except Exception as exc:  # anything else is a failure the assertion below shows
+            results["other"].append(repr(exc))
+
+    threads = [threading.Thread(target=race, args=(lease,)) for lease in contenders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+
+    assert results["other"] == []
+    assert len(results["won"]) == 1 and len(results["held"]) == 7
+    assert contenders[0].read().host == results["won"][0]
+
+
+def test_machine_id_is_made_once_and_kept_private(tmp_path):
+    first = machine_id(tmp_path / "state", environ={})
+
+    assert re.fullmatch(r"[0-9a-f]{32}", first)
+    assert machine_id(tmp_path / "state", environ={}) == first
+    assert stat.S_IMODE((tmp_path / "state" / "machine-id").stat().st_mode) == 0o600
+    assert machine_id(tmp_path / "state", environ={"EDGEHOST_MACHINE_ID": "mini-2-test"}) == "mini-2-test"
