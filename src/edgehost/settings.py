@@ -83,6 +83,8 @@ class Settings:
     lag_alert_seconds: float = 60.0
     metrics_port: int = 9464
     litestream_stop_timeout: float = 45.0
+    lease_renew_seconds: float = 300.0  # the writer lease is rewritten this often (one PUT)
+    lease_ttl_seconds: float = 900.0  # a lease not renewed for this long may be taken by another machine
     portal: PortalSettings = field(default_factory=PortalSettings)
     tunnel: TunnelSettings = field(default_factory=TunnelSettings)
     restart: RestartPolicy = field(default_factory=RestartPolicy)
@@ -150,6 +152,8 @@ _TOP_KEYS = {
     "lag_alert_seconds",
     "metrics_port",
     "litestream_stop_timeout",
+    "lease_renew_seconds",
+    "lease_ttl_seconds",
     "portal",
     "tunnel",
     "restart",
@@ -310,6 +314,12 @@ def load_settings(home: Path | None = None, environ: Mapping[str, str] | None = 
             restart_raw[key] = _number(value, f"restart.{key}", str(settings_path), kind)
     restart = RestartPolicy(**restart_raw)
 
+    lease_renew = _number(pick("EDGEHOST_LEASE_RENEW_SECONDS", "lease_renew_seconds", 300.0), "lease_renew_seconds", str(settings_path))
+    lease_ttl = _number(pick("EDGEHOST_LEASE_TTL_SECONDS", "lease_ttl_seconds", 900.0), "lease_ttl_seconds", str(settings_path))
+    if not (0 < lease_renew < lease_ttl) or lease_ttl != lease_ttl or lease_ttl == float("inf"):
+        raise BadInput(f"{settings_path}: lease_renew_seconds ({lease_renew}) must be above 0 and below "
+                       f"lease_ttl_seconds ({lease_ttl})")
+
     return Settings(
         home=home,
         data_dir=data_dir,
@@ -325,6 +335,8 @@ def load_settings(home: Path | None = None, environ: Mapping[str, str] | None = 
         lag_alert_seconds=_number(pick("EDGEHOST_LAG_ALERT_SECONDS", "lag_alert_seconds", 60.0), "lag_alert_seconds", str(settings_path)),
         metrics_port=_number(pick("EDGEHOST_METRICS_PORT", "metrics_port", 9464), "metrics_port", str(settings_path), int),
         litestream_stop_timeout=_number(raw.get("litestream_stop_timeout", 45.0), "litestream_stop_timeout", str(settings_path)),
+        lease_renew_seconds=lease_renew,
+        lease_ttl_seconds=lease_ttl,
         portal=portal,
         tunnel=tunnel,
         restart=restart,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import EdgehostError, ExitStatus
@@ -14,15 +15,21 @@ from .output import console, emit_json
 
 
 @app.command("up")
-def up() -> None:
+def up(
+    take_over: bool = typer.Option(False, "--take-over", help="Take the writer lease from another machine that "
+                                   "still holds it. Only when that machine is gone: it stops writing at its next renewal."),
+) -> None:
     """Run everything in the foreground: restore what is missing, then litestream, the portal and cloudflared.
 
-    Stops in reverse order on SIGTERM/SIGINT (a second signal hurries it); SIGHUP reopens the log
-    files. Exit 0 after a clean stop, 4 when a service crash-looped, 2/3 when it could not start.
+    Takes the replica's writer lease first (one writer per replica). Stops in reverse order on
+    SIGTERM/SIGINT after a final sync of every database (a second signal hurries it); SIGHUP
+    reopens the log files. Exit 0 after a clean stop, 2/3 when it could not start, 4 when
+    litestream crash-looped, 5 when a final sync did not land, 6 when another machine holds the
+    writer lease (or took it while this one ran).
     """
     from ..supervisor import Supervisor
 
-    code = Supervisor(load_settings()).run()
+    code = Supervisor(load_settings(), take_over=take_over).run()
     raise typer.Exit(code)
 
 
@@ -30,7 +37,8 @@ def up() -> None:
 def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
     """Each service (state, pid, restarts, uptime) and each database (txids, last sync, lag, WAL size).
 
-    Exits 1 when a database's replication lag passes lag_alert_seconds, 3 when nothing is running.
+    Exits 1 when a database's replication lag passes lag_alert_seconds or litestream reports an error
+    for it (state "error", the message in "error"), 3 when nothing is running.
     """
     from .. import status as status_lib
     from ..supervisor import SupervisorClient
@@ -46,12 +54,14 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
 
     drills = drill_history(settings, limit=1)
     lagging = [d.name for d in dbs if d.lag_seconds is not None and d.lag_seconds > settings.lag_alert_seconds]
+    failing = [d.name for d in dbs if d.state == "error"]
     report = {
         "supervisor": {k: supervisor[k] for k in ("pid", "phase", "uptime_seconds")},
         "services": supervisor["services"],
         "databases": [asdict(d) for d in dbs],
         "lag_alert_seconds": settings.lag_alert_seconds,
         "lagging": lagging,
+        "failing": failing,
         "litestream_error": db_error,
         "last_drill": drills[0] if drills else None,
     }
@@ -65,10 +75,16 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         table = Table("database", "state", "local txid", "replicated txid", "last sync", "lag", "WAL")
         for d in dbs:
             lag = "-" if d.lag_seconds is None else f"{d.lag_seconds:.0f}s"
-            style = "bold red" if d.name in lagging else None
+            style = "bold red" if d.name in lagging or d.name in failing else None
             table.add_row(d.name, d.state, _hex(d.local_txid), _hex(d.replicated_txid), d.last_sync_at or "-",
                           lag, f"{d.wal_bytes / 1024:.0f} KiB", style=style)
         console.print(table)
+        for d in dbs:
+            if d.error:
+                console.print(f"[bold red]{escape(d.name)}:[/] {escape(d.error)}", highlight=False, soft_wrap=True)
+        if any("ltx file" in d.error or "another history" in d.error for d in dbs):
+            console.print("litestream's local state and the replica disagree (see docs/litestream-tuning.md, "
+                          "\"When the replica changes\")")
         if db_error:
             console.print(f"[red]litestream:[/] {db_error}")
         if drills:
@@ -80,7 +96,7 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
             console.print("last drill: never (run `edgehost drill`)")
         if lagging:
             console.print(f"[bold red]lagging beyond {settings.lag_alert_seconds:.0f}s:[/] {', '.join(lagging)}")
-    if lagging or db_error:
+    if lagging or failing or db_error:
         raise typer.Exit(int(ExitStatus.CHECK_FAILED))
 
 

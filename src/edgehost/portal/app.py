@@ -41,6 +41,21 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
+class ReadOnly:
+    """Answer every write with 503 and the reason (another machine is the writer); reads go on."""
+
+    def __init__(self, app: Any, reason: str):
+        self.app, self.reason = app, reason
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            response = JSONResponse({"error": f"read-only: {self.reason}", "read_only": True}, status_code=503,
+                                    headers={"Retry-After": "60"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings):
     """Build the portal for one data dir. Every handler's SQLite work runs in the thread pool."""
 
@@ -106,6 +121,9 @@ def create_app(settings: Settings):
         Route("/study/progress/{user_id}", _errors(progress), methods=["GET", "PUT"]),
     ]
     app = Starlette(routes=routes)
+    read_only = settings.environ.get("EDGEHOST_PORTAL_READ_ONLY", "")
+    if read_only:
+        app = ReadOnly(app, read_only)
     # Cloudflare Access at the origin: with EDGEHOST_ACCESS_TEAM/AUD set, every request needs a valid
     # Access JWT (only GET /healthz from loopback is exempt), so nothing reaching the port around
     # the tunnel gets in.

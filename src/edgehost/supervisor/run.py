@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ from ..settings import SECRET_NAMES, Settings
 from ..sqlite import journal_mode
 from .control import ControlServer, MetricsServer
 from .final_sync import final_sync
+from .lease import LeaseHeld, LeaseLost, WriterLease, machine_id
 from .logs import LogHub
 from .policy import Backoff
 from .service import Service, ServiceSpec
@@ -120,8 +122,10 @@ class Supervisor:
     TICK = 0.1
     STATUS_EVERY = 5.0
 
-    def __init__(self, settings: Settings, stream: TextIO | None = None):
+    def __init__(self, settings: Settings, stream: TextIO | None = None, take_over: bool = False):
         self.settings = settings
+        self.take_over = take_over
+        self.lease: WriterLease | None = None
         secrets = [v for k, v in settings.environ.items() if k in SECRET_NAMES]
         self.hub = LogHub(settings.log_dir, secrets=secrets, stream=stream or sys.stdout)
         self.services: list[Service] = []
@@ -198,6 +202,7 @@ class Supervisor:
         finally:
             self.phase = "stopping"
             self._stop_all()
+            self._release_lease()
             self._close_servers()
             self.log(f"stopped (exit {int(self.exit_status)})")
             s.pid_file.unlink(missing_ok=True)
@@ -218,6 +223,7 @@ class Supervisor:
         while not self.stopping.is_set():
             try:
                 pre.store.reachable()
+                self._take_lease(pre.store, self.take_over)
                 provision.restore_missing(s, pre.replication, pre.binary, self.log)
                 if not s.global_db.exists():
                     # The listing just showed the replica holds no global DB: only now may one be created.
@@ -235,6 +241,56 @@ class Supervisor:
             self.stopping.wait(delay)
             delay = min(delay * 2, self.RETRY_MAX)
         return False
+
+    def _take_lease(self, store: ReplicaStore, take_over: bool) -> None:
+        """Become the one writer of this replica, or raise LeaseHeld naming the machine that is."""
+        s = self.settings
+        if self.lease is None:
+            self.lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
+                                     s.lease_ttl_seconds)
+        if self.lease.held:
+            return
+        previous = self.lease.acquire(take_over=take_over)
+        if previous is not None:
+            # The old holder notices at its next renewal and stops writing; give it that long.
+            wait = s.lease_renew_seconds + 5
+            self.log(f"writer lease taken over from {previous.describe()}; waiting {wait:.0f}s for it to stop writing")
+            self.stopping.wait(wait)
+        self.log(f"writer lease held by this machine (renewed every {s.lease_renew_seconds:.0f}s)")
+
+    def _keep_lease(self) -> None:
+        """Renew the lease on a slow timer; a machine that lost it stops writing at once."""
+        s = self.settings
+        failing = False
+        interval = s.lease_renew_seconds if self.lease is not None and self.lease.held else min(5.0, s.lease_renew_seconds)
+        while not self.stopping.wait(interval):
+            try:
+                if self.lease is not None and self.lease.held:
+                    self.lease.renew()
+                elif self._store is not None:
+                    self._take_lease(self._store, take_over=False)  # the replica was down at boot
+                if failing:
+                    self.log("writer lease renewed: the replica answers again")
+                failing, interval = False, s.lease_renew_seconds
+            except (LeaseHeld, LeaseLost) as exc:
+                self._fence(str(exc))
+                return
+            except EdgehostError as exc:
+                if not failing:
+                    self.log(f"warning: cannot renew the writer lease ({exc}); trying every 5s")
+                # Ask often while the replica is away, so a take-over is seen as soon as it answers.
+                failing, interval = True, min(5.0, s.lease_renew_seconds)
+
+    def _fence(self, why: str) -> None:
+        """Another machine is the writer now: stop replicating, make the portal read-only, say so loudly."""
+        self.fenced = True
+        self.exit_status = ExitStatus.LEASE_HELD
+        self.log(f"!!! {why}")
+        self.log("!!! this machine no longer writes to the replica: litestream stopped, portal read-only. "
+                 "Writes made here since the last upload stay on this disk only")
+        done = threading.Event()
+        self._commands.put(("fence", why, done, {}))
+        done.wait(self.settings.litestream_stop_timeout + 30)
 
     def _claim_pid_file(self) -> None:
         pid_file = self.settings.pid_file
@@ -261,6 +317,7 @@ class Supervisor:
             except OSError as exc:
                 self.log(f"metrics endpoint disabled: port {self.settings.metrics_port}: {exc.strerror}")
         threading.Thread(target=self._watch_replication, daemon=True, name="lag").start()
+        threading.Thread(target=self._keep_lease, daemon=True, name="lease").start()
 
     def _close_servers(self) -> None:
         for server in (self._control, self._metrics):
@@ -342,6 +399,23 @@ class Supervisor:
             svc.state = Service.STOPPED
             self.log(f"{svc.name} stopped (exit {code}) in {time.monotonic() - started:.2f}s")
 
+    def _release_lease(self) -> None:
+        """Hand the lease back after a clean stop, so the next machine needs no --take-over.
+
+        Kept when the final sync did not land: the replica lacks this machine's newest writes, so
+        nobody else should start from it until this machine has pushed them (or the lease goes stale).
+        """
+        if self.lease is None or not self.lease.held or self.fenced:
+            return
+        if self.exit_status == ExitStatus.FINAL_SYNC_FAILED:
+            self.log("writer lease kept: the final sync did not land")
+            return
+        try:
+            self.lease.release()
+            self.log("writer lease released")
+        except EdgehostError as exc:
+            self.log(f"warning: writer lease not released ({exc}); it goes stale in {self.settings.lease_ttl_seconds:.0f}s")
+
     def _final_sync(self, ls: Service) -> float:
         """Sync every database on disk and check the replica reached its local txid; returns the seconds spent."""
         started = time.monotonic()
@@ -397,7 +471,15 @@ class Supervisor:
                 verb, name, done, reply = self._commands.get_nowait()
             except queue.Empty:
                 return
+            if verb == "fence":
+                self._apply_fence(name)
+                done.set()
+                continue
             svc = next(s for s in self.services if s.name == name)
+            if self.fenced and name == "litestream" and verb in ("restart", "release"):
+                reply.update(ok=False, state=svc.state, error="fenced: another machine holds the writer lease")
+                done.set()
+                continue
             if verb == "restart":
                 if svc.state in (Service.STARTING, Service.RUNNING):
                     code = svc.stop(svc.spec.stop_timeout)
@@ -421,6 +503,19 @@ class Supervisor:
                 svc.start()
                 threading.Thread(target=self._await_ready, args=(svc, done, reply), daemon=True).start()
 
+    def _apply_fence(self, why: str) -> None:
+        for svc in self.services:
+            if svc.name == "litestream" and svc.state != Service.HELD:
+                code = svc.stop(5)
+                svc.state, svc.reason = Service.HELD, "fenced: another machine holds the writer lease"
+                self.log(f"litestream stopped (exit {code}): fenced")
+            elif svc.name == "portal":
+                svc.spec.env["EDGEHOST_PORTAL_READ_ONLY"] = why
+                if svc.state in (Service.STARTING, Service.RUNNING):
+                    svc.stop(svc.spec.stop_timeout)
+                    svc.state, svc.next_start_at = Service.BACKOFF, time.monotonic()
+                self.log("portal restarting read-only")
+
     def _await_ready(self, svc: Service, done: threading.Event, reply: dict) -> None:
         deadline = time.monotonic() + svc.spec.ready_timeout + 5
         while time.monotonic() < deadline and svc.state == Service.STARTING:
@@ -439,6 +534,8 @@ class Supervisor:
             "services": [s.describe() for s in self.services],
             "lag_alert_seconds": self.settings.lag_alert_seconds,
             "alerts": sorted(self._alerting),
+            "lease": {"held": bool(self.lease and self.lease.held), "fenced": self.fenced,
+                      "machine_id": self.lease.machine_id if self.lease else None},
         }
 
     # --- replication lag --------------------------------------------------------------------
@@ -462,6 +559,8 @@ class Supervisor:
         connections and never answered comes back, uploads stay parked on the dead connections and
         every database stays behind until litestream restarts (docs/reliability.md, F1).
         """
+        if self.fenced:
+            return
         limit = max(60.0, 4 * self.settings.lag_alert_seconds)
         worst = max((d.lag_seconds or 0.0 for d in self.db_status), default=0.0)
         if worst <= limit or ls.uptime() <= limit or self._store is None:

@@ -1,0 +1,111 @@
+"""One writer per replica: two homes (two "machines") on one bucket, with the real supervisor and litestream."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+
+import httpx
+import pytest
+
+from edgehost import layout, litestream
+from procs import (KitHome, Proc, Writer, edgehost_argv, free_port, plain_restore, rows, service, start_supervisor,
+                   supervisor_status, wait_until)
+
+pytestmark = pytest.mark.e2e
+
+
+def _machine(home: KitHome, name: str) -> KitHome:
+    home.env.update({"EDGEHOST_MACHINE_ID": name * 8, "EDGEHOST_LEASE_RENEW_SECONDS": "1",
+                     "EDGEHOST_LEASE_TTL_SECONDS": "30"})
+    return home
+
+
+def _twin(a: KitHome, tmp_path_factory, name: str) -> KitHome:
+    path = tmp_path_factory.mktemp("m", numbered=True)
+    shutil.copy(a.path / "litestream.yml", path / "litestream.yml")
+    env = {**a.env, "EDGEHOST_HOME": str(path), "EDGEHOST_PORTAL_PORT": str(free_port()),
+           "EDGEHOST_METRICS_PORT": str(free_port())}
+    return _machine(KitHome(path, env), name)
+
+
+def test_a_second_machine_is_refused_and_a_take_over_fences_the_first(s3_home, tmp_path_factory, tmp_path):
+    a = _machine(s3_home, "a")
+    b = _twin(a, tmp_path_factory, "b")
+    sa, sb = a.settings(), b.settings()
+    up_a = start_supervisor(a)
+    up_b = None
+    try:
+        httpx.post(f"{sa.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        before = [httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "a"}).json()["id"] for _ in range(10)]
+        litestream.ControlSocket(sa.litestream_socket).sync(layout.property_db(sa, "acme").path, wait=True)
+
+        # The old Mac comes back while the new one runs: refused, naming the holder and its freshness.
+        refused = Proc(edgehost_argv("up"), b.environ(), b.path / "refused.log")
+        assert refused.popen.wait(60) == 6, refused.output()
+        out = refused.output()
+        assert "writer lease held by host" in out and "machine aaaaaaaa" in out and "ago" in out
+        assert not sb.global_db.exists(), "a refused machine must not create or restore anything"
+        refused.stop()
+
+        # --take-over: B becomes the writer; A notices at its next renewal and stops writing.
+        writer = Writer(sa.portal_url, "acme", pause=0.01).start()
+        up_b = Proc(edgehost_argv("up", "--take-over"), b.environ(), b.path / "up-b.log")
+        wait_until(lambda: "writer lease taken over" in up_b.output(), 60, what="B to take the lease")
+        wait_until(lambda: supervisor_status(sa)["lease"]["fenced"], 30, what="A to fence itself")
+        wait_until(lambda: httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "late"}).status_code == 503,
+                   30, what="A's portal to turn read-only")
+        writer.stop()
+        refusal = httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "late"}).json()
+        assert refusal["read_only"] and "machine bbbbbbbb" in refusal["error"]
+        assert httpx.get(f"{sa.portal_url}/properties/acme/events").status_code == 200  # reads go on
+        assert service(sa, "litestream")["state"] == "held"
+        assert "no longer writes to the replica" in up_a.output()
+
+        # A write that reaches A's disk anyway (not through the portal) must not reach the replica.
+        conn = sqlite3.connect(layout.property_db(sa, "acme").path)
+        conn.execute("INSERT INTO compliance_events(occurred_at, kind, payload) VALUES ('2026-01-01', 'stray', '{}')")
+        conn.commit()
+        conn.close()
+
+        wait_until(lambda: all(s["state"] == "running" for s in supervisor_status(sb)["services"]), 90,
+                   what="B to run every service")
+        after = [httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "b"}).json()["id"] for _ in range(5)]
+        assert up_b.stop() == 0, up_b.output()[-3000:]
+        up_b = None
+    finally:
+        if up_b is not None:
+            up_b.stop()
+        code_a = up_a.stop()
+    assert code_a == 6, up_a.output()[-2000:]
+    assert "final sync skipped" in up_a.output()
+
+    # The replica holds one history: B's, which starts from what A had replicated.
+    out = tmp_path / "acme.db"
+    proc = plain_restore(litestream.replication(sb).restore_url(layout.property_db(sb, "acme")), out, b.environ())
+    assert proc.returncode == 0, proc.stderr
+    got = rows(out, "SELECT id, kind FROM compliance_events ORDER BY id")
+    ids = [r[0] for r in got]
+    assert set(before) <= set(ids) and ids[-5:] == after
+    assert "stray" not in {r[1] for r in got}
+    # B stopped cleanly and released the lease: A may start again without --take-over.
+    again = start_supervisor(a, log_name="again.log")
+    assert again.stop() == 0
+
+
+def test_the_file_replica_has_the_same_lease(kit_home, tmp_path_factory):
+    a = _machine(kit_home, "c")
+    b = _twin(a, tmp_path_factory, "d")
+    b.env["EDGEHOST_REPLICA_URL"] = a.settings().replica_url  # the same directory
+    up_a = start_supervisor(a)
+    try:
+        refused = Proc(edgehost_argv("up"), b.environ(), b.path / "refused.log")
+        assert refused.popen.wait(60) == 6
+        assert "machine cccccccc" in refused.output()
+        refused.stop()
+    finally:
+        assert up_a.stop() == 0
+    up_b = start_supervisor(b)  # released on A's clean stop
+    assert up_b.stop() == 0
+    assert "writer lease released" in up_b.output()
