@@ -167,3 +167,57 @@ def test_machine_id_is_made_once_and_kept_private(tmp_path):
     assert machine_id(tmp_path / "state", environ={}) == first
     assert stat.S_IMODE((tmp_path / "state" / "machine-id").stat().st_mode) == 0o600
     assert machine_id(tmp_path / "state", environ={"EDGEHOST_MACHINE_ID": "mini-2-test"}) == "mini-2-test"
+
+
+def test_an_endpoint_without_conditional_writes_is_named_not_trusted(s3_home, moto_s3):
+    """An S3-compatible store that refuses If-None-Match must stop `up` with a clear line, not be raced."""
+    import http.client
+    import http.server
+
+    from edgehost.replica import ConditionalWritesUnsupported
+    from procs import edgehost, free_port
+
+    target = moto_s3.endpoint.split("//")[1]
+
+    class NoConditionals(http.server.BaseHTTPRequestHandler):
+        """Forwards to moto, but answers 501 NotImplemented to any conditional PUT."""
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.command == "PUT" and ("If-None-Match" in self.headers or "If-Match" in self.headers):
+                msg = b"<Error><Code>NotImplemented</Code><Message>conditional writes</Message></Error>"
+                self.send_response(501)
+                self.send_header("Content-Length", str(len(msg)))
+                self.end_headers()
+                self.wfile.write(msg)
+                return
+            conn = http.client.HTTPConnection(target, timeout=10)
+            conn.request(self.command, self.path, body, dict(self.headers))
+            resp = conn.getresponse()
+            data = resp.read()
+            self.send_response(resp.status)
+            for k, v in resp.getheaders():
+                if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _forward
+
+        def log_message(self, *args) -> None:
+            pass
+
+    port = free_port()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), NoConditionals)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        s3_home.env["EDGEHOST_S3_ENDPOINT"] = f"http://127.0.0.1:{port}"
+        lease = WriterLease(ReplicaStore.from_settings(s3_home.settings()), "m1", "mini-1", 1, TTL)
+        with pytest.raises(ConditionalWritesUnsupported):
+            lease.acquire()
+        proc = edgehost(s3_home, "up", timeout=60)
+        assert proc.returncode == 3
+        assert "conditional write" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    finally:
+        server.shutdown()

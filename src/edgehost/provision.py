@@ -96,3 +96,41 @@ def check_new_property(settings: Settings, slug: str) -> None:
     if held:
         raise HeldByReplica(f"property {slug!r} already exists in the replica ({settings.replica_url}); "
                             f"bring it back with: edgehost restore {slug} --to {settings.data_dir}")
+
+
+REPLICA_MARKER = "replica-url"
+
+
+def forget_state_of_old_replica(settings: Settings, log: Log) -> list[Path]:
+    """After the replica changed (file -> S3, another bucket or endpoint), move each database's
+    Litestream state aside before litestream starts; returns where each one went.
+
+    Litestream 0.5.17 keeps, beside each database, the LTX files it has uploaded to *its* replica.
+    Against a new replica that state makes it look for early LTX files it already pruned
+    ("LTX file is missing ... litestream reset") and stop replicating that database while it still
+    says "replicating". Without the state it takes a fresh snapshot into the new replica. The old
+    replica keeps the old history; the moved state is kept under `_replaced/`, never deleted.
+    """
+    from datetime import datetime, timezone
+
+    from .restore import litestream_meta_dir
+
+    marker = settings.state_dir / REPLICA_MARKER
+    current = f"{settings.replica_url} {settings.s3_endpoint}".strip()
+    previous = marker.read_text().strip() if marker.exists() else ""
+    moved: list[Path] = []
+    if previous and previous != current:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        keep = settings.data_dir / "_replaced" / f"{stamp}-replica-switch"
+        for ref in layout.local_databases(settings):
+            meta = litestream_meta_dir(ref.path)
+            if meta.exists():
+                target = keep / ref.relpath
+                target.parent.mkdir(parents=True, exist_ok=True)
+                meta.rename(target.parent / meta.name)
+                moved.append(target.parent / meta.name)
+        log(f"the replica changed ({previous.split()[0]} -> {settings.replica_url}): litestream's local state of "
+            f"{len(moved)} database(s) moved to {keep}; each starts with a fresh snapshot in the new replica")
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(current + "\n")
+    return moved

@@ -29,6 +29,12 @@ from .settings import Settings
 _CONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
 
 
+class ConditionalWritesUnsupported(EdgehostError):
+    """The endpoint does not do conditional writes, so no lease can be taken safely on it."""
+
+    status = ExitStatus.ENVIRONMENT
+
+
 class PreconditionFailed(EdgehostError):
     """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
 
@@ -248,6 +254,10 @@ class ReplicaStore:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if err.get("Code") in _CONDITION_CODES or status in (409, 412):
                 raise PreconditionFailed(f"replica {self.url}: {what} of {kw['Key']} lost: {err.get('Code')}") from None
+            if err.get("Code") == "NotImplemented" or status == 501:
+                raise ConditionalWritesUnsupported(
+                    f"replica {self.url}: the endpoint refused a conditional write ({err.get('Code')} {status}); "
+                    f"the writer lease needs If-None-Match/If-Match, which S3, R2 and MinIO support") from None
             raise self._s3_problem(what, exc) from None
         except BotoCoreError as exc:
             raise self._s3_problem(what, exc) from None

@@ -1,8 +1,11 @@
-"""Replication status per database, from Litestream's control socket: txids, last sync, lag, WAL size."""
+"""Replication status per database, from Litestream's control socket: txids, last sync, lag, WAL size,
+and the errors Litestream hit."""
 
 from __future__ import annotations
 
+import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -11,6 +14,20 @@ from . import layout
 from .errors import EnvironmentProblem
 from .litestream import ControlSocket
 from .settings import Settings
+
+# Litestream's replica monitor syncs every second and records each success, even when idle: a
+# database behind its replica whose last successful sync is older than this is stalled, not busy.
+STALLED_AFTER_SECONDS = 5.0
+PROBE_TIMEOUT_SECONDS = 3
+
+# Errors that mean Litestream's local state (`.<db>-litestream/ltx`) and the replica disagree. They
+# never clear by themselves: litestream 0.5.17 retries with backoff forever, `/list` still says
+# "replicating" and `/debug/sync-status` stays clean (it only covers the WAL-to-LTX step). Errors
+# it does recover from (an unreachable endpoint) are left to the lag alert.
+# litestream's LTXError reads "<op> ltx file <path>: <cause>"; "write ltx file: <cause>" is an upload
+# failure (the endpoint), which is not one of them.
+_STUCK_RE = re.compile(r"\b\w+ ltx file /[^:]*: |ltx file (?:missing|corrupted)|checksum mismatch|nonsequential|"
+                       r"non-contiguous", re.IGNORECASE)
 
 
 @dataclass
@@ -24,6 +41,7 @@ class DatabaseStatus:
     lag_seconds: float | None = None
     wal_bytes: int = 0
     error: str = ""
+    caught_up: bool = False  # the replica holds the local database's latest txid
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -42,31 +60,86 @@ def lag_seconds(local_txid: int, replicated_txid: int, last_sync: float | None, 
     return max(0.0, now - (last_sync if last_sync is not None else since))
 
 
-def replication_status(settings: Settings, sock: ControlSocket | None = None, now: float | None = None) -> list[DatabaseStatus]:
-    """Ask the running litestream about every database on disk."""
+def _sync_errors(sock: ControlSocket) -> dict[str, str]:
+    """Each database's last WAL-to-LTX sync or checkpoint error, from one `/debug/sync-status` call."""
+    try:
+        diagnostics = sock.sync_status()
+    except EnvironmentProblem:
+        return {}  # an older litestream without the endpoint: the other checks still run
+    return {d["path"]: f"{d.get('operation') or 'sync'}: {d['error']}" for d in diagnostics
+            if d.get("path") and d.get("error")}
+
+
+def _socket_error(exc: EnvironmentProblem) -> str:
+    return re.sub(r"^litestream /\S+: ", "", str(exc))
+
+
+def _set_positions(st: DatabaseStatus, local: int, replicated: int, now: float, started: float) -> None:
+    st.local_txid, st.replicated_txid = local, replicated
+    st.caught_up = local == replicated
+    st.lag_seconds = round(lag_seconds(local, replicated, _parse_time(st.last_sync_at), now, started), 1)
+
+
+def _stalled(st: DatabaseStatus, now: float) -> bool:
+    if st.error or st.local_txid is None or st.replicated_txid is None or st.replicated_txid >= st.local_txid:
+        return False
+    last = _parse_time(st.last_sync_at)
+    return last is None or now - last > STALLED_AFTER_SECONDS
+
+
+def _probe(sock: ControlSocket, st: DatabaseStatus, now: float, started: float) -> None:
+    """Ask for a full sync of a stalled database: the error comes back only from a waited sync."""
+    try:
+        result = sock.sync(Path(st.path), wait=True, timeout=PROBE_TIMEOUT_SECONDS)
+    except EnvironmentProblem as exc:
+        message = _socket_error(exc)
+        if _STUCK_RE.search(message):
+            st.state, st.error = "error", message
+        return
+    _set_positions(st, int(result["txid"]), int(result["replicated_txid"]), now, started)
+
+
+def replication_status(settings: Settings, sock: ControlSocket | None = None, now: float | None = None,
+                       probe: bool = True) -> list[DatabaseStatus]:
+    """Ask the running litestream about every database on disk.
+
+    With `probe`, a database that is behind and has not synced for a few seconds gets one waited
+    sync, the only call that returns the replica's error.
+    """
     sock = sock or ControlSocket(settings.litestream_socket)
     now = time.time() if now is None else now
     info = sock.info()
     started = _parse_time(info.get("started_at")) or now
     listed = {d["path"]: d for d in sock.list()}
+    sync_errors = _sync_errors(sock)  # before our own syncs below reset litestream's record
     out: list[DatabaseStatus] = []
     for ref in layout.local_databases(settings):
         wal = Path(f"{ref.path}-wal")
         st = DatabaseStatus(ref.label, str(ref.path), "not replicated", wal_bytes=wal.stat().st_size if wal.exists() else 0)
         entry = listed.get(str(ref.path))
         if entry is not None:
+            st.last_sync_at = entry.get("last_sync_at")
             try:
                 # A local-only sync: cheap, and it returns both the local and the replica position.
                 result = sock.sync(ref.path, wait=False, timeout=5)
-                st.local_txid = int(result["txid"])
-                st.replicated_txid = int(result["replicated_txid"])
-                st.last_sync_at = entry.get("last_sync_at")
-                st.lag_seconds = round(lag_seconds(st.local_txid, st.replicated_txid,
-                                                   _parse_time(st.last_sync_at), now, started), 1)
+                _set_positions(st, int(result["txid"]), int(result["replicated_txid"]), now, started)
                 st.state = "replicating" if entry.get("status") == "replicating" else entry.get("status", "?")
             except EnvironmentProblem as exc:
-                st.state, st.error = "error", str(exc)
+                st.state, st.error = "error", _socket_error(exc)
+            if not st.error and sync_errors.get(str(ref.path)):
+                st.state, st.error = "error", sync_errors[str(ref.path)]
         out.append(st)
+    stalled = [st for st in out if _stalled(st, now)] if probe else []
+    if stalled:
+        with ThreadPoolExecutor(max_workers=min(4, len(stalled))) as pool:
+            list(pool.map(lambda st: _probe(sock, st, now, started), stalled))
+    for st in out:
+        if not st.error and st.local_txid is not None and (st.replicated_txid or 0) > st.local_txid:
+            # Litestream uploads nothing until the local txid passes the replica's, then stacks this
+            # history's changes on the replica's: its latest restore would be wrong.
+            st.state = "error"
+            st.error = (f"replica is ahead of the local database (replica txid {st.replicated_txid:x}, "
+                        f"local {st.local_txid:x}): it holds another history")
     return out
 
 
@@ -85,6 +158,9 @@ def prometheus_text(dbs: list[DatabaseStatus], services: list[dict]) -> str:
     lines += ["# HELP edgehost_replication_replicated_txid Latest transaction id in the replica.",
               "# TYPE edgehost_replication_replicated_txid gauge"]
     lines += [f'edgehost_replication_replicated_txid{{db="{d.name}"}} {d.replicated_txid}' for d in dbs if d.replicated_txid is not None]
+    lines += ["# HELP edgehost_replication_error 1 when litestream reports an error for the database.",
+              "# TYPE edgehost_replication_error gauge"]
+    lines += [f'edgehost_replication_error{{db="{d.name}"}} {1 if d.state == "error" else 0}' for d in dbs]
     lines += ["# HELP edgehost_wal_bytes Size of the database's WAL file.", "# TYPE edgehost_wal_bytes gauge"]
     lines += [f'edgehost_wal_bytes{{db="{d.name}"}} {d.wal_bytes}' for d in dbs]
     lines += ["# HELP edgehost_service_up 1 when the service is running.", "# TYPE edgehost_service_up gauge"]
@@ -93,4 +169,3 @@ def prometheus_text(dbs: list[DatabaseStatus], services: list[dict]) -> str:
               "# TYPE edgehost_service_restarts_total counter"]
     lines += [f'edgehost_service_restarts_total{{service="{s["name"]}"}} {s["restarts"]}' for s in services]
     return "\n".join(lines) + "\n"
-

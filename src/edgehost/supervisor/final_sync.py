@@ -38,6 +38,7 @@ class FinalSync:
 
 
 POLL = 0.05
+LOCAL_STATE_BROKEN = "open ltx file"  # litestream lost an LTX file it still needs to upload
 
 
 def sync_one(sock: ControlSocket, ref: DatabaseRef, deadline: float, cancel: threading.Event) -> FinalSync:
@@ -61,6 +62,8 @@ def sync_one(sock: ControlSocket, ref: DatabaseRef, deadline: float, cancel: thr
         except EdgehostError as exc:
             # 404: the directory watcher has not seen a new database yet; 409: it is not open yet.
             result.error = str(exc)
+            if LOCAL_STATE_BROKEN in result.error:
+                break  # retrying cannot help: see docs/litestream-tuning.md, "When the replica changes"
         cancel.wait(min(POLL * 4, max(0.0, deadline - time.monotonic())))
     result.seconds = round(time.monotonic() - started, 3)
     return result

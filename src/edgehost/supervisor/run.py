@@ -116,6 +116,11 @@ def tunnel_problem(settings: Settings) -> str:
     return tunnel.cloudflared_problem(settings) or ""
 
 
+def _caught_up(db: status.DatabaseStatus) -> bool:
+    return (not db.error and db.local_txid is not None and db.replicated_txid is not None
+            and db.replicated_txid >= db.local_txid)
+
+
 class Supervisor:
     """Runs the services in order and keeps them up until told to stop."""
 
@@ -185,6 +190,7 @@ class Supervisor:
             self.phase = "restoring"
             if not self._restore_or_wait(pre):
                 return int(self.exit_status)
+            provision.forget_state_of_old_replica(s, self.log)
             for spec in service_plan(s, pre.binary):
                 self.services.append(Service(spec, Backoff(s.restart), self.hub))
             if pre.tunnel_problem:
@@ -482,6 +488,7 @@ class Supervisor:
                 continue
             if verb == "restart":
                 if svc.state in (Service.STARTING, Service.RUNNING):
+                    self.log(f"stopping {name} for a restart (up to {svc.spec.stop_timeout:.0f}s)")
                     code = svc.stop(svc.spec.stop_timeout)
                     svc.state, svc.next_start_at = Service.BACKOFF, time.monotonic()
                     self.log(f"{name} stopped for a restart (exit {code})")
@@ -562,7 +569,9 @@ class Supervisor:
         if self.fenced:
             return
         limit = max(60.0, 4 * self.settings.lag_alert_seconds)
-        worst = max((d.lag_seconds or 0.0 for d in self.db_status), default=0.0)
+        # A database whose local state litestream cannot upload stays stuck after a restart (and each
+        # stop waits out the shutdown sync): it is reported by status, not restarted over.
+        worst = max((d.lag_seconds or 0.0 for d in self.db_status if not d.error), default=0.0)
         if worst <= limit or ls.uptime() <= limit or self._store is None:
             return
         try:
@@ -578,12 +587,14 @@ class Supervisor:
         limit = self.settings.lag_alert_seconds
         for db in self.db_status:
             behind = db.lag_seconds is not None and db.lag_seconds > limit
-            if behind and db.name not in self._alerting:
+            if (behind or db.error) and db.name not in self._alerting:
                 self._alerting.add(db.name)
-                self.log(f"ALERT: {db.name} replica is {db.lag_seconds:.0f}s behind (threshold {limit:.0f}s)")
-            elif not behind and db.name in self._alerting and db.lag_seconds is not None:
+                why = f"litestream reports: {db.error}" if db.error else f"replica is {db.lag_seconds:.0f}s behind"
+                self.log(f"ALERT: {db.name} {why} (threshold {limit:.0f}s)")
+            elif db.name in self._alerting and _caught_up(db):
+                # Only a replica at the local txid is caught up; a lag that merely stopped growing is not.
                 self._alerting.discard(db.name)
-                self.log(f"{db.name} replica caught up")
+                self.log(f"{db.name} replica caught up: replicated txid {db.replicated_txid:016x} = local txid")
 
     def _handle_metrics(self, method: str, path: str) -> tuple[int, Any]:
         if method == "GET" and path == "/metrics":
