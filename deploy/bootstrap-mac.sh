@@ -183,7 +183,7 @@ else
     run "$BREW" install cloudflared
 fi
 
-step "Databases: create the global database and bring every database to the latest schema"
+step "Databases: restore what the replica holds (a new Mac gets its data back), create only what it lacks, migrate"
 run sudo -u "$SERVICE_USER" -H "$EDGEHOST" --home "$KIT_HOME" migrate
 
 step "launchd: the supervisor as a LaunchDaemon (starts at boot, nobody logged in) and the monthly drill"

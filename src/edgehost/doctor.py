@@ -206,7 +206,7 @@ def _check_databases(report: DoctorReport, settings: Settings) -> None:
 def _check_data_dir(report: DoctorReport, settings: Settings) -> None:
     d = settings.data_dir
     if not d.is_dir():
-        report.add("data_dir", WARN, f"{d} does not exist yet", "edgehost migrate (creates it and the global database)")
+        report.add("data_dir", WARN, f"{d} does not exist yet", "edgehost migrate (restores what the replica holds, then creates only what it lacks)")
         return
     try:
         with tempfile.NamedTemporaryFile(dir=d, prefix=".doctor-"):
