@@ -7,12 +7,18 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
+
+try:  # typer >= 0.29 ships its own click: its usage errors are not click's
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click import exceptions as click_errors
 
 from .. import __version__
 from ..errors import EdgehostError, ExitStatus
 from .output import console
+
+Abort = typer.Abort  # the Abort of whichever click typer runs on
 
 app = typer.Typer(
     name="edgehost",
@@ -54,13 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     except EdgehostError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return int(exc.status)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        exc.show()
+    except click_errors.NoArgsIsHelpError:
+        console.print("error: a command is needed; `edgehost --help` lists them", highlight=False, soft_wrap=True)
         return int(ExitStatus.BAD_INPUT)
-    except click.UsageError as exc:
-        exc.show()
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "edgehost"
+        message = " ".join(exc.format_message().split())
+        console.print(f"error: {message} (see `{where} --help`)", markup=False, highlight=False, soft_wrap=True)
         return int(ExitStatus.BAD_INPUT)
-    except click.exceptions.Abort:
+    except click_errors.ClickException as exc:
+        console.print(f"error: {' '.join(exc.format_message().split())}", markup=False, highlight=False, soft_wrap=True)
+        return int(ExitStatus.BAD_INPUT)
+    except Abort:
         console.print("aborted")
         return 130
     except KeyboardInterrupt:
