@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
@@ -10,7 +11,7 @@ import httpx
 import pytest
 
 from edgehost import layout, litestream
-from procs import (KitHome, Proc, Writer, edgehost_argv, free_port, plain_restore, rows, service, start_supervisor,
+from procs import (KitHome, Proc, Writer, edgehost, edgehost_argv, free_port, plain_restore, rows, service, start_supervisor,
                    supervisor_status, wait_until)
 
 pytestmark = pytest.mark.e2e
@@ -61,6 +62,9 @@ def test_a_second_machine_is_refused_and_a_take_over_fences_the_first(s3_home, t
         assert refusal["read_only"] and "machine bbbbbbbb" in refusal["error"]
         assert httpx.get(f"{sa.portal_url}/properties/acme/events").status_code == 200  # reads go on
         assert service(sa, "litestream")["state"] == "held"
+        status_a = edgehost(a, "status", "--json")
+        assert status_a.returncode == 1 and json.loads(status_a.stdout)["lease"]["fenced"] is True
+        assert "writer lease lost" in edgehost(a, "status").stderr
         assert "no longer writes to the replica" in up_a.output()
 
         # A write that reaches A's disk anyway (not through the portal) must not reach the replica.

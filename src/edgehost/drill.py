@@ -3,13 +3,18 @@
 Restore every database the replica holds into an empty scratch data dir (as on a new machine), check
 each one, boot the portal on the restored data on a scratch port, compare its answers with the live
 data, and measure RTO (restore start -> portal healthy on restored data) and RPO per database.
+
+RPO comes from what the restore actually held: the live databases are read at the instant the
+restore point is decided (right after the one listing of the replica that fixes each database's
+txid), and the rows the restored copy lacks from that snapshot date how much a real recovery would
+have lost. A gap beyond `lag_alert_seconds` fails the drill, whatever else passed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from contextlib import closing
 import shutil
 import socket
 import sqlite3
@@ -17,6 +22,7 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,25 +31,47 @@ from typing import Any, Callable
 import httpx
 
 from . import layout, litestream, state
-from .errors import EdgehostError, EnvironmentProblem
-from .layout import GLOBAL
+from .errors import BadInput, EdgehostError, EnvironmentProblem
+from .layout import GLOBAL, DatabaseRef
 from .portal import store
 from .replica import replica_keys
-from .restore import execute_plan, latest_by_key, restore_db, restore_plan, restore_window
+from .restore import execute_plan, latest_by_key, restore_db, restore_plan
 from .settings import SECRET_NAMES, Settings
-from .sqlite import connect, content_hash, schema_sql
+from .sqlite import connect, content_hash, schema_sql, user_tables
 
 Progress = Callable[[str], None]
+
+# How many drill reports are kept (state/drills, the kit's state DB, the replica). A setting for
+# settings.py; until it lands there it is read from the environment (or the env file) here.
+KEEP_REPORTS_ENV = "EDGEHOST_DRILL_KEEP_REPORTS"
+KEEP_REPORTS_DEFAULT = 12
+# A scratch dir a drill left behind (killed mid-run) is removed by the next drill after this long.
+STALE_SCRATCH_SECONDS = 24 * 3600
+KEPT_MARKER = ".kept"  # `--keep` scratch dirs carry it and are never pruned
+
+# The app contract for staleness (DESIGN.md, "The app contract"): tables whose rows are only ever
+# appended, with the column dating each row, and tables overwritten per key, with their key and the
+# column dating the last write. honestcam's are the shipped default, plus the kit's own tables.
+APPEND_ONLY_TABLES = {"compliance_events": "created_at", "_edgehost_verify": "written_at",
+                      "schema_versions": "applied_at"}
+OVERWRITE_TABLES = {"study_users": ("user_id", "updated_at"), "study_progress": ("user_id", "updated_at")}
+
+SOCKET_TIMEOUT = 2.0  # a litestream that does not answer its control socket in this long is stalled
 
 
 @dataclass
 class DrillDatabase:
     name: str
     restored: bool = False
-    txid: str = ""
+    txid: str = ""  # the replicated txid the restore reached
     restore_seconds: float = 0.0
-    rpo_seconds: float | None = None  # how far the replica was behind the live DB at the drill's start
-    newest_replicated_at: str = ""
+    # The age of the oldest write the restore lacks, against the live DB read when the restore point
+    # was decided (or against --at): 0 when nothing is missing, None when it cannot be told.
+    rpo_seconds: float | None = None
+    live_txid: str = ""  # litestream's local txid at that instant ("" when litestream did not answer)
+    newest_replicated_at: str = ""  # the newest dated row the restore held
+    oldest_missing_at: str = ""  # the oldest dated live row it lacked
+    missing_rows: dict[str, int] = field(default_factory=dict)  # table -> live rows the restore lacked
     rows: dict[str, int] = field(default_factory=dict)
     checks: dict[str, str] = field(default_factory=dict)  # check -> "ok" or what failed
 
@@ -57,9 +85,13 @@ class DrillReport:
     scenario: str
     started_at: str
     finished_at: str = ""
+    host: str = field(default_factory=socket.gethostname)
     point: str = "latest"
     status: str = "error"  # pass | fail | error
     rto_seconds: float | None = None
+    rpo_seconds: float | None = None  # the worst database's
+    rpo_database: str = ""  # that database ("" when no restore lacked anything)
+    lag_alert_seconds: float | None = None
     restore_seconds: float | None = None
     portal_boot_seconds: float | None = None
     scratch_dir: str = ""
@@ -84,36 +116,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def keep_reports(settings: Settings) -> int:
+    """How many drill reports to keep: EDGEHOST_DRILL_KEEP_REPORTS, default 12."""
+    raw = str(settings.environ.get(KEEP_REPORTS_ENV, "") or KEEP_REPORTS_DEFAULT)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(f"{KEEP_REPORTS_ENV}={raw!r}: must be a whole number of reports (at least 1)") from None
+    if value < 1:
+        raise BadInput(f"{KEEP_REPORTS_ENV}={raw!r}: keep at least 1 report")
+    return value
+
+
 # --- reading the portal, live and restored ---------------------------------------------------
 
 
 class PortalReader:
-    """The portal's read endpoints over HTTP."""
+    """The portal's read endpoints over HTTP, on a connection of its own."""
 
     def __init__(self, base_url: str):
         self.client = httpx.Client(base_url=base_url, timeout=30)
+
+    def _get(self, path: str, **params: Any) -> Any:
+        resp = self.client.get(path, params=params or None)
+        if resp.status_code != 200:
+            raise EdgehostError(f"HTTP {resp.status_code} for GET {path}")
+        return resp.json()
 
     def events(self, slug: str) -> list[dict]:
         out: list[dict] = []
         after = 0
         while True:
-            resp = self.client.get(f"/properties/{slug}/events", params={"after": after, "limit": 10000})
-            resp.raise_for_status()
-            page = resp.json()["events"]
+            page = self._get(f"/properties/{slug}/events", after=after, limit=10000)["events"]
             out += page
             if len(page) < 10000:
                 return out
             after = page[-1]["id"]
 
     def users(self) -> list[dict]:
-        resp = self.client.get("/study/users")
-        resp.raise_for_status()
-        return resp.json()["users"]
+        return self._get("/study/users")["users"]
 
     def progress(self) -> list[dict]:
-        resp = self.client.get("/study/progress")
-        resp.raise_for_status()
-        return resp.json()["progress"]
+        return self._get("/study/progress")["progress"]
 
     def close(self) -> None:
         self.client.close()
@@ -145,15 +189,15 @@ class FileReader:
         pass
 
 
-def live_reader(settings: Settings) -> tuple[Any, str]:
-    reader = PortalReader(settings.portal_url)
+def live_readers(settings: Settings) -> tuple[Callable[[], Any], str]:
+    """A factory of readers of the live data (a new connection each), and what they read."""
     try:
-        if reader.client.get("/study/users").status_code == 200:
-            return reader, f"live portal {settings.portal_url}"
+        with httpx.Client(base_url=settings.portal_url, timeout=10) as probe:
+            if probe.get("/study/users").status_code == 200:
+                return (lambda: PortalReader(settings.portal_url)), f"live portal {settings.portal_url}"
     except httpx.HTTPError:
         pass
-    reader.close()
-    return FileReader(settings), f"live files in {settings.data_dir}"
+    return (lambda: FileReader(settings)), f"live files in {settings.data_dir}"
 
 
 def compare_property(restored: list[dict], live: list[dict]) -> str:
@@ -166,16 +210,188 @@ def compare_property(restored: list[dict], live: list[dict]) -> str:
     return "ok"
 
 
-def compare_overwrites(restored: list[dict], live: list[dict], key: str, since: str) -> str:
-    """Last-write-wins rows match live unless live changed them after the restore point."""
+def compare_overwrites(restored: list[dict], live: list[dict], key: str, since: str | None = None) -> str:
+    """Last-write-wins rows match live unless live rewrote them after the restored version.
+
+    A row may differ where live's `updated_at` is newer than the restored row's (live changed it
+    after the restore point), or, when `since` is given, newer than `since`.
+    """
     live_by = {r[key]: r for r in live}
     for row in restored:
         other = live_by.get(row[key])
         if other is None:
             return f"{key} {row[key]!r} is in the restored copy but not live"
-        if other != row and other.get("updated_at", "") <= since:
-            return f"{key} {row[key]!r} differs from live and live has not changed it since {since}"
+        if other == row:
+            continue
+        changed = _jd(str(other.get("updated_at", "")))
+        bounds = [_jd(str(row.get("updated_at", "")))] + ([_jd(since)] if since is not None else [])
+        if changed is not None and any(b is not None and changed > b for b in bounds):
+            continue
+        return f"{key} {row[key]!r} differs from live and live has not changed it since"
     return "ok"
+
+
+# --- the live side, read when the restore point is decided ----------------------------------
+
+
+def _jd(text: str | None) -> float | None:
+    """A timestamp (ISO 8601, 'Z' or an offset) as a Julian day number, like SQLite's julianday()."""
+    if not text:
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp() / 86400.0 + 2440587.5
+
+
+def _iso(jd: float) -> str:
+    return datetime.fromtimestamp((jd - 2440587.5) * 86400.0, timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class LivePin:
+    """One live database as it stood when the restore point was decided."""
+
+    at: datetime  # when the read snapshot was taken
+    txid: int | None  # litestream's local txid just before it (None: litestream did not answer)
+    tails: dict[str, int]  # append-only table -> highest rowid in the snapshot
+    rows: dict[str, dict[Any, tuple[float | None, str]]]  # overwrite table -> key -> (dated, digest)
+
+
+def _digest(row: tuple) -> str:
+    return hashlib.sha256(repr(row).encode()).hexdigest()
+
+
+def _dated_rows(conn: sqlite3.Connection, table: str, key: str, dated: str) -> dict[Any, tuple[float | None, str]]:
+    rows = conn.execute(f'SELECT "{key}", julianday("{dated}"), * FROM "{table}"')
+    return {r[0]: (r[1], _digest(r[2:])) for r in rows}
+
+
+def pin_live(ref: DatabaseRef, sock: litestream.ControlSocket | None) -> LivePin:
+    """Litestream's local txid, then one read snapshot of the live DB: its append-only tails and
+    its overwritten rows. The snapshot holds at least everything up to that txid."""
+    txid = None
+    if sock is not None:
+        try:
+            txid = int(sock.sync(ref.path, wait=False, timeout=int(SOCKET_TIMEOUT))["txid"])
+        except (EdgehostError, KeyError, ValueError, TypeError):
+            txid = None
+    with closing(connect(ref.path, readonly=True)) as conn:
+        conn.execute("BEGIN")
+        try:
+            tables = set(user_tables(conn))  # the snapshot starts with this first read
+            at = datetime.now(timezone.utc)
+            tails = {t: conn.execute(f'SELECT COALESCE(MAX(rowid), 0) FROM "{t}"').fetchone()[0]
+                     for t in APPEND_ONLY_TABLES if t in tables}
+            rows = {t: _dated_rows(conn, t, key, dated) for t, (key, dated) in OVERWRITE_TABLES.items() if t in tables}
+        finally:
+            conn.execute("ROLLBACK")
+    return LivePin(at, txid, tails, rows)
+
+
+@dataclass
+class Staleness:
+    rpo_seconds: float | None
+    missing: dict[str, int] = field(default_factory=dict)
+    oldest_missing_at: str = ""
+    newest_restored_at: str = ""
+    detail: str = ""  # why the gap cannot be told, when rpo_seconds is None
+
+
+def _txid_int(text: str) -> int | None:
+    try:
+        return int(str(text), 16) if text not in ("", None) else None
+    except ValueError:
+        return None
+
+
+def _older(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _newer(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def measure_staleness(restored: Path, live: Path, pin: LivePin, reference: datetime, restored_txid: str) -> Staleness:
+    """What the restored copy lacks of the pinned live snapshot, written at or before `reference`.
+
+    Append-only tables: live rows past the restored copy's last rowid, up to the snapshot's (rows
+    are never rewritten, so reading them now reads what the snapshot held). Overwrite tables: pinned
+    rows the restored copy lacks or holds an older version of. RPO is `reference` minus the oldest
+    such row's date: how much a recovery at that instant would have lost (0 when nothing is missing).
+    """
+    ref_jd = _jd(reference.isoformat())
+    missing: dict[str, int] = {}
+    oldest = newest = None
+    undated = 0
+    with closing(connect(restored, readonly=True)) as r, closing(connect(live, readonly=True)) as lv:
+        have = set(user_tables(r))
+        for table, dated in APPEND_ONLY_TABLES.items():
+            if table not in pin.tails:
+                continue
+            last = r.execute(f'SELECT COALESCE(MAX(rowid), 0) FROM "{table}"').fetchone()[0] if table in have else 0
+            if last:
+                newest = _newer(newest, r.execute(f'SELECT julianday("{dated}") FROM "{table}" WHERE rowid = ?',
+                                                  (last,)).fetchone()[0])
+            if pin.tails[table] <= last:
+                continue
+            count, first, nulls = lv.execute(
+                f'SELECT count(*), MIN(julianday("{dated}")), count(*) - count(julianday("{dated}")) FROM "{table}" '
+                f'WHERE rowid > ? AND rowid <= ? AND (julianday("{dated}") IS NULL OR julianday("{dated}") <= ?)',
+                (last, pin.tails[table], ref_jd)).fetchone()
+            if count:
+                missing[table], undated, oldest = count, undated + nulls, _older(oldest, first)
+        for table, (key, dated) in OVERWRITE_TABLES.items():
+            if table not in pin.rows:
+                continue
+            got = _dated_rows(r, table, key, dated) if table in have else {}
+            for jd, _ in got.values():
+                newest = _newer(newest, jd)
+            lacking = []
+            for k, (jd, digest) in pin.rows[table].items():
+                mine = got.get(k)
+                if mine is not None and (mine[1] == digest or (jd is not None and mine[0] is not None and jd <= mine[0])):
+                    continue  # the same row, or live's differs without being newer: a divergence, for `answers`
+                if jd is None or jd <= ref_jd:
+                    lacking.append(jd)
+            if lacking:
+                missing[table] = len(lacking)
+                undated += lacking.count(None)
+                for jd in lacking:
+                    oldest = _older(oldest, jd)
+    out = Staleness(0.0, missing, newest_restored_at=_iso(newest) if newest is not None else "")
+    if not pin.tails and not pin.rows:
+        # No table the drill can date: only the txids can tell.
+        mine = _txid_int(restored_txid)
+        if pin.txid is None or mine is None:
+            out.rpo_seconds, out.detail = None, "no dated table, and litestream did not give the live txid"
+        elif mine < pin.txid:
+            out.rpo_seconds = None
+            out.detail = f"no dated table, and the restore is {pin.txid - mine} transaction(s) behind live"
+    elif missing:
+        if undated or oldest is None:
+            out.rpo_seconds = None
+            out.detail = f"{undated or sum(missing.values())} missing row(s) carry no readable date"
+        else:
+            out.rpo_seconds = round(max(0.0, (ref_jd - oldest) * 86400.0), 1)
+            out.oldest_missing_at = _iso(oldest)
+    return out
+
+
+def _fresh_check(db: DrillDatabase, st: Staleness, threshold: float, latest: bool) -> str:
+    txids = f"restored txid {db.txid or '?'}, live txid {db.live_txid or 'unknown (litestream did not answer)'}"
+    lacks = ", ".join(f"{n} row(s) of {t}" for t, n in st.missing.items())
+    if st.rpo_seconds is None:
+        return f"stale or unknown: {st.detail}" + (f"; the restore lacks {lacks}" if lacks else "") + f"; {txids}"
+    if st.rpo_seconds <= threshold:
+        return "ok"
+    when = "the drill read live" if latest else "the restore point"
+    return (f"stale: {st.rpo_seconds:.1f}s of writes missing, over lag_alert_seconds ({threshold:g}s): the restore "
+            f"lacks {lacks}, the oldest written {st.oldest_missing_at}, {st.rpo_seconds:.1f}s before {when}; {txids}")
 
 
 # --- the drill ------------------------------------------------------------------------------
@@ -199,28 +415,25 @@ def _check_restored(path: Path, live: Path | None, compare_schema: bool) -> tupl
     return checks, rows
 
 
-def _rpo(settings: Settings, repl: litestream.Replication, binary: Path, env: dict, keys: list[str]) -> dict[str, tuple[float | None, str]]:
-    """How far each replica is behind, before the drill forces anything."""
-    from . import status
+def _litestream_socket(settings: Settings) -> litestream.ControlSocket | None:
+    """The control socket when litestream answers it promptly; None when it is stopped or stalled."""
+    sock = litestream.ControlSocket(settings.litestream_socket, timeout=SOCKET_TIMEOUT)
+    return sock if settings.litestream_socket.exists() and sock.alive() else None
 
-    out: dict[str, tuple[float | None, str]] = {}
-    lags: dict[str, float | None] = {}
-    try:
-        lags = {d.name: d.lag_seconds for d in status.replication_status(settings)}
-    except EdgehostError:
-        pass  # litestream not running: fall back to the replica's own timestamps
-    def one(key: str) -> tuple[str, tuple[float | None, str]]:
+
+def _pin_all(settings: Settings, keys: list[str], sock: litestream.ControlSocket | None) -> dict[str, LivePin | str]:
+    """Pin every live database (or say why it could not be read), 8 at a time."""
+    def one(key: str) -> tuple[str, LivePin | str]:
         ref = layout.ref_for(settings, key)
-        window = restore_window(binary, env, repl.restore_url(ref), ref.label)
-        rpo = lags.get(ref.label)
-        if rpo is None and window.latest_time:
-            newest = datetime.fromisoformat(window.latest_time.replace("Z", "+00:00"))
-            rpo = round((datetime.now(timezone.utc) - newest).total_seconds(), 1)
-        return key, (rpo, window.latest_time)
+        if not ref.path.exists():
+            return key, "not on disk"
+        try:
+            return key, pin_live(ref, sock)
+        except (EdgehostError, sqlite3.Error) as exc:
+            return key, f"could not read the live database: {exc}"
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        out.update(pool.map(one, keys))
-    return out
+        return dict(pool.map(one, keys))
 
 
 def _portal_env(settings: Settings, data_dir: Path, port: int) -> dict[str, str]:
@@ -232,6 +445,14 @@ def _portal_env(settings: Settings, data_dir: Path, port: int) -> dict[str, str]
     return env
 
 
+def _log_tail(log: Path, lines: int = 5) -> str:
+    try:
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-lines:]
+    except OSError:
+        return ""
+    return (" | last lines of its log: " + " / ".join(tail)) if tail else ""
+
+
 def boot_portal(settings: Settings, data_dir: Path, log: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
     """Start the configured portal command on a scratch data dir and port; wait for /healthz."""
     port = _free_port()
@@ -240,17 +461,30 @@ def boot_portal(settings: Settings, data_dir: Path, log: Path, timeout: float = 
         proc = subprocess.Popen(settings.portal_argv(), env=_portal_env(settings, data_dir, port), cwd=settings.home,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
+    unhealthy = ""
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise EnvironmentProblem(f"the portal exited ({proc.returncode}) on the restored data; see {log}")
+            raise EnvironmentProblem(f"the portal exited ({proc.returncode}) on the restored data{_log_tail(log)}")
         try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+            resp = httpx.get(f"{url}/healthz", timeout=1)
+            if resp.status_code == 200:
                 return proc, url
+            unhealthy = _unhealthy(resp)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     stop_portal(proc)
-    raise EnvironmentProblem(f"the portal did not become healthy on the restored data in {timeout:.0f}s; see {log}")
+    raise EnvironmentProblem(f"the portal did not become healthy on the restored data in {timeout:.0f}s"
+                             + (f": {unhealthy}" if unhealthy else _log_tail(log)))
+
+
+def _unhealthy(resp: httpx.Response) -> str:
+    """Which databases /healthz says failed (the reference portal names them)."""
+    try:
+        dbs = resp.json().get("databases", {})
+        return "; ".join(f"{name}: {d.get('error', 'not ok')}" for name, d in dbs.items() if not d.get("ok"))
+    except (ValueError, AttributeError):
+        return f"/healthz answered {resp.status_code}"
 
 
 def stop_portal(proc: subprocess.Popen) -> None:
@@ -268,9 +502,10 @@ def stop_portal(proc: subprocess.Popen) -> None:
 def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False,
               progress: Progress = lambda _m: None) -> DrillReport:
     """Rehearse a disaster recovery end to end; never raises for a failed check, only records it."""
-    report = DrillReport("full", _now(), point=at.isoformat() if at else "latest")
-    work = Path(tempfile.mkdtemp(prefix="drill-", dir=_drill_root(settings)))
-    report.scratch_dir = str(work)
+    report = DrillReport("full", _now(), point=at.isoformat() if at else "latest",
+                         lag_alert_seconds=settings.lag_alert_seconds)
+    work = _scratch(settings, "drill-", keep)
+    report.scratch_dir = str(work) if keep else ""
     portal = None
     try:
         repl = litestream.replication(settings)
@@ -282,22 +517,43 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
         local = {ref.key for ref in layout.local_databases(settings)}
         for missing in sorted(local - set(keys)):
             report.failures.append(f"{layout.ref_for(settings, missing).label}: on disk but not in the replica")
-        progress(f"measuring replication lag of {len(keys)} database(s)")
-        rpo = _rpo(settings, repl, binary, env, keys)
+
+        sock = _litestream_socket(settings)  # asked before the listing, so a stalled one costs no gap
+        if sock is None:
+            report.notes.append(f"litestream did not answer its control socket within {SOCKET_TIMEOUT:g}s: "
+                                "live txids unknown; staleness measured from the rows")
+        progress(f"deciding the restore point of {len(keys)} database(s) and reading live at that instant")
+        latest = None if at else latest_by_key(settings, repl, keys)  # the one listing that fixes each txid
+        pins = _pin_all(settings, keys, sock)
+        read_at = [p.at for p in pins.values() if isinstance(p, LivePin)]
+        if read_at:
+            report.notes.append(f"live databases read at {min(read_at).isoformat(timespec='milliseconds')}, "
+                                "right after the listing that fixed the restore point")
 
         progress(f"restoring {len(keys)} database(s) into {work / 'data'}")
         t_restore = time.monotonic()
         plan = restore_plan(settings, repl, keys, to=work / "data", at=at, parallel=8)
-        restored = execute_plan(plan, binary, env, latest=None if at else latest_by_key(settings, repl, keys))
+        restored = execute_plan(plan, binary, env, latest=latest)
         report.restore_seconds = round(time.monotonic() - t_restore, 3)
         for key, result in zip(keys, restored.results):
             ref = layout.ref_for(settings, key)
-            db = DrillDatabase(ref.label, result.ok, result.txid, result.seconds, *rpo[key])
+            db = DrillDatabase(ref.label, result.ok, result.txid, result.seconds)
+            pin = pins.get(key)
+            if isinstance(pin, LivePin) and pin.txid is not None:
+                db.live_txid = f"{pin.txid:016x}"
             if result.ok:
-                db.checks, db.rows = _check_restored(work / "data" / ref.relpath, ref.path, compare_schema=at is None)
+                try:
+                    db.checks, db.rows = _check_restored(work / "data" / ref.relpath, ref.path, compare_schema=at is None)
+                except (EdgehostError, sqlite3.Error) as exc:
+                    db.checks["integrity"] = f"could not read the restored copy: {exc}"
+                if isinstance(pin, LivePin):
+                    _judge_freshness(db, work / "data" / ref.relpath, ref.path, pin, at, settings.lag_alert_seconds)
+                elif pin != "not on disk":
+                    db.checks["fresh"] = pin
             else:
                 db.checks["restore"] = result.error
             report.databases.append(db)
+        _worst_rpo(report)
 
         progress("booting the portal on the restored data")
         t_boot = time.monotonic()
@@ -306,10 +562,8 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
         report.rto_seconds = round(time.monotonic() - t_restore, 3)
 
         progress("comparing the restored portal's answers with the live data")
-        _compare_answers(settings, report, keys, PortalReader(url), at)
-        for db in report.databases:
-            report.failures += [f"{db.name}: {check}: {detail}" for check, detail in db.checks.items() if detail != "ok"]
-        report.status = "fail" if report.failures else "pass"
+        _compare_answers(settings, report, keys, url, portal, work / "portal.log")
+        report.status = "pass"
     except EdgehostError as exc:
         report.status = "error"
         report.failures.append(str(exc))
@@ -318,33 +572,74 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
             stop_portal(portal)
         report.finished_at = _now()
         if not keep:
-            shutil.rmtree(work / "data", ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
+    # What each database failed is its own line, whether or not the drill could run to the end.
+    for db in report.databases:
+        report.failures += [f"{db.name}: {check}: {detail}" for check, detail in db.checks.items() if detail != "ok"]
+    if report.status == "pass" and report.failures:
+        report.status = "fail"
     return report
 
 
-def _compare_answers(settings: Settings, report: DrillReport, keys: list[str], restored: PortalReader,
-                     at: datetime | None) -> None:
-    live, source = live_reader(settings)
-    report.notes.append(f"answers compared with the {source}")
-    since = (at or datetime.now(timezone.utc)).isoformat()
-    by_name = {db.name: db for db in report.databases}
+def _judge_freshness(db: DrillDatabase, restored: Path, live: Path, pin: LivePin, at: datetime | None,
+                     threshold: float) -> None:
     try:
-        for key in keys:
-            db = by_name[layout.ref_for(settings, key).label]
-            if not db.restored:
+        st = measure_staleness(restored, live, pin, at or pin.at, db.txid)
+    except (EdgehostError, sqlite3.Error) as exc:
+        db.checks["fresh"] = f"could not compare with live: {exc}"
+        return
+    db.rpo_seconds, db.missing_rows = st.rpo_seconds, st.missing
+    db.newest_replicated_at, db.oldest_missing_at = st.newest_restored_at, st.oldest_missing_at
+    db.checks["fresh"] = _fresh_check(db, st, threshold, latest=at is None)
+
+
+def _worst_rpo(report: DrillReport) -> None:
+    measured = [db for db in report.databases if db.rpo_seconds is not None]
+    if measured:
+        worst = max(measured, key=lambda db: (db.rpo_seconds, sum(db.missing_rows.values())))
+        report.rpo_seconds = worst.rpo_seconds
+        report.rpo_database = worst.name if worst.rpo_seconds or worst.missing_rows else ""
+
+
+def _compare_answers(settings: Settings, report: DrillReport, keys: list[str], restored_url: str,
+                     portal: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Each database's answers on connections of its own: a portal that drops a connection after
+    failing one database's request must not make the next database's request fail."""
+    make_live, source = live_readers(settings)
+    report.notes.append(f"answers compared with the {source}")
+    by_name = {db.name: db for db in report.databases}
+    for key in keys:
+        db = by_name[layout.ref_for(settings, key).label]
+        if not db.restored:
+            continue
+        restored, live = PortalReader(restored_url), make_live()
+        try:
+            try:
+                if key == GLOBAL:
+                    got = (restored.users(), restored.progress())
+                else:
+                    got = restored.events(key)
+            except httpx.TransportError as exc:
+                if portal is not None and portal.poll() is not None:
+                    raise EnvironmentProblem(f"the restored portal exited ({portal.returncode}) while answering "
+                                             f"for {db.name}{_log_tail(log) if log else ''}") from None
+                db.checks["answers"] = f"the restored portal did not answer: {exc}"
+                continue
+            except (httpx.HTTPError, EdgehostError, ValueError) as exc:
+                db.checks["answers"] = f"the restored portal could not answer: {exc}"
                 continue
             try:
                 if key == GLOBAL:
-                    users = compare_overwrites(restored.users(), live.users(), "user_id", since)
-                    prog = compare_overwrites(restored.progress(), live.progress(), "user_id", since)
+                    users = compare_overwrites(got[0], live.users(), "user_id")
+                    prog = compare_overwrites(got[1], live.progress(), "user_id")
                     db.checks["answers"] = users if users != "ok" else prog
                 else:
-                    db.checks["answers"] = compare_property(restored.events(key), live.events(key))
-            except (httpx.HTTPError, EdgehostError, sqlite3.Error) as exc:
-                db.checks["answers"] = f"could not read: {exc}"
-    finally:
-        live.close()
-        restored.close()
+                    db.checks["answers"] = compare_property(got, live.events(key))
+            except (httpx.HTTPError, EdgehostError, sqlite3.Error, ValueError) as exc:
+                db.checks["answers"] = f"could not read the live data: {exc}"
+        finally:
+            live.close()
+            restored.close()
 
 
 def _drill_root(settings: Settings) -> Path:
@@ -353,15 +648,40 @@ def _drill_root(settings: Settings) -> Path:
     return root
 
 
+def _scratch(settings: Settings, prefix: str, keep: bool) -> Path:
+    """A new scratch dir under state/drills (after removing ones old drills left behind)."""
+    root = _drill_root(settings)
+    prune_scratch(root)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    if keep:
+        (work / KEPT_MARKER).touch()
+    return work
+
+
+def prune_scratch(root: Path, older_than: float = STALE_SCRATCH_SECONDS) -> list[Path]:
+    """Remove scratch dirs a killed drill left (not `--keep` ones), once they are `older_than` seconds old."""
+    removed = []
+    now = time.time()
+    for d in root.glob("drill-*"):
+        try:
+            if d.is_dir() and not (d / KEPT_MARKER).exists() and now - d.stat().st_mtime > older_than:
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+        except OSError:
+            continue
+    return removed
+
+
 # --- the accidental-delete scenario -----------------------------------------------------------
 
 
-def accidental_delete(settings: Settings, slug: str | None = None, progress: Progress = lambda _m: None) -> DrillReport:
+def accidental_delete(settings: Settings, slug: str | None = None, keep: bool = False,
+                      progress: Progress = lambda _m: None) -> DrillReport:
     """On a scratch copy replicated to a scratch replica: delete rows, restore to just before, prove they are back."""
-    report = DrillReport("accidental-delete", _now())
-    work = Path(tempfile.mkdtemp(prefix="drill-delete-", dir=_drill_root(settings)))
+    report = DrillReport("accidental-delete", _now(), lag_alert_seconds=settings.lag_alert_seconds)
+    work = _scratch(settings, "drill-delete-", keep)
     sock_dir = Path(tempfile.mkdtemp(prefix="eh-"))  # unix socket paths must stay short
-    report.scratch_dir = str(work)
+    report.scratch_dir = str(work) if keep else ""
     proc = None
     t0 = time.monotonic()
     try:
@@ -396,7 +716,7 @@ def accidental_delete(settings: Settings, slug: str | None = None, progress: Pro
         deadline = time.monotonic() + 30
         while not sock.alive():
             if time.monotonic() > deadline or proc.poll() is not None:
-                raise EnvironmentProblem(f"scratch litestream did not start; see {work / 'litestream.log'}")
+                raise EnvironmentProblem(f"scratch litestream did not start{_log_tail(work / 'litestream.log')}")
             time.sleep(0.1)
         with closing(connect(copy)) as conn:
             before = _events_of(conn)
@@ -437,7 +757,8 @@ def accidental_delete(settings: Settings, slug: str | None = None, progress: Pro
             proc.terminate()
             proc.wait(60)
         shutil.rmtree(sock_dir, ignore_errors=True)
-        shutil.rmtree(work / "data", ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)  # the copy of the events and the scratch replica
         report.finished_at = _now()
     return report
 
@@ -454,35 +775,71 @@ def render_markdown(report: DrillReport) -> str:
     lines = [
         f"# edgehost drill ({report.scenario}): {verdict}",
         "",
-        f"- started {report.started_at}, finished {report.finished_at}",
+        f"- started {report.started_at}, finished {report.finished_at}, on {report.host}",
         f"- restore point: {report.point}",
         "- RTO (restore start to portal healthy on restored data): "
         + (f"{report.rto_seconds:.2f} s" if report.rto_seconds is not None else "n/a"),
     ]
+    if report.scenario == "full":
+        lines.append("- RPO (worst database; the age of the oldest write the restore lacked): "
+                     + (f"{report.rpo_seconds:.1f} s" if report.rpo_seconds is not None else "n/a")
+                     + (f" ({report.rpo_database})" if report.rpo_database else "")
+                     + (f"; fails beyond lag_alert_seconds = {report.lag_alert_seconds:g} s"
+                        if report.lag_alert_seconds is not None else ""))
     if report.restore_seconds is not None:
         lines.append(f"- restore of every database: {report.restore_seconds:.2f} s; portal boot: "
                      + (f"{report.portal_boot_seconds:.2f} s" if report.portal_boot_seconds is not None else "n/a"))
+    if report.scratch_dir:
+        lines.append(f"- scratch data kept in {report.scratch_dir}")
     lines += [f"- {note}" for note in report.notes]
-    lines += ["", "| database | verdict | txid | rows | RPO (s) | restore (s) | failed checks |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| database | verdict | txid | live txid | rows | missing | RPO (s) | restore (s) | failed checks |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for db in report.databases:
         bad = "; ".join(f"{c}: {d}" for c, d in db.checks.items() if d != "ok") or "-"
         rpo = "-" if db.rpo_seconds is None else f"{db.rpo_seconds:.1f}"
-        lines.append(f"| {db.name} | {'ok' if db.ok else 'FAIL'} | {db.txid or '-'} | {sum(db.rows.values())} | "
-                     f"{rpo} | {db.restore_seconds:.2f} | {bad} |")
+        lines.append(f"| {db.name} | {'ok' if db.ok else 'FAIL'} | {db.txid or '-'} | {db.live_txid or '-'} | "
+                     f"{sum(db.rows.values())} | {sum(db.missing_rows.values())} | {rpo} | {db.restore_seconds:.2f} | {bad} |")
     if report.failures:
         lines += ["", "## What failed", ""] + [f"- {f}" for f in report.failures]
         lines += ["", "See docs/dr-drill.md, 'When a drill fails'."]
     return "\n".join(lines) + "\n"
 
 
+def _report_stem(report: DrillReport) -> str:
+    return f"drill-{report.started_at.replace(':', '')}"
+
+
 def save(settings: Settings, report: DrillReport, path: Path | None) -> tuple[Path, Path]:
-    """Write the Markdown and JSON reports and add the drill to the kit's history."""
+    """Keep the report: in the replica (so the history outlives this machine), in the kit's state DB,
+    and as Markdown and JSON in state/drills (and at `path`); only the last N of each are kept."""
+    keep = keep_reports(settings)
+    try:
+        key = state.store_drill_in_replica(settings, report.as_dict(), keep)
+        report.notes.append(f"report stored in the replica as {key}")
+    except (EdgehostError, OSError) as exc:
+        report.notes.append(f"report not stored in the replica: {exc}")
     data = report.as_dict()
-    state.record_drill(settings, data)
-    md = Path(path) if path else _drill_root(settings) / f"drill-{report.started_at.replace(':', '')}.md"
+    state.record_drill(settings, data, keep=keep)
+    root = _drill_root(settings)
+    dated = root / f"{_report_stem(report)}.md"
+    markdown, js = render_markdown(report), json.dumps(data, indent=2, default=str) + "\n"
+    dated.write_text(markdown)
+    dated.with_suffix(".json").write_text(js)
+    prune_reports(root, keep)
+    if path is None:
+        return dated, dated.with_suffix(".json")
+    md = Path(path)
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(render_markdown(report))
-    js = md.with_suffix(".json")
-    js.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    return md, js
+    md.write_text(markdown)
+    md.with_suffix(".json").write_text(js)
+    return md, md.with_suffix(".json")
+
+
+def prune_reports(root: Path, keep: int) -> list[str]:
+    """Delete the dated reports (drill-<time>.md and .json) in `root` beyond the newest `keep`."""
+    stems = sorted({p.stem for p in root.glob("drill-*") if p.is_file() and p.suffix in (".md", ".json")})
+    old = stems[:-keep] if keep > 0 else stems
+    for stem in old:
+        for suffix in (".md", ".json"):
+            (root / f"{stem}{suffix}").unlink(missing_ok=True)
+    return old

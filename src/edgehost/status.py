@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -42,6 +42,19 @@ class DatabaseStatus:
     wal_bytes: int = 0
     error: str = ""
     caught_up: bool = False  # the replica holds the local database's latest txid
+
+    def as_json(self) -> dict:
+        """The JSON `status --json` prints: txids as 16 hex digits, as Litestream and the other
+        commands print them (the numbers stay integers here and in the Prometheus metrics)."""
+        out = asdict(self)
+        for key in ("local_txid", "replicated_txid"):
+            out[key] = hex_txid(out[key])
+        return out
+
+
+def hex_txid(value: int | None) -> str | None:
+    """A txid as Litestream prints it: 16 hex digits."""
+    return None if value is None else f"{value:016x}"
 
 
 def _parse_time(text: str | None) -> float | None:
@@ -138,8 +151,8 @@ def replication_status(settings: Settings, sock: ControlSocket | None = None, no
             # Litestream uploads nothing until the local txid passes the replica's, then stacks this
             # history's changes on the replica's: its latest restore would be wrong.
             st.state = "error"
-            st.error = (f"replica is ahead of the local database (replica txid {st.replicated_txid:x}, "
-                        f"local {st.local_txid:x}): it holds another history")
+            st.error = (f"replica is ahead of the local database (replica txid {st.replicated_txid:016x}, "
+                        f"local {st.local_txid:016x}): it holds another history")
     return out
 
 
@@ -152,10 +165,12 @@ def prometheus_text(dbs: list[DatabaseStatus], services: list[dict]) -> str:
     for db in dbs:
         if db.lag_seconds is not None:
             lines.append(f'edgehost_replication_lag_seconds{{db="{db.name}"}} {db.lag_seconds}')
-    lines += ["# HELP edgehost_replication_local_txid Latest local transaction id.",
+    lines += [("# HELP edgehost_replication_local_txid Latest local transaction id, as a number "
+               "(Prometheus needs one; litestream and edgehost status --json print it as 16 hex digits)."),
               "# TYPE edgehost_replication_local_txid gauge"]
     lines += [f'edgehost_replication_local_txid{{db="{d.name}"}} {d.local_txid}' for d in dbs if d.local_txid is not None]
-    lines += ["# HELP edgehost_replication_replicated_txid Latest transaction id in the replica.",
+    lines += [("# HELP edgehost_replication_replicated_txid Latest transaction id in the replica, as a number "
+               "(litestream and edgehost status --json print it as 16 hex digits)."),
               "# TYPE edgehost_replication_replicated_txid gauge"]
     lines += [f'edgehost_replication_replicated_txid{{db="{d.name}"}} {d.replicated_txid}' for d in dbs if d.replicated_txid is not None]
     lines += ["# HELP edgehost_replication_error 1 when litestream reports an error for the database.",

@@ -3,7 +3,10 @@
 Per database: write a sentinel into a kit-owned table, pause writers just long enough for Litestream
 to turn the WAL into LTX txid N and for a reader to pin that same snapshot, force the upload, restore
 exactly txid N with the real litestream binary, and compare: integrity, foreign keys, schema,
-sentinel, and a content hash of the restored copy against the pinned live snapshot.
+sentinel, and a content hash of the restored copy against the pinned live snapshot; and list the
+replica to check it holds one history of the database (history.py).
+
+Every check says what it found, pass or fail; txids are 16 hex digits, as Litestream prints them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Callable, Mapping
 
 from . import layout, litestream
 from .errors import EdgehostError
+from .history import Span, history, ltx_range
 from .layout import DatabaseRef
 from .restore import restore_db, restore_window
 from .settings import Settings
@@ -141,13 +145,17 @@ def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication
               sync_timeout: int = 30) -> VerifyResult:
     """Verify one database; every failure is a check in the result, never an exception."""
     res = VerifyResult(ref.label, str(ref.path))
-    if not res.record("exists", ref.path.exists(), f"{ref.path} not on disk"):
+    if not ref.path.exists():
+        res.record("exists", False, f"{ref.path} not on disk")
         return res
+    res.record("exists", True, f"{ref.path} on disk ({ref.path.stat().st_size} bytes)")
     url = repl.restore_url(ref)
     reader = None
     try:
         if sock is None or not sock.alive():
-            return _verify_stale(res, ref, url, binary, env)
+            _verify_stale(res, ref, url, binary, env)
+            _check_history(res, ref, repl, env)
+            return res
         pinned = pin_after_sentinel(ref.path, sock)
         reader, txid, token = pinned.reader, pinned.txid, pinned.token
         res.writer_wait_ms = pinned.writer_wait_ms
@@ -157,21 +165,27 @@ def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication
         except EdgehostError as exc:
             res.record("fresh", False, f"stale: could not replicate txid {res.txid} within {sync_timeout}s ({exc})")
             return res
-        if not res.record("fresh", int(synced["replicated_txid"]) >= txid,
-                          f"stale: replica at txid {int(synced['replicated_txid']):016x}, live at {res.txid}"):
+        replicated = int(synced["replicated_txid"])
+        if replicated < txid:
+            res.record("fresh", False, f"stale: replica at txid {replicated:016x}, behind live txid {res.txid}")
             return res
+        res.record("fresh", True, f"replica at txid {replicated:016x}"
+                   + (" = live txid" if replicated == txid else f", past live txid {res.txid}"))
         res.rpo_seconds = round(time.monotonic() - pinned.committed, 3)
         live_hash = content_hash(reader)
         live_schema = schema_sql(reader)
         reader.rollback()
         reader.close()
         reader = None
+        _check_history(res, ref, repl, env)  # a failure here still lets the restore below be judged
 
         out = scratch / ref.relpath
         restored = restore_db(binary, env, url, out, name=ref.label, txid=txid)
         res.restore_seconds = restored.seconds
-        if not res.record("restore", restored.ok, restored.error):
+        if not restored.ok:
+            res.record("restore", False, restored.error)
             return res
+        res.record("restore", True, f"restored txid {restored.txid or res.txid} in {restored.seconds:.2f}s")
         _compare(res, out, token, live_hash, live_schema)
     except EdgehostError as exc:
         res.record("run", False, str(exc))
@@ -188,21 +202,71 @@ def _compare(res: VerifyResult, restored: Path, token: str, live_hash, live_sche
     conn = sqlite3.connect(f"{restored.resolve().as_uri()}?mode=ro", uri=True)
     try:
         integrity = conn.execute("PRAGMA integrity_check").fetchall()
-        res.record("integrity", integrity == [("ok",)], "; ".join(r[0] for r in integrity[:3]))
+        res.record("integrity", integrity == [("ok",)], "integrity_check: " + "; ".join(r[0] for r in integrity[:3]))
         fk = _foreign_key_problems(conn)
-        res.record("foreign_keys", not fk, f"{len(fk)} rows break a foreign key, e.g. {fk[:1]}")
-        res.record("schema", schema_sql(conn) == live_schema, "restored schema differs from live")
+        res.record("foreign_keys", not fk, f"{len(fk)} rows break a foreign key, e.g. {fk[:1]}" if fk
+                   else "foreign_key_check: no rows break a foreign key")
+        schema = schema_sql(conn)
+        res.record("schema", schema == live_schema, _schema_detail(schema, live_schema))
         found = conn.execute(f"SELECT count(*) FROM {SENTINEL_TABLE} WHERE token = ?", (token,)).fetchone()[0]
-        res.record("sentinel", found == 1, f"sentinel {token} not in the restored copy")
+        res.record("sentinel", found == 1, f"sentinel {token} in the restored copy" if found == 1
+                   else f"sentinel {token} not in the restored copy")
         got = content_hash(conn)
         res.rows, res.hash = got.rows, got.digest
-        res.record("content", got == live_hash,
-                   f"content hash {got.digest[:12]} != live {live_hash.digest[:12]} at txid {res.txid}")
+        if got == live_hash:
+            res.record("content", True, f"content hash {got.digest[:12]} equals live at txid {res.txid} "
+                                        f"({sum(got.rows.values())} rows)")
+        else:
+            res.record("content", False, f"content hash {got.digest[:12]} differs from live "
+                                         f"{live_hash.digest[:12]} at txid {res.txid}")
     except sqlite3.DatabaseError as exc:
         res.record("integrity", False, f"sqlite: {exc}")
     finally:
         conn.close()
     res.ok = not res.failed_check
+
+
+def _schema_detail(restored: list[tuple[str, str, str]], live: list[tuple[str, str, str]]) -> str:
+    if restored == live:
+        return f"schema equals live ({len(live)} objects)"
+    names = lambda rows: {(t, n): sql for t, n, sql in rows}  # noqa: E731
+    got, want = names(restored), names(live)
+    missing = sorted(n for (_, n) in want.keys() - got.keys())
+    extra = sorted(n for (_, n) in got.keys() - want.keys())
+    changed = sorted(n for (t, n) in want.keys() & got.keys() if want[(t, n)] != got[(t, n)])
+    parts = [f"{label}: {', '.join(items)}" for label, items in
+             (("missing", missing), ("not in live", extra), ("different", changed)) if items]
+    return "restored schema differs from live (" + "; ".join(parts) + ")"
+
+
+def _replica_listing(ref: DatabaseRef, repl: litestream.Replication, env: Mapping[str, str]) -> list:
+    """The database's LTX files, from one listing of its replica root (one paginated LIST on S3)."""
+    from .replica import ReplicaStore
+
+    cfg = repl.config
+    store = ReplicaStore(repl.replica_url(ref), cfg.endpoint, cfg.region, dict(env))
+    return list(store.walk())
+
+
+def _check_history(res: VerifyResult, ref: DatabaseRef, repl: litestream.Replication, env: Mapping[str, str]) -> None:
+    """The replica must hold one history of the database: see history.py."""
+    try:
+        ranges = [r for r in (ltx_range(o) for o in _replica_listing(ref, repl, env)) if r is not None]
+    except (EdgehostError, OSError, ValueError) as exc:
+        res.record("history", False, f"could not list the replica: {exc}")
+        return
+    if not ranges:
+        res.record("history", False, f"{ref.label}: the replica holds no LTX files for this database")
+        return
+    splits = history(ranges)
+    if not splits:
+        res.record("history", True, f"one history: {Span.of(ranges).text()}")
+        return
+    more = f" (and {len(splits) - 1} more)" if len(splits) > 1 else ""
+    res.record("history", False,
+               f"{ref.label}: the replica holds more than one history: {splits[0].detail}{more}; the latest "
+               "restore may come from the older one or mix both (see docs/litestream-tuning.md, "
+               "\"When the replica changes\")")
 
 
 def _verify_stale(res: VerifyResult, ref: DatabaseRef, url: str, binary: Path, env: Mapping[str, str]) -> VerifyResult:

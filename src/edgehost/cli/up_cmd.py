@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import typer
 from rich.markup import escape
 from rich.table import Table
@@ -38,7 +36,9 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
     """Each service (state, pid, restarts, uptime) and each database (txids, last sync, lag, WAL size).
 
     Exits 1 when a database's replication lag passes lag_alert_seconds or litestream reports an error
-    for it (state "error", the message in "error"), 3 when nothing is running.
+    for it (state "error", the message in "error"), 3 when nothing is running. With --json, txids
+    (local_txid, replicated_txid) are 16 hex digits, as litestream, points and verify print them;
+    the Prometheus metrics keep them as numbers.
     """
     from .. import status as status_lib
     from ..supervisor import SupervisorClient
@@ -58,12 +58,13 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
     report = {
         "supervisor": {k: supervisor[k] for k in ("pid", "phase", "uptime_seconds")},
         "services": supervisor["services"],
-        "databases": [asdict(d) for d in dbs],
+        "databases": [d.as_json() for d in dbs],
         "lag_alert_seconds": settings.lag_alert_seconds,
         "lagging": lagging,
         "failing": failing,
         "litestream_error": db_error,
         "last_drill": drills[0] if drills else None,
+        "lease": supervisor.get("lease"),
     }
     if as_json:
         emit_json(report)
@@ -72,11 +73,23 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         for s in supervisor["services"]:
             services.add_row(s["name"], s["state"], str(s["pid"] or "-"), str(s["restarts"]), f"{s['uptime_seconds']:.0f}s")
         console.print(services)
+        for svc in supervisor["services"]:
+            if svc.get("reason"):
+                console.print(f"[red]{svc['name']} {svc['state']}:[/] {svc['reason']}", highlight=False, soft_wrap=True)
+        lease = supervisor.get("lease") or {}
+        if lease.get("fenced"):
+            console.print("[bold red]writer lease lost: another machine writes to the replica; this one stopped "
+                          "replicating and serves read-only[/]")
+        elif lease.get("held"):
+            console.print("writer lease: held by this machine")
+        else:
+            console.print("[yellow]writer lease: not held yet (the replica has not answered)[/]")
         table = Table("database", "state", "local txid", "replicated txid", "last sync", "lag", "WAL")
         for d in dbs:
             lag = "-" if d.lag_seconds is None else f"{d.lag_seconds:.0f}s"
             style = "bold red" if d.name in lagging or d.name in failing else None
-            table.add_row(d.name, d.state, _hex(d.local_txid), _hex(d.replicated_txid), d.last_sync_at or "-",
+            table.add_row(d.name, d.state, status_lib.hex_txid(d.local_txid) or "-",
+                          status_lib.hex_txid(d.replicated_txid) or "-", d.last_sync_at or "-",
                           lag, f"{d.wal_bytes / 1024:.0f} KiB", style=style)
         console.print(table)
         for d in dbs:
@@ -96,9 +109,6 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
             console.print("last drill: never (run `edgehost drill`)")
         if lagging:
             console.print(f"[bold red]lagging beyond {settings.lag_alert_seconds:.0f}s:[/] {', '.join(lagging)}")
-    if lagging or failing or db_error:
+    if lagging or failing or db_error or (supervisor.get("lease") or {}).get("fenced"):
         raise typer.Exit(int(ExitStatus.CHECK_FAILED))
 
-
-def _hex(value: int | None) -> str:
-    return "-" if value is None else f"{value:016x}"
