@@ -198,6 +198,11 @@ def test_a_replica_holding_two_histories_fails_verify_naming_the_db_and_both_ran
         # every other check passed: the restore of the pinned txid comes from the new run alone
         assert [c["name"] for c in result["checks"] if not c["ok"]] == ["history"]
 
+        # points says so too, instead of a window whose earliest comes after its latest
+        pts = edgehost(kit_home, "points", SLUG, "--json")
+        assert pts.returncode == 1 and "txids begin again at 1" in json.loads(pts.stdout)["histories"][0]
+        assert "more than one history" in edgehost(kit_home, "points", SLUG).stderr
+
         from_litestream, from_bucket = _listing(settings, ref)
         for listing in (from_litestream, from_bucket):
             split = history(listing)[0]

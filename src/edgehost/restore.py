@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import re
@@ -27,10 +28,15 @@ class RestoreResult:
     name: str
     target: str
     ok: bool
-    txid: str = ""
+    txid: str = ""  # the point restored: 16 hex digits, as Litestream prints it
     seconds: float = 0.0
     size: int = 0
     error: str = ""
+    synced_at: str = ""  # when Litestream synced that txid (its LTX timestamp), RFC 3339 UTC
+    seconds_before_at: float | None = None  # with --at T: how long before T that was
+    levels: list[int] = field(default_factory=list)  # the LTX levels the point is on (9: a snapshot)
+    newest: bool = False  # it was the replica's latest point: nothing later had been replicated
+    note: str = ""
 
 
 def _integrity(path: Path) -> str:
@@ -199,18 +205,6 @@ class RestoreWindow:
 
 
 
-def point_error(binary: Path, env: Mapping[str, str], url: str, *, txid: int | None = None,
-                timestamp: datetime | None = None) -> str:
-    """Ask litestream (restore -dry-run) whether a point can be restored; '' when it can."""
-    args = ["restore", "-dry-run", "-o", os.devnull + ".edgehost-dry-run"]
-    if txid is not None:
-        args += ["-txid", f"{txid:016x}"]
-    if timestamp is not None:
-        args += ["-timestamp", timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")]
-    proc = litestream.run(binary, [*args, url], env, timeout=120)
-    return "" if proc.returncode == 0 else _explain(litestream.last_line(proc.stderr) or "not restorable")
-
-
 def restore_window(binary: Path, env: Mapping[str, str], url: str, name: str) -> RestoreWindow:
     """Earliest and latest restorable time and txid: from the oldest snapshot to the newest LTX file."""
     files = litestream.ltx_files(binary, url, env, level="all")
@@ -226,12 +220,396 @@ def restore_window(binary: Path, env: Mapping[str, str], url: str, name: str) ->
     return window
 
 
+# --- restorable points ----------------------------------------------------------------------
+#
+# What Litestream 0.5 can restore, read from its source (replica.go CalcRestorePlan, compactor.go,
+# db.go retention) and checked against the real binary (tests/test_points_e2e.py):
+#
+# - A restore starts from the newest snapshot (level 9) at or below the target (none: from txid 1)
+#   and chains LTX files of any level whose ranges touch; it can only stop at the end of a file.
+#   So the restorable points are the max txids of files reachable that way, nothing in between.
+# - Each sync writes one L0 file stamped with the time of the sync (ms). A compacted file carries
+#   the stamp of its newest input (ltx v0.5.2), so a point has the same time on every level.
+# - `-timestamp T` takes files stamped strictly before T: it lands on the newest point synced
+#   before T. Commits in the last second before T are in no such file yet.
+# - L0 files are deleted once compacted into L1 and older than l0-retention; L1..Ln files stay
+#   until snapshot retention removes the snapshot below them. Points older than the oldest kept
+#   snapshot are gone even where compacted files remain (no chain starts there).
+
+SNAPSHOT_LEVEL = 9
+# Litestream's layouts: ltx/<level>/<min>-<max>.ltx on a file replica, <level as %04x>/<min>-<max>.ltx on S3.
+_FILE_LTX_KEY = re.compile(r"^ltx/(\d+)/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+_S3_LTX_KEY = re.compile(r"^([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_TIMESTAMP_META = "litestream-timestamp"  # S3 metadata Litestream writes with every LTX file
+
+
+def format_time(when: datetime) -> str:
+    """RFC 3339 in UTC with milliseconds (LTX timestamps are milliseconds): 2026-11-21T14:02:58.971Z."""
+    when = when.astimezone(timezone.utc)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Go's RFC3339Nano (up to 9 fractional digits, Z or an offset) as an aware datetime."""
+    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
+    if not m:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    base = datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
+    return base.replace(microsecond=int((m.group(2) or "0")[:6].ljust(6, "0"))).astimezone(timezone.utc)
+
+
+def _to_ms(when: datetime) -> datetime:
+    ms = round((when - _EPOCH).total_seconds() * 1000)
+    return _EPOCH + timedelta(milliseconds=ms)
+
+
+def human_duration(seconds: float) -> str:
+    """'0.97 s', '42 s', '4 min 12 s', '3 h 05 min', '7 d 2 h'."""
+    s = abs(seconds)
+    sign = "-" if seconds < 0 else ""
+    if s < 10:
+        return f"{sign}{s:.2f} s"
+    if s < 60:
+        return f"{sign}{s:.0f} s"
+    if s < 3600:
+        return f"{sign}{int(s // 60)} min {int(s % 60):02d} s"
+    if s < 86400:
+        return f"{sign}{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+    return f"{sign}{int(s // 86400)} d {int(s % 86400 // 3600)} h"
+
+
+@dataclass(frozen=True)
+class LtxFile:
+    """One LTX file of a database's replica."""
+
+    level: int
+    min_txid: int
+    max_txid: int
+    size: int
+    key: str  # relative to the database's replica root
+    listed_at: datetime  # file replica: mtime, which Litestream sets to the LTX timestamp; S3: upload time
+
+
+@dataclass
+class RestorePoint:
+    """A txid a restore can land on exactly, and when Litestream synced it."""
+
+    txid: str  # 16 hex digits
+    synced_at: str  # RFC 3339 UTC, milliseconds
+    levels: list[int]  # the levels holding a file that ends here: 0 = one sync, 1.. = compactions, 9 = snapshot
+    seconds_before: float | None = None  # relative to a time asked about: T - synced_at (negative: after T)
+    newest: bool = False  # the latest point the replica held when listed
+
+
+@dataclass
+class PointTier:
+    """Restorable points grouped by the finest level that still holds them."""
+
+    level: int
+    what: str
+    points: int
+    from_txid: str
+    from_time: str
+    to_txid: str
+    to_time: str
+
+
+class PointUnavailable(BadInput):
+    """The asked-for point cannot be restored; the message names the nearest ones."""
+
+
+@dataclass
+class _Point:
+    txid: int
+    files: list[LtxFile]  # files ending here that a restore can use, finest level first
+
+
+def replica_store_for(url: str, env: Mapping[str, str]):
+    """The ReplicaStore of one database's replica, from the URL handed to litestream (S3 settings in its query)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from .replica import ReplicaStore
+
+    base, _, query = url.partition("?")
+    params = {k: v[-1] for k, v in parse_qs(query).items()}
+    return ReplicaStore(base, params.get("endpoint", ""), params.get("region", ""), dict(env))
+
+
+def list_ltx_files(store) -> list[LtxFile]:
+    """Every LTX file of one database (one paginated LIST on S3)."""
+    pattern, base = (_FILE_LTX_KEY, 10) if store.scheme == "file" else (_S3_LTX_KEY, 16)
+    files = []
+    for obj in store.walk("ltx" if store.scheme == "file" else ""):
+        m = pattern.match(obj.key.replace(os.sep, "/"))
+        if m:
+            files.append(LtxFile(int(m.group(1), base), int(m.group(2), 16), int(m.group(3), 16), obj.size, m.group(0),
+                                 obj.modified))
+    return files
+
+
+class PointIndex:
+    """The restorable points of one database, from one listing of its LTX files.
+
+    The chain rule is Litestream's (see the notes above); each point's time is its LTX timestamp:
+    the file's mtime on a file replica, its `litestream-timestamp` metadata on S3 (one HEAD, fetched
+    only for the points a question needs), which are what Litestream itself compares.
+    """
+
+    def __init__(self, files: list[LtxFile], store=None, name: str = "", cli_ref: str = ""):
+        self.name = name
+        self.cli_ref = cli_ref  # how `edgehost points` names it: a slug or --global
+        self.store = store
+        self.files = files
+        self.bytes = sum(f.size for f in files)
+        self._times: dict[str, datetime] = {}
+        self.points: list[_Point] = _restorable_points(files)
+        self._txids = [p.txid for p in self.points]
+
+    @classmethod
+    def from_url(cls, url: str, env: Mapping[str, str], name: str = "", cli_ref: str = "") -> "PointIndex":
+        store = replica_store_for(url, env)
+        return cls(list_ltx_files(store), store, name, cli_ref)
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    # times
+
+    def _file_time(self, f: LtxFile) -> datetime:
+        if f.key not in self._times:
+            when = f.listed_at
+            if self.store is not None and self.store.scheme == "s3":
+                when = _s3_ltx_timestamp(self.store, f.key) or when
+            self._times[f.key] = _to_ms(when)
+        return self._times[f.key]
+
+    def time(self, i: int) -> datetime:
+        """When point `i` was synced: the stamp of the finest file ending there."""
+        return self._file_time(self.points[i].files[0])
+
+    def point(self, i: int, relative_to: datetime | None = None) -> RestorePoint:
+        p = self.points[i]
+        when = self.time(i)
+        before = None if relative_to is None else round((relative_to - when).total_seconds(), 3)
+        return RestorePoint(f"{p.txid:016x}", format_time(when), sorted({f.level for f in p.files}), before,
+                            i == len(self.points) - 1)
+
+    # questions
+
+    def index_of(self, txid: int) -> int | None:
+        i = bisect.bisect_left(self._txids, txid)
+        return i if i < len(self._txids) and self._txids[i] == txid else None
+
+    def before(self, when: datetime) -> int | None:
+        """The newest point synced strictly before `when` (where `litestream restore -timestamp` lands)."""
+        if not self.points:
+            return None
+        lo, hi = 0, len(self.points)  # times rise with txids: find the first point synced at or after `when`
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self.time(mid) < when:
+                lo = mid + 1
+            else:
+                hi = mid
+        # A snapshot's stamp is a moment later than the sync of its txid; look at the neighbours too.
+        near = [j for j in range(max(0, lo - 3), min(len(self.points), lo + 3)) if self.time(j) < when]
+        return max(near) if near else None
+
+    def around(self, when: datetime, count: int = 5) -> list[int]:
+        """Up to `count` points synced before `when` (the newest of them last) and `count` after."""
+        j = self.before(when)
+        start = 0 if j is None else max(0, j - count + 1)
+        stop = min(len(self.points), (-1 if j is None else j) + 1 + count)
+        return list(range(start, stop))
+
+    def tiers(self) -> list[PointTier]:
+        """The points by the finest level holding them: every sync (L0), compaction boundaries, snapshots."""
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(self.points):
+            groups.setdefault(p.files[0].level, []).append(i)
+        out = []
+        for level in sorted(groups):
+            idx = groups[level]
+            what = ("every sync (L0)" if level == 0 else "snapshots only" if level == SNAPSHOT_LEVEL
+                    else f"L{level} compaction boundaries")
+            first, last = self.point(idx[0]), self.point(idx[-1])
+            out.append(PointTier(level, what, len(idx), first.txid, first.synced_at, last.txid, last.synced_at))
+        return out
+
+    def resolve(self, *, at: datetime | None = None, txid: int | None = None) -> RestorePoint:
+        """The point a restore will land on: `txid` itself, the newest point synced before `at`, or the latest.
+
+        Raises PointUnavailable, naming the nearest points, when there is none.
+        """
+        label = self.name or "this database"
+        if not self.points:
+            raise PointUnavailable(
+                f"{label}: no restorable point: the replica holds "
+                + (f"{len(self.files)} LTX files but no chain from a snapshot" if self.files else "no LTX files for it"))
+        if txid is not None:
+            i = self.index_of(txid)
+            if i is not None:
+                return self.point(i)
+            k = bisect.bisect_left(self._txids, txid)
+            near = [self.point(j) for j in (k - 1, k) if 0 <= j < len(self.points)]
+            names = " and ".join(f"{p.txid} (synced {p.synced_at}, {_levels_text(p.levels)})" for p in near)
+            why = ("is newer than the latest point" if k == len(self.points) else
+                   "is older than the earliest point (outside the point-in-time window)" if k == 0 else
+                   "is not a restorable point (once its L0 file expires only compaction boundaries remain)")
+            hint = f"; see `edgehost points {self.cli_ref} --around {near[0].synced_at}`" if self.cli_ref and near else ""
+            raise PointUnavailable(f"{label}: txid {txid:016x} {why}: the nearest are {names}{hint}")
+        if at is not None:
+            i = self.before(at)
+            if i is None:
+                first = self.point(0, at)
+                raise PointUnavailable(
+                    f"{label}: nothing restorable before {format_time(at)}: the time is outside the replica's "
+                    f"point-in-time window (the earliest point is txid {first.txid}, synced {first.synced_at})")
+            return self.point(i, at)
+        return self.point(len(self.points) - 1)
+
+
+def _levels_text(levels: list[int]) -> str:
+    return " ".join("snapshot" if lv == SNAPSHOT_LEVEL else f"L{lv}" for lv in levels)
+
+
+def _restorable_points(files: list[LtxFile]) -> list[_Point]:
+    """The txids a restore can land on exactly, mirroring Litestream's CalcRestorePlan.
+
+    For a target p the plan starts at the newest snapshot at or below p (else at txid 0) and extends
+    with any file whose range begins at most one past what it has; it reaches p exactly when a
+    chain of files ends there.
+    """
+    snapshots = sorted({f.max_txid for f in files if f.level == SNAPSHOT_LEVEL})
+    ending: dict[int, list[LtxFile]] = {}
+    for f in files:
+        ending.setdefault(f.max_txid, []).append(f)
+    reach: dict[int, int] = {}  # per starting snapshot: the highest point reached so far
+    points = []
+    for txid in sorted(ending):
+        k = bisect.bisect_right(snapshots, txid)
+        base = snapshots[k - 1] if k else 0
+        reached = reach.get(base, base)
+        usable = [f for f in ending[txid] if f.level != SNAPSHOT_LEVEL and f.min_txid <= reached + 1]
+        if txid == base:
+            usable += [f for f in ending[txid] if f.level == SNAPSHOT_LEVEL]
+        if usable:
+            usable.sort(key=lambda f: (f.level, f.min_txid))
+            points.append(_Point(txid, usable))
+            reach[base] = txid
+    return points
+
+
+def _s3_ltx_timestamp(store, key: str) -> datetime | None:
+    """The LTX timestamp Litestream stored in the object's metadata (what its -timestamp restore reads)."""
+    # ReplicaStore has no HEAD of its own; its client and key mapping are reused here.
+    head = store._s3("head", store._client.head_object, Bucket=store.bucket, Key=store._key(key))
+    meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+    try:
+        return parse_rfc3339(meta[_TIMESTAMP_META]) if _TIMESTAMP_META in meta else head.get("LastModified")
+    except ValueError:
+        return head.get("LastModified")
+
+
+@dataclass
+class PointsReport:
+    """`edgehost points`: the restore window of one database and the restorable points near a time."""
+
+    name: str
+    replica: str
+    earliest_time: str = ""
+    earliest_txid: str = ""
+    latest_time: str = ""
+    latest_txid: str = ""
+    files: int = 0
+    bytes: int = 0
+    restorable_points: int = 0
+    window_seconds: float | None = None
+    tiers: list[PointTier] = field(default_factory=list)
+    around: str = ""
+    lands: RestorePoint | None = None  # where `restore --at AROUND` lands
+    points: list[RestorePoint] = field(default_factory=list)
+    # Not empty when the replica holds more than one history for this database (after a reset or a
+    # replica switch): then no point list can be trusted, and the latest restore may mix both.
+    histories: list[str] = field(default_factory=list)
+
+
+def restore_points(url: str, env: Mapping[str, str], name: str, *, replica: str = "",
+                   around: datetime | None = None, count: int = 5) -> PointsReport:
+    """The restorable range of one database, its precision tiers, and the points nearest `around`
+    (else the newest `count`), from one listing of its replica."""
+    index = PointIndex.from_url(url, env, name)
+    report = PointsReport(name, replica or url.split("?")[0], files=len(index.files), bytes=index.bytes,
+                          restorable_points=len(index))
+    if around is not None:
+        report.around = format_time(around)
+    from .history import history
+
+    report.histories = [split.detail for split in history(index.files)]
+    if not len(index):
+        return report
+    first, last = index.point(0), index.point(len(index) - 1)
+    report.earliest_time, report.earliest_txid = first.synced_at, first.txid
+    report.latest_time, report.latest_txid = last.synced_at, last.txid
+    report.window_seconds = round((index.time(len(index) - 1) - index.time(0)).total_seconds(), 3)
+    report.tiers = index.tiers()
+    if around is None:
+        report.points = [index.point(i) for i in range(max(0, len(index) - count), len(index))]
+        return report
+    landing = index.before(around)
+    report.lands = None if landing is None else index.point(landing, around)
+    report.points = [index.point(i, around) for i in index.around(around, count)]
+    return report
+
+
+def restore_point(binary: Path, env: Mapping[str, str], url: str, out: Path, *, name: str,
+                  txid: int | None = None, at: datetime | None = None,
+                  point: RestorePoint | None = None, cli_ref: str = "") -> RestoreResult:
+    """Restore one database to an exact point and say which: `txid`, the newest point synced before
+    `at` (what `litestream restore -timestamp` picks), or the latest.
+
+    The point comes from one listing of the replica (or `point`, already resolved) and litestream
+    restores exactly that txid, so the report names the state the file holds. When the point's file
+    expired between the listing and the restore (an L0 file past l0-retention), the replica is
+    listed once more and the point chosen again.
+    """
+    first = point
+    result = RestoreResult(name=name or Path(out).name, target=str(out), ok=False)
+    for attempt in range(2):
+        if point is None:
+            try:
+                index = PointIndex.from_url(url, env, name, cli_ref)
+                if not len(index) and txid is None and at is None:
+                    return restore_db(binary, env, url, out, name=name)  # nothing listed: litestream's own latest
+                point = index.resolve(at=at, txid=txid)
+            except EdgehostError as exc:
+                result.error = str(exc)
+                return result
+        result = restore_db(binary, env, url, out, name=name, txid=int(point.txid, 16))
+        if result.ok or attempt or "no matching backup files" not in result.error:
+            break
+        point = None
+    if result.ok and point is not None:
+        result.txid, result.synced_at, result.levels, result.newest = point.txid, point.synced_at, point.levels, point.newest
+        notes = []
+        if at is not None:
+            result.seconds_before_at = round((at - parse_rfc3339(point.synced_at)).total_seconds(), 3)
+            if point.newest:
+                notes.append("the newest point in the replica: nothing later was replicated")
+        if first is not None and first.txid != point.txid:
+            notes.append(f"txid {first.txid} was compacted away before the restore ran; restored {point.txid}")
+        result.note = "; ".join(notes)
+    return result
+
+
 @dataclass
 class RestoreTarget:
     key: str  # slug or layout.GLOBAL
     name: str
     url: str = field(repr=False)  # carries the S3 endpoint; no secrets
     out: str = ""
+    point: RestorePoint | None = None  # for --at / --txid: the point it will land on (resolve_plan)
 
 
 @dataclass
@@ -300,19 +678,38 @@ def restore_latest_or_point(binary: Path, env: Mapping[str, str], url: str, out:
     return restore_db(binary, env, url, out, name=name, txid=txid, timestamp=timestamp)
 
 
+def _cli_ref(key: str) -> str:
+    return "--global" if key == layout.GLOBAL else key
+
+
+def resolve_plan(plan: RestorePlan, env: Mapping[str, str]) -> None:
+    """Find the point each target of an --at or --txid plan lands on (one listing per database), in
+    parallel; raise PointUnavailable, before anything is written, when one has none."""
+    if plan.at is None and plan.txid is None:
+        return
+
+    def one(target: RestoreTarget) -> None:
+        index = PointIndex.from_url(target.url, env, target.name, _cli_ref(target.key))
+        target.point = index.resolve(at=plan.at, txid=plan.txid)
+
+    with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
+        list(pool.map(one, plan.targets))
+
+
 def execute_plan(plan: RestorePlan, binary: Path, env: Mapping[str, str],
                  on_result: Callable[[RestoreResult], None] | None = None,
                  latest: Mapping[str, int] | None = None) -> RestoreReport:
     """Restore every target of a scratch or --to plan in parallel; one failure does not stop the rest.
 
-    `latest` maps a target's key to its newest txid (see replica.latest_txids) for latest restores.
+    Each result names the exact point restored (see restore_point). `latest` is no longer needed
+    (each database's own listing names its latest point) and is accepted for older callers.
     """
     report = RestoreReport(plan)
     started = time.monotonic()
 
     def one(target: RestoreTarget) -> RestoreResult:
-        result = restore_latest_or_point(binary, env, target.url, Path(target.out), name=target.name,
-                                         txid=plan.txid, timestamp=plan.at, latest=(latest or {}).get(target.key))
+        result = restore_point(binary, env, target.url, Path(target.out), name=target.name, txid=plan.txid,
+                               at=plan.at, point=target.point, cli_ref=_cli_ref(target.key))
         if on_result:
             on_result(result)
         return result
@@ -347,7 +744,8 @@ def execute_in_place(settings: Settings, plan: RestorePlan, binary: Path, env: M
         def one(target: RestoreTarget) -> RestoreResult:
             live = Path(target.out)
             tmp = live.parent / f".edgehost-restored-{secrets.token_hex(6)}.db"
-            result = restore_db(binary, env, target.url, tmp, name=target.name, txid=plan.txid, timestamp=plan.at)
+            result = restore_point(binary, env, target.url, tmp, name=target.name, txid=plan.txid, at=plan.at,
+                                   point=target.point, cli_ref=_cli_ref(target.key))
             result.target = str(live)
             if result.ok:
                 staged[target.key] = tmp

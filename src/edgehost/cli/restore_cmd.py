@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import layout, litestream
 from ..errors import BadInput, ExitStatus
 from ..replica import replica_keys
-from ..restore import (RestorePlan, latest_by_key, RestoreReport, execute_in_place, execute_plan, parse_time, parse_txid, point_error,
-                       restore_plan, restore_window)
+from ..restore import (PointsReport, RestorePlan, RestorePoint, RestoreReport, execute_in_place, execute_plan,
+                       format_time, human_duration, parse_time, parse_txid, resolve_plan, restore_plan, restore_points)
 from ..settings import Settings, load_settings
 from . import app
 from .output import console, emit_json
@@ -44,50 +44,105 @@ def select_keys(settings: Settings, repl: litestream.Replication, slugs: list[st
 def points(
     slug: Optional[str] = typer.Argument(None, help="The property's slug."),
     global_db: bool = typer.Option(False, "--global", help="The global study database instead of a property."),
+    around: Optional[str] = typer.Option(
+        None, "--around", help="List the restorable points nearest this time: RFC 3339 or relative (-15m, -2h, -1d)."),
+    count: int = typer.Option(5, "--count", min=1, max=100, help="Points listed before and after --around (default 5)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
-    """The restore window of one database: earliest and latest restorable time and txid, from the replica."""
+    """The restorable points of one database, read from its replica.
+
+    A restore can land only on these points. With the shipped litestream.yml: every sync (about one a
+    second while writing) for the last 5-10 minutes, then only the L1 compaction boundaries (one per
+    5-minute mark with writes) back to the oldest snapshot kept (6-7 days). Without --around: the
+    window, its precision tiers and the newest points. With --around T: the points nearest T, marking
+    the one `restore --at T` lands on (the newest synced before T); restore any of them exactly with
+    `edgehost restore SLUG --txid HEX`. Times are when Litestream synced the point (its LTX
+    timestamp, UTC, milliseconds). One LIST of the database's LTX files, plus on S3 a HEAD per point shown.
+    """
     if bool(slug) == global_db:
         raise BadInput("give one property slug or --global")
     settings = load_settings()
+    when = parse_time(around) if around else None
     repl = litestream.replication(settings)
     key = select_keys(settings, repl, [slug] if slug else [], global_db, False)[0]
-    binary, _ = litestream.check_binary(settings.environ)
+    ref = layout.ref_for(settings, key)
     env, _ = litestream.child_environ(settings)
-    window = restore_window(binary, env, repl.restore_url(layout.ref_for(settings, key)), layout.ref_for(settings, key).label)
+    report = restore_points(repl.restore_url(ref), env, ref.label, replica=repl.replica_url(ref), around=when,
+                            count=count)
     if as_json:
-        emit_json(window)
+        emit_json(report)
+    else:
+        _print_points(report, slug or "--global", repl.config.snapshot_retention)
+    if report.histories:
+        raise typer.Exit(int(ExitStatus.CHECK_FAILED))
+
+
+def _span(seconds: float | None) -> str:
+    return "a single point" if not seconds else human_duration(seconds)
+
+
+def _print_points(report: PointsReport, cli_ref: str, retention) -> None:
+    def out(text: str) -> None:
+        console.print(text, highlight=False, soft_wrap=True)
+
+    out(f"[bold]{report.name}[/]  {report.replica}")
+    for split in report.histories:
+        out(f"  [bold red]more than one history:[/] {split}")
+    if not report.restorable_points:
+        what = (f"{report.files} LTX files ({report.bytes / 1024:.0f} KiB) but no chain from a snapshot"
+                if report.files else "no LTX files for this database")
+        out(f"  no restorable point: the replica holds {what}")
         return
-    console.print(f"[bold]{window.name}[/]  {repl.replica_url(layout.ref_for(settings, key))}")
-    console.print(f"  earliest  {window.earliest_time}  txid {window.earliest_txid}")
-    console.print(f"  latest    {window.latest_time}  txid {window.latest_txid}")
-    console.print(f"  {window.files} LTX files, {window.bytes / 1024:.0f} KiB "
-                  f"(window kept: snapshot.retention {repl.config.snapshot_retention})")
+    out(f"  restorable from {report.earliest_time} (txid {report.earliest_txid})")
+    out(f"              to {report.latest_time} (txid {report.latest_txid})")
+    out(f"  found: {_span(report.window_seconds)} of history, {report.restorable_points} restorable points, "
+        f"{report.files} LTX files ({report.bytes / 1024:.0f} KiB); litestream.yml keeps up to "
+        f"snapshot.retention = {human_duration(retention.total_seconds())}")
+    out("  precision:")
+    for tier in report.tiers:
+        span = tier.from_time if tier.points == 1 else f"{tier.from_time} .. {tier.to_time}"
+        out(f"    {tier.what:26s} {tier.points:6d} point{'s' if tier.points != 1 else ' '}  {span}")
+    if report.around:
+        if report.lands is None:
+            out(f"  nothing restorable before {report.around}: it is older than the earliest point")
+        else:
+            out(f"  `restore --at {report.around}` lands on txid {report.lands.txid}, synced "
+                f"{human_duration(report.lands.seconds_before or 0)} before it")
+        out(f"  points around {report.around}:")
+    else:
+        out("  newest points:")
+    out(f"    {'txid':16s}  {'synced (UTC)':24s}  {'vs T' if report.around else '':18s}  levels")
+    for point in report.points:
+        rel = ""
+        if point.seconds_before is not None:
+            rel = (f"{human_duration(point.seconds_before)} before" if point.seconds_before > 0
+                   else f"{human_duration(-point.seconds_before)} after")
+        mark = "  <- --at lands here" if report.lands is not None and point.txid == report.lands.txid else ""
+        out(f"    {point.txid}  {point.synced_at:24s}  {rel:18s}  {_levels(point.levels)}{mark}")
+    pick = report.lands or (report.points[-1] if report.points else None)
+    if pick is not None:
+        out(f"  restore one exactly: edgehost restore {cli_ref} --txid {pick.txid}")
+
+
+def _levels(levels: list[int]) -> str:
+    return " ".join("snapshot" if lv == 9 else f"L{lv}" for lv in levels)
 
 
 def _print_plan(plan: RestorePlan) -> None:
     where = {"scratch": "a new scratch directory", "to": "the directory given with --to",
              "in-place": "the LIVE data dir (current files kept under _replaced/)"}[plan.mode]
-    console.print(f"[bold]plan:[/] restore {len(plan.targets)} database(s) at {plan.point} into {where}: {plan.root}")
+    console.print(f"[bold]plan:[/] restore {len(plan.targets)} database(s) at {plan.point} into {where}: {plan.root}",
+                  highlight=False, soft_wrap=True)
     for target in plan.targets[:20]:
-        console.print(f"  {target.name:24s} -> {target.out}")
+        console.print(f"  {target.name:24s} -> {target.out}" + (f"  {_point_text(target.point)}" if target.point else ""),
+                      highlight=False, soft_wrap=True)
     if len(plan.targets) > 20:
         console.print(f"  ... and {len(plan.targets) - 20} more")
 
 
-def _check_point(plan: RestorePlan, binary, env) -> None:
-    """Refuse a point litestream cannot restore for any target, before anything is written."""
-    if plan.at is None and plan.txid is None:
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    def check(target):
-        return target.name, point_error(binary, env, target.url, txid=plan.txid, timestamp=plan.at)
-
-    with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
-        for name, error in pool.map(check, plan.targets):
-            if error:
-                raise BadInput(f"{name}: cannot restore {plan.point}: {error}")
+def _point_text(point: RestorePoint) -> str:
+    text = f"txid {point.txid}, synced {point.synced_at}"
+    return text + (f" ({human_duration(point.seconds_before)} before --at)" if point.seconds_before is not None else "")
 
 
 @app.command("restore")
@@ -95,8 +150,10 @@ def restore(
     slugs: Optional[List[str]] = typer.Argument(None, help="Property slugs to restore."),
     global_db: bool = typer.Option(False, "--global", help="Restore the global study database."),
     all_dbs: bool = typer.Option(False, "--all", help="Every database in the replica (found by listing it)."),
-    at: Optional[str] = typer.Option(None, "--at", help="Point in time: RFC 3339 or relative (-15m, -2h, -1d)."),
-    txid: Optional[str] = typer.Option(None, "--txid", help="Restore up to this transaction id (hex), one database."),
+    at: Optional[str] = typer.Option(
+        None, "--at", help="Restore the newest point synced before this time: RFC 3339 or relative (-15m, -2h, -1d)."),
+    txid: Optional[str] = typer.Option(
+        None, "--txid", help="Restore exactly this point (hex txid from `edgehost points`); one database."),
     to: Optional[Path] = typer.Option(None, "--to", help="Write into this directory (data-dir layout); never overwrites."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace the live databases; needs `edgehost up` running."),
     parallel: int = typer.Option(8, "--parallel", help="Databases restored at once (each mostly waits on the network)."),
@@ -109,6 +166,12 @@ def restore(
     supervisor stops the portal, each restored copy passes PRAGMA integrity_check, the current file
     moves to <data_dir>/_replaced/<timestamp>/ (never deleted), and replication carries on from the
     restored state. Exit 0 when every database restored, 1 when any failed.
+
+    A restore lands only on a restorable point (see `edgehost points`): --at T takes the newest point
+    Litestream synced before T, never one after T. That misses the last second before T and, for a T
+    older than 5-10 minutes (shipped litestream.yml), lands on the 5-minute compaction boundary before
+    it. The report names, for every database, the txid restored, when it was synced and, with --at,
+    how long before T that is (--json: txid, synced_at, seconds_before_at, levels, newest, note).
     """
     settings = load_settings()
     when = parse_time(at) if at else None
@@ -120,7 +183,7 @@ def restore(
     plan = restore_plan(settings, repl, keys, to=to, in_place=in_place, at=when, txid=tx, parallel=parallel)
     binary, _ = litestream.check_binary(settings.environ)
     env, _ = litestream.child_environ(settings)
-    _check_point(plan, binary, env)
+    resolve_plan(plan, env)  # refuses a point some database does not have, before anything is written
     if in_place:
         from ..supervisor import SupervisorClient
 
@@ -137,16 +200,21 @@ def restore(
 
         def on_result(result) -> None:
             progress.advance(task)
-            mark = "[green]ok[/]" if result.ok else f"[red]FAILED[/] {result.error}"
-            progress.console.print(f"  {result.name:24s} {mark}" + (f"  txid {result.txid}  {result.seconds:.2f}s" if result.ok else ""))
+            if not result.ok:
+                progress.console.print(f"  {result.name:24s} [red]FAILED[/] {result.error}", highlight=False, soft_wrap=True)
+                return
+            point = (f"txid {result.txid}, synced {result.synced_at}" if result.synced_at else f"txid {result.txid}")
+            if result.seconds_before_at is not None:
+                point += f" ({human_duration(result.seconds_before_at)} before --at)"
+            progress.console.print(f"  {result.name:24s} [green]ok[/]  {point}  {result.seconds:.2f}s"
+                                   + (f"  [yellow]{result.note}[/]" if result.note else ""), highlight=False, soft_wrap=True)
 
         if in_place:
             from ..supervisor import SupervisorClient
 
             report = execute_in_place(settings, plan, binary, env, SupervisorClient(settings.supervisor_socket), on_result)
         else:
-            latest = latest_by_key(settings, repl, keys) if when is None and tx is None and len(keys) >= 4 else None
-            report = execute_plan(plan, binary, env, on_result, latest)
+            report = execute_plan(plan, binary, env, on_result)
     _finish(report, as_json)
 
 
@@ -157,6 +225,17 @@ def _finish(report: RestoreReport, as_json: bool) -> None:
                    "seconds": report.seconds, "replaced_dir": report.replaced_dir, "results": report.results})
     console.print(f"{len(report.results) - len(failed)}/{len(report.results)} restored in {report.seconds:.2f}s "
                   f"into {report.plan.root}")
+    # results come in the order of the plan's targets
+    restored = [(t, r) for t, r in zip(report.plan.targets, report.results) if r.ok and r.seconds_before_at is not None]
+    behind = [(t, r) for t, r in restored if not r.newest]
+    if restored and report.plan.at is not None:
+        text = f"each database is at the newest point synced before {format_time(report.plan.at)}"
+        if behind:
+            target, worst = max(behind, key=lambda tr: tr[1].seconds_before_at)
+            ref = "--global" if target.key == layout.GLOBAL else target.key
+            text += (f"; the farthest back is {worst.name}, {human_duration(worst.seconds_before_at)} before: "
+                     f"see `edgehost points {ref} --around {format_time(report.plan.at)}`")
+        console.print(text, highlight=False, soft_wrap=True)
     if report.replaced_dir:
         console.print(f"previous files kept in {report.replaced_dir}")
     if failed:
