@@ -45,6 +45,12 @@ def test_one_history_with_compactions_snapshots_and_pruned_l0_is_one_history():
     assert history([_f(9, 1, 3, 10), _f(0, 1, 1, 11), _f(0, 2, 2, 11), _f(0, 3, 3, 12)]) == []
 
 
+def test_a_late_compaction_covering_txid_1_is_one_history():
+    # Seen in a power-cut chaos run: L2 0000000000000001-0000000000000001 written after L0 2-2.
+    assert history([_f(0, 1, 1, 10), _f(1, 1, 1, 12), _f(0, 2, 2, 11), _f(0, 3, 3, 13), _f(2, 1, 1, 18),
+                    _f(2, 2, 3, 30)]) == []
+
+
 def test_txids_beginning_again_at_1_after_a_snapshot_are_a_second_history():
     """The state `litestream reset` leaves when the stuck run's snapshot stays in the replica."""
     old = [_f(9, 1, 7, 0)]

@@ -150,9 +150,10 @@ def _earliest_higher(files: list[LtxRange]) -> list[tuple[LtxRange, datetime | N
 def _restart(files: list[LtxRange], slack: float) -> HistorySplit | None:
     timed = [f for f in files if f.written is not None]
     late = lambda f, early: early is not None and (f.written - early).total_seconds() > slack  # noqa: E731
-    # A file written after one that ends higher: across levels when it begins a history (txid 1),
-    # within its own level always.
-    new = [f for f, early in _earliest_higher(timed) if f.min_txid == 1 and late(f, early)]
+    # A file written after one that ends higher: across levels when it is an L0 file that begins a
+    # history (txid 1: only a new history writes one), within its own level always. A compaction into
+    # a higher level may cover txid 1 and be written any time later: that alone is one history.
+    new = [f for f, early in _earliest_higher(timed) if f.min_txid == 1 and f.level == 0 and late(f, early)]
     for level in {f.level for f in timed}:
         new += [f for f, early in _earliest_higher([f for f in timed if f.level == level]) if late(f, early)]
     if not new:
