@@ -188,9 +188,9 @@ class Writer:
             i = 0
             while not self._stop.is_set():
                 try:
-                    resp = client.post(f"{self.url}/properties/{self.slug}/events", json={"kind": "w", "payload": {"i": i}})
-                    if resp.status_code == 201:
-                        self.acked.append(resp.json()["id"])
+                    ack = self._send(client, i)
+                    if ack is not None:
+                        self.acked.append(ack)
                     else:
                         self.errors += 1
                 except httpx.HTTPError:
@@ -200,6 +200,11 @@ class Writer:
                 if self.pause:
                     time.sleep(self.pause)
 
+    def _send(self, client: httpx.Client, i: int):
+        """One write; what identifies it when the portal acknowledged it, else None."""
+        resp = client.post(f"{self.url}/properties/{self.slug}/events", json={"kind": "w", "payload": {"i": i}})
+        return resp.json()["id"] if resp.status_code == 201 else None
+
     def start(self) -> "Writer":
         self._thread.start()
         return self
@@ -208,6 +213,14 @@ class Writer:
         self._stop.set()
         self._thread.join(10)
         return self.acked
+
+
+def litestream_reset(settings, ref) -> None:
+    """`litestream reset` of one database (litestream must be held): what its own hint says to run."""
+    env, _ = litestream.child_environ(settings)
+    proc = subprocess.run([str(litestream.find_binary()), "reset", "-config", str(settings.litestream_config),
+                           str(ref.path)], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
 
 
 def edgehost(home, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

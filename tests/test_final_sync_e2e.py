@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import httpx
@@ -25,35 +24,17 @@ pytestmark = pytest.mark.e2e
 ROUNDS = int(os.environ.get("EDGEHOST_FINAL_SYNC_ROUNDS", "20"))
 
 
-class UserWriter:
-    """PUTs study users (the global DB) in a thread and records every acknowledged one."""
+class UserWriter(Writer):
+    """PUTs study users (the global DB) and records every acknowledged one."""
 
     def __init__(self, url: str, tag: str):
-        self.url, self.tag = url, tag
-        self.acked: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(url, slug="")
+        self.tag = tag
 
-    def _run(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            i = 0
-            while not self._stop.is_set():
-                user = f"{self.tag}-{i}"
-                try:
-                    if client.put(f"{self.url}/study/users/{user}", json={"email": f"{user}@x.y"}).status_code == 200:
-                        self.acked.append(user)
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-                i += 1
-
-    def start(self) -> "UserWriter":
-        self._thread.start()
-        return self
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        self._thread.join(10)
-        return self.acked
+    def _send(self, client: httpx.Client, i: int):
+        user = f"{self.tag}-{i}"
+        resp = client.put(f"{self.url}/study/users/{user}", json={"email": f"{user}@x.y"})
+        return user if resp.status_code == 200 else None
 
 
 def _restore(home, ref, tmp_path, name: str):

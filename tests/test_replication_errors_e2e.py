@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import httpx
 import pytest
 
 from edgehost import layout, litestream
 from edgehost.supervisor import SupervisorClient
-from procs import S3_KEYS, edgehost, plain_restore, rows, start_supervisor, sync_db, wait_until
+from procs import S3_KEYS, edgehost, litestream_reset, plain_restore, rows, start_supervisor, sync_db, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -132,10 +131,7 @@ def test_resetting_local_state_and_dropping_the_stuck_snapshot_restores_replicat
         supervisor = SupervisorClient(settings.supervisor_socket)
         supervisor.hold("litestream")
         try:
-            env, _ = litestream.child_environ(settings)
-            reset = subprocess.run([str(litestream.find_binary()), "reset", "-config", str(settings.litestream_config),
-                                    str(ref.path)], env=env, capture_output=True, text=True, timeout=30)
-            assert reset.returncode == 0, reset.stderr
+            litestream_reset(settings, ref)
             keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
             # Nothing reached the bucket but snapshots the stuck run took: copies of the local database.
             assert keys and all("/0009/" in k for k in keys), keys

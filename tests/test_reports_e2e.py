@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ from edgehost import layout, litestream
 from edgehost.history import SLACK_SECONDS, history, ltx_range
 from edgehost.replica import ReplicaObject, ReplicaStore
 from edgehost.supervisor import SupervisorClient
-from procs import edgehost, plain_restore, rows, start_supervisor, sync_db, wait_until
+from procs import edgehost, litestream_reset, plain_restore, rows, start_supervisor, sync_db, wait_until
 from test_replication_errors_e2e import SLUG, _db, _events, _status, _switch
 
 HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -183,10 +182,7 @@ def test_a_replica_holding_two_histories_fails_verify_naming_the_db_and_both_ran
         supervisor = SupervisorClient(settings.supervisor_socket)
         supervisor.hold("litestream")
         try:
-            env, _ = litestream.child_environ(settings)
-            reset = subprocess.run([str(litestream.find_binary()), "reset", "-config", str(settings.litestream_config),
-                                    str(ref.path)], env=env, capture_output=True, text=True, timeout=30)
-            assert reset.returncode == 0, reset.stderr
+            litestream_reset(settings, ref)
         finally:
             supervisor.release("litestream")
         for _ in range(2):

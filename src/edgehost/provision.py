@@ -58,19 +58,31 @@ def restore_missing(settings: Settings, repl: litestream.Replication, binary: Pa
     return results
 
 
+def restore_then_create(settings: Settings, repl: litestream.Replication, binary: Path, log: Log) -> list[RestoreResult]:
+    """Restore what the replica holds and the disk lacks; then, the listing having shown the replica
+    holds no global DB if it is still missing, create it. Raises as restore_missing does."""
+    from .portal.store import ensure_global
+
+    results = restore_missing(settings, repl, binary, log)
+    if not settings.global_db.exists():
+        log(f"the replica holds no global database: creating {settings.global_db}")
+        ensure_global(settings)
+    return results
+
+
 def prepare_data_dir(settings: Settings, log: Log) -> list[RestoreResult]:
     """Before migrating: restore what the replica holds, then create the global DB only if it holds none.
 
     When the replica cannot be listed, nothing is created: an existing data dir is migrated as it is,
     a missing global DB is refused with the reason.
     """
-    from .portal.store import ensure_data_dir, ensure_global
+    from .portal.store import ensure_data_dir
 
     ensure_data_dir(settings)
     repl = litestream.replication(settings)
     try:
         binary, _ = litestream.check_binary(settings.environ)
-        results = restore_missing(settings, repl, binary, log)
+        return restore_then_create(settings, repl, binary, log)
     except EnvironmentProblem as exc:
         if not settings.global_db.exists():
             raise EnvironmentProblem(
@@ -78,10 +90,6 @@ def prepare_data_dir(settings: Settings, log: Log) -> list[RestoreResult]:
                 f"Fix the replica settings (edgehost doctor) and run this again") from None
         log(f"warning: cannot check the replica ({exc}); migrating the databases on disk only")
         return []
-    if not settings.global_db.exists():
-        log(f"the replica holds no global database: creating {settings.global_db}")
-    ensure_global(settings)
-    return results
 
 
 def check_new_property(settings: Settings, slug: str) -> None:

@@ -37,7 +37,7 @@ class FinalSync:
         return f"{self.name}: {where}{': ' + self.error if self.error else ''}"
 
 
-POLL = 0.05
+RETRY_EVERY = 0.2  # seconds between tries while a database is not watched, not open or not uploaded
 LOCAL_STATE_BROKEN = "open ltx file"  # litestream lost an LTX file it still needs to upload
 
 
@@ -64,7 +64,7 @@ def sync_one(sock: ControlSocket, ref: DatabaseRef, deadline: float, cancel: thr
             result.error = str(exc)
             if LOCAL_STATE_BROKEN in result.error:
                 break  # retrying cannot help: see docs/litestream-tuning.md, "When the replica changes"
-        cancel.wait(min(POLL * 4, max(0.0, deadline - time.monotonic())))
+        cancel.wait(min(RETRY_EVERY, max(0.0, deadline - time.monotonic())))
     result.seconds = round(time.monotonic() - started, 3)
     return result
 

@@ -17,7 +17,7 @@ import httpx
 
 from .. import layout, litestream, provision, status
 from ..errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
-from ..portal.store import ensure_data_dir, ensure_global
+from ..portal.store import ensure_data_dir
 from ..replica import ReplicaStore
 from ..settings import SECRET_NAMES, Settings
 from ..sqlite import journal_mode
@@ -146,8 +146,6 @@ class Supervisor:
         self._metrics: MetricsServer | None = None
         self._store: ReplicaStore | None = None
         self.fenced = False  # another machine took the writer lease: never write to the replica again
-        self.replica_checked = False  # the replica was listed and every database it holds is on disk
-        self.final_sync_results: list = []
 
     def log(self, text: str) -> None:
         self.hub.line("edgehost", text)
@@ -230,15 +228,10 @@ class Supervisor:
             try:
                 pre.store.reachable()
                 self._take_lease(pre.store, self.take_over)
-                provision.restore_missing(s, pre.replication, pre.binary, self.log)
-                if not s.global_db.exists():
-                    # The listing just showed the replica holds no global DB: only now may one be created.
-                    self.log(f"the replica holds no global database: creating {s.global_db}")
-                    ensure_global(s)
-                self.replica_checked = True
+                provision.restore_then_create(s, pre.replication, pre.binary, self.log)
                 return True
             except EnvironmentProblem as exc:
-                if s.global_db.exists() and not self.replica_checked:
+                if s.global_db.exists():
                     self.log(f"warning: {exc}; the databases are on disk: starting now, litestream uploads "
                              f"when the replica answers")
                     return True
@@ -268,7 +261,10 @@ class Supervisor:
         """Renew the lease on a slow timer; a machine that lost it stops writing at once."""
         s = self.settings
         failing = False
-        interval = s.lease_renew_seconds if self.lease is not None and self.lease.held else min(5.0, s.lease_renew_seconds)
+        # Ask often while the lease is not held or the replica is away, so a take-over is seen as
+        # soon as it answers.
+        quick = min(5.0, s.lease_renew_seconds)
+        interval = s.lease_renew_seconds if self.lease is not None and self.lease.held else quick
         while not self.stopping.wait(interval):
             try:
                 if self.lease is not None and self.lease.held:
@@ -283,9 +279,8 @@ class Supervisor:
                 return
             except EdgehostError as exc:
                 if not failing:
-                    self.log(f"warning: cannot renew the writer lease ({exc}); trying every 5s")
-                # Ask often while the replica is away, so a take-over is seen as soon as it answers.
-                failing, interval = True, min(5.0, s.lease_renew_seconds)
+                    self.log(f"warning: cannot renew the writer lease ({exc}); trying every {quick:.0f}s")
+                failing, interval = True, quick
 
     def _fence(self, why: str) -> None:
         """Another machine is the writer now: stop replicating, make the portal read-only, say so loudly."""
@@ -425,10 +420,11 @@ class Supervisor:
     def _final_sync(self, ls: Service) -> float:
         """Sync every database on disk and check the replica reached its local txid; returns the seconds spent."""
         started = time.monotonic()
+        if self.fenced:
+            self.log("final sync skipped: another machine holds the writer lease")
+            return 0.0
         refs = layout.local_databases(self.settings)
-        if not refs or self.fenced:
-            if self.fenced:
-                self.log("final sync skipped: another machine holds the writer lease")
+        if not refs:
             return 0.0
         budget = max(5.0, self.settings.litestream_stop_timeout - 5.0)
         if ls.state not in (Service.RUNNING, Service.STARTING) or ls.poll() is not None:
@@ -452,7 +448,6 @@ class Supervisor:
                      f"(exit {int(ExitStatus.FINAL_SYNC_FAILED)}); start `edgehost up` again to push them")
         else:
             self.log(f"final sync: {len(results)} database(s) replicated up to their local txid in {took:.2f}s")
-        self.final_sync_results = results
         return took
 
     # --- control socket ---------------------------------------------------------------------
