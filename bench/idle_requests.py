@@ -27,7 +27,7 @@ from moto.server import ThreadedMotoServer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from edgehost.litestream import find_binary  # noqa: E402
+from edgehost.engine.litestream import find_binary  # noqa: E402
 
 
 class Counter(logging.Handler):

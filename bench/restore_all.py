@@ -342,7 +342,7 @@ def replicate(config: Path, data: Path, endpoint: str, socket_path: Path, keys: 
     (`replicate -once` is not used: each run of it uploads the whole database again as a new L0
     file, so a restore would have to fetch several full copies.)
     """
-    from edgehost.litestream import ControlSocket
+    from edgehost.engine.litestream import ControlSocket
 
     env = {**base_env(), "EDGEHOST_DATA_DIR": str(data), "EDGEHOST_GLOBAL_DB_NAME": GLOBAL_NAME,
            "EDGEHOST_PROPERTY_DB_NAME": PROPERTY_NAME, "EDGEHOST_REPLICA_URL": f"s3://{BUCKET}/{PREFIX}",

@@ -29,8 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from edgehost import litestream  # noqa: E402
-from edgehost.restore import PointIndex, format_time  # noqa: E402
+from edgehost.engine import litestream  # noqa: E402
+from edgehost.ops.restore import PointIndex, format_time  # noqa: E402
 from edgehost.settings import load_settings  # noqa: E402
 
 SHORT = {
@@ -106,7 +106,7 @@ def main() -> None:
                     "EDGEHOST_S3_REGION": "us-east-1", **keys})
     settings = load_settings(home, {**os.environ, **env})
     repl = litestream.replication(settings)
-    from edgehost import layout
+    from edgehost.engine import layout
 
     ref = layout.property_db(settings, "acme")
     ref.path.parent.mkdir(parents=True)

@@ -20,7 +20,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from edgehost.litestream import find_binary  # noqa: E402
+from edgehost.engine.litestream import find_binary  # noqa: E402
 
 
 def free_port() -> int:

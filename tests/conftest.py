@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from edgehost.litestream import find_binary
+from edgehost.engine.litestream import find_binary
 
 from procs import S3_KEYS, KitHome, free_port
 

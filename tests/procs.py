@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from edgehost import litestream
+from edgehost.engine import litestream
 from edgehost.settings import Settings, load_settings
 
 

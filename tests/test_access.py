@@ -31,7 +31,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from procs import free_port
-from edgehost.access import AccessConfig, AccessIdentity, AccessMiddleware, access_from_env, certs_url_for
+from edgehost.portal.access import AccessConfig, AccessIdentity, AccessMiddleware, access_from_env, certs_url_for
 from edgehost.errors import BadInput
 
 TEAM = "acme"

@@ -22,11 +22,12 @@ import httpx
 import pytest
 
 import edgehost.cli.doctor_cmd  # noqa: F401  (registers `edgehost doctor`)
-from edgehost import doctor, launchd
+from edgehost.ops import doctor
+from edgehost.deploy import launchd
 from edgehost.cli import main
 from edgehost.errors import BadInput
 from edgehost.portal import store
-from edgehost.tunnel import TunnelSpec, check_config_for_supervisor, render_config, write_config
+from edgehost.deploy.tunnel import TunnelSpec, check_config_for_supervisor, render_config, write_config
 
 from procs import KitHome, free_port
 

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
-from edgehost import layout, litestream
-from edgehost.replica import ReplicaStore
+from edgehost.engine import layout, litestream
+from edgehost.engine.replica import ReplicaStore
 from procs import edgehost, start_supervisor, wait_until
 
 pytestmark = pytest.mark.e2e

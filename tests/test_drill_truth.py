@@ -12,10 +12,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from edgehost import drill, layout, state
+from edgehost.ops import drill, state
+
+from edgehost.engine import layout
 from edgehost.errors import BadInput
 from edgehost.portal import store
-from edgehost.sqlite import connect
+from edgehost.engine.sqlite import connect
 
 
 def _stamp(when: datetime) -> str:

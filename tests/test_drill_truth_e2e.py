@@ -13,8 +13,10 @@ import time
 import httpx
 import pytest
 
-from edgehost import layout, state
-from edgehost.replica import ReplicaStore
+from edgehost.engine import layout
+
+from edgehost.ops import state
+from edgehost.engine.replica import ReplicaStore
 from procs import KitHome, Writer, edgehost, free_port, service, start_supervisor, sync_db
 
 pytestmark = pytest.mark.e2e

@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from edgehost import layout, litestream
+from edgehost.engine import layout, litestream
 from procs import Writer, edgehost, plain_restore, rows, start_supervisor, wait_until
 
 pytestmark = pytest.mark.e2e

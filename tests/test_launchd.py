@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import edgehost.cli.launchd_cmd  # noqa: F401  (registers `edgehost launchd`)
-from edgehost import launchd
+from edgehost.deploy import launchd
 from edgehost.cli import main
 from edgehost.errors import BadInput
 from edgehost.settings import load_settings

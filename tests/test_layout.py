@@ -1,6 +1,6 @@
 import pytest
 
-from edgehost import layout
+from edgehost.engine import layout
 from edgehost.errors import BadInput
 
 

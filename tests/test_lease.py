@@ -13,7 +13,7 @@ from typing import Callable
 import pytest
 
 from edgehost.errors import ExitStatus
-from edgehost.replica import ReplicaStore
+from edgehost.engine.replica import ReplicaStore
 from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, machine_id
 
 TTL = 30.0
@@ -174,7 +174,7 @@ def test_an_endpoint_without_conditional_writes_is_named_not_trusted(s3_home, mo
     import http.client
     import http.server
 
-    from edgehost.replica import ConditionalWritesUnsupported
+    from edgehost.engine.replica import ConditionalWritesUnsupported
     from procs import edgehost, free_port
 
     target = moto_s3.endpoint.split("//")[1]

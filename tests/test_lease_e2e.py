@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from edgehost import layout, litestream
+from edgehost.engine import layout, litestream
 from procs import (KitHome, Proc, Writer, edgehost, edgehost_argv, free_port, plain_restore, rows, service, start_supervisor,
                    supervisor_status, wait_until)
 

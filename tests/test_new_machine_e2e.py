@@ -11,7 +11,7 @@ import shutil
 import httpx
 import pytest
 
-from edgehost import layout, litestream
+from edgehost.engine import layout, litestream
 from procs import KitHome, edgehost, plain_restore, rows, start_supervisor
 
 pytestmark = pytest.mark.e2e

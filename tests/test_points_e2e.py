@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgehost import layout, litestream
-from edgehost.restore import PointIndex, list_ltx_files, parse_rfc3339, replica_store_for
+from edgehost.engine import layout, litestream
+from edgehost.ops.restore import PointIndex, list_ltx_files, parse_rfc3339, replica_store_for
 from procs import edgehost, plain_restore, rows, start_litestream
 
 pytestmark = pytest.mark.e2e

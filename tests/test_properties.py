@@ -20,9 +20,9 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from edgehost.errors import BadInput, EdgehostError
-from edgehost.layout import check_slug, is_slug
-from edgehost.litestream import LitestreamConfig, read_config
-from edgehost.restore import parse_time, parse_txid
+from edgehost.engine.layout import check_slug, is_slug
+from edgehost.engine.litestream import LitestreamConfig, read_config
+from edgehost.ops.restore import parse_time, parse_txid
 from edgehost.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]

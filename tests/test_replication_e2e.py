@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from edgehost import layout, litestream
+from edgehost.engine import layout, litestream
 from procs import plain_restore, rows, start_litestream, start_portal, sync_db
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ import os
 import httpx
 import pytest
 
-from edgehost import layout, litestream
+from edgehost.engine import layout, litestream
 from edgehost.supervisor import SupervisorClient
 from procs import S3_KEYS, edgehost, litestream_reset, plain_restore, rows, start_supervisor, sync_db, wait_until
 
@@ -191,8 +191,8 @@ class _FakeSocket:
 
 
 def test_status_tells_stuck_from_ahead_from_unreachable(kit_home):
-    from edgehost import status
-    from edgehost.sqlite import connect
+    from edgehost.ops import status
+    from edgehost.engine.sqlite import connect
 
     settings = kit_home.settings()
     slugs = ["ahead", "diag", "down", "ok", "stuck"]

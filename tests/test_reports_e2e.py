@@ -12,9 +12,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from edgehost import layout, litestream
-from edgehost.history import SLACK_SECONDS, history, ltx_range
-from edgehost.replica import ReplicaObject, ReplicaStore
+from edgehost.engine import layout, litestream
+from edgehost.engine.history import SLACK_SECONDS, history, ltx_range
+from edgehost.engine.replica import ReplicaObject, ReplicaStore
 from edgehost.supervisor import SupervisorClient
 from procs import edgehost, litestream_reset, plain_restore, rows, start_supervisor, sync_db, wait_until
 from test_replication_errors_e2e import SLUG, _db, _events, _status, _switch

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from edgehost import layout, litestream
-from edgehost.sqlite import connect, content_hash, user_tables
+from edgehost.engine import layout, litestream
+from edgehost.engine.sqlite import connect, content_hash, user_tables
 from procs import edgehost, plain_restore, rows, start_supervisor, supervisor_status, sync_db
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ import pytest
 def test_a_restore_onto_a_filesystem_without_hard_links_still_never_overwrites(tmp_path, monkeypatch):
     import os as _os
 
-    from edgehost.restore import _place
+    from edgehost.ops.restore import _place
 
     def no_links(*_a):
         raise PermissionError(1, "Operation not permitted")
@@ -23,7 +23,7 @@ def test_a_restore_onto_a_filesystem_without_hard_links_still_never_overwrites(t
 
 
 def test_latest_txids_reads_every_database_from_one_listing(tmp_path):
-    from edgehost.replica import ReplicaStore, latest_txids
+    from edgehost.engine.replica import ReplicaStore, latest_txids
 
     for rel in ("acme/honestcam.db/0000/0000000000000003-0000000000000003.ltx",
                 "acme/honestcam.db/0001/0000000000000001-0000000000000002.ltx",

@@ -3,7 +3,7 @@ import sqlite3
 import pytest
 
 from edgehost.errors import BadInput
-from edgehost.sqlite import Migration, connect, content_hash, load_migrations, migrate, schema_version
+from edgehost.engine.sqlite import Migration, connect, content_hash, load_migrations, migrate, schema_version
 
 
 def test_connections_use_wal_and_the_kit_pragmas(tmp_path):

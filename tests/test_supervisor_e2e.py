@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from edgehost import layout, litestream
+from edgehost.engine import layout, litestream
 from procs import (Proc, Writer, edgehost, edgehost_argv, pid_alive, plain_restore, rows, service,
                    start_supervisor, supervisor_status, sync_db, wait_until)
 

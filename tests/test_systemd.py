@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 import edgehost.cli.systemd_cmd  # noqa: F401  (registers `edgehost systemd`)
-from edgehost import systemd
+from edgehost.deploy import systemd
 from edgehost.cli import main
-from edgehost.launchd import Deployment
+from edgehost.deploy.launchd import Deployment
 
 SECRET = "s3cr3t-value-that-must-not-leak"
 

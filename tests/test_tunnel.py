@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import edgehost.cli.tunnel_cmd  # noqa: F401  (registers `edgehost tunnel` until cli/__init__ imports it)
-from edgehost import tunnel
+from edgehost.deploy import tunnel
 from edgehost.cli import main
 from edgehost.errors import BadInput, ExitStatus
 from edgehost.settings import load_settings

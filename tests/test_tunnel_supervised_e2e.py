@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from edgehost.tunnel import TunnelSpec, render_config
+from edgehost.deploy.tunnel import TunnelSpec, render_config
 from procs import free_port
 from procs import Proc, edgehost_argv, service, start_supervisor, supervisor_status, wait_until
 

@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from edgehost import layout, litestream
-from edgehost.replica import ReplicaStore
+from edgehost.engine import layout, litestream
+from edgehost.engine.replica import ReplicaStore
 from procs import Writer, edgehost, start_supervisor, wait_until
 
 pytestmark = pytest.mark.e2e

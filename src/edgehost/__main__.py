@@ -1,3 +1,3 @@
-from .cli import run
+from edgehost.cli import run
 
 run()

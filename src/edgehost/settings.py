@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 from dotenv import dotenv_values
 
-from .errors import BadInput
+from edgehost.errors import BadInput
 
 SETTINGS_FILE = "edgehost.toml"
 DEFAULT_ENV_FILE = "edgehost.env"

@@ -14,9 +14,9 @@ try:  # typer >= 0.29 ships its own click: its usage errors are not click's
 except ImportError:  # pragma: no cover - older typer on the real click
     from click import exceptions as click_errors
 
-from .. import __version__
-from ..errors import EdgehostError, ExitStatus
-from .output import console
+from edgehost import __version__
+from edgehost.errors import EdgehostError, ExitStatus
+from edgehost.cli.output import console
 
 Abort = typer.Abort  # the Abort of whichever click typer runs on
 
@@ -48,7 +48,7 @@ def _root(
 
 
 # Each module registers its verbs on `app` when imported.
-from . import (  # noqa: E402,F401
+from edgehost.cli import (  # noqa: E402,F401
     config_cmd, doctor_cmd, launchd_cmd, portal_cmd, restore_cmd, systemd_cmd, tunnel_cmd, up_cmd, verify_cmd,
 )
 

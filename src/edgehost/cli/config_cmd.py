@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ..config_report import config_report
-from . import app
-from .output import console, emit_json
+from edgehost.ops.config_report import config_report
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
 
 config_app = typer.Typer(help="Inspect the kit's settings and litestream.yml.", no_args_is_help=True)
 app.add_typer(config_app, name="config")

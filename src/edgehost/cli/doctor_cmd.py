@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 from rich.markup import escape
 
-from ..doctor import FAIL, OK, WARN, doctor
-from ..errors import ExitStatus
-from . import app
-from .output import console, emit_json
+from edgehost.ops.doctor import FAIL, OK, WARN, doctor
+from edgehost.errors import ExitStatus
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
 
 _STYLE = {OK: "green", WARN: "yellow", FAIL: "bold red"}
 

@@ -8,11 +8,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .. import launchd
-from ..errors import BadInput, ExitStatus
-from ..settings import load_settings
-from . import app
-from .output import console, emit_json, report_written
+from edgehost.deploy import launchd
+from edgehost.errors import BadInput, ExitStatus
+from edgehost.settings import load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json, report_written
 
 launchd_app = typer.Typer(
     help="The supervisor as a macOS LaunchDaemon (back after a power cut, nobody logged in) and the monthly drill.",

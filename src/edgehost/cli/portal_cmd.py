@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from ..portal import store
-from ..settings import load_settings
-from . import app
-from .output import console, emit_json
+from edgehost.portal import store
+from edgehost.settings import load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
 
 property_app = typer.Typer(help="Create and list properties (one database each).", no_args_is_help=True)
 app.add_typer(property_app, name="property")
@@ -21,7 +21,7 @@ def portal(
     """Serve the reference portal (the supervisor's default portal command)."""
     from dataclasses import replace
 
-    from ..portal.app import serve
+    from edgehost.portal.app import serve
 
     settings = load_settings()
     portal_settings = settings.portal
@@ -39,7 +39,7 @@ def property_add(slug: str = typer.Argument(..., help="Lowercase letters, digits
     Refused when the replica already holds a property of that name (restore it instead: the
     message gives the command) or cannot be asked.
     """
-    from ..provision import check_new_property
+    from edgehost.ops.provision import check_new_property
 
     settings = load_settings()
     check_new_property(settings, slug)
@@ -50,7 +50,7 @@ def property_add(slug: str = typer.Argument(..., help="Lowercase letters, digits
 @property_app.command("list")
 def property_list(as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
     """List the properties on disk."""
-    from .. import layout
+    from edgehost.engine import layout
 
     slugs = layout.local_slugs(load_settings())
     if as_json:
@@ -67,7 +67,7 @@ def migrate() -> None:
     First restores every database the replica holds and the disk lacks (a new machine gets its data
     back, never an empty database over it); creates the global DB only when the replica holds none.
     """
-    from ..provision import prepare_data_dir
+    from edgehost.ops.provision import prepare_data_dir
 
     settings = load_settings()
     prepare_data_dir(settings, lambda line: console.print(line, markup=False, highlight=False))

@@ -8,14 +8,14 @@ from typing import List, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import layout, litestream
-from ..errors import BadInput, ExitStatus
-from ..replica import replica_keys
-from ..restore import (PointsReport, RestorePlan, RestorePoint, RestoreReport, execute_in_place, execute_plan,
+from edgehost.engine import layout, litestream
+from edgehost.errors import BadInput, ExitStatus
+from edgehost.engine.replica import replica_keys
+from edgehost.ops.restore import (PointsReport, RestorePlan, RestorePoint, RestoreReport, execute_in_place, execute_plan,
                        format_time, human_duration, parse_time, parse_txid, resolve_plan, restore_plan, restore_points)
-from ..settings import Settings, load_settings
-from . import app
-from .output import console, emit_json
+from edgehost.settings import Settings, load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
 
 
 def select_keys(settings: Settings, repl: litestream.Replication, slugs: list[str], global_db: bool,
@@ -185,7 +185,7 @@ def restore(
     env, _ = litestream.child_environ(settings)
     resolve_plan(plan, env)  # refuses a point some database does not have, before anything is written
     if in_place:
-        from ..supervisor import SupervisorClient
+        from edgehost.supervisor import SupervisorClient
 
         SupervisorClient(settings.supervisor_socket).status()  # refuse now, before the plan, if none runs
     _print_plan(plan)
@@ -210,7 +210,7 @@ def restore(
                                    + (f"  [yellow]{result.note}[/]" if result.note else ""), highlight=False, soft_wrap=True)
 
         if in_place:
-            from ..supervisor import SupervisorClient
+            from edgehost.supervisor import SupervisorClient
 
             report = execute_in_place(settings, plan, binary, env, SupervisorClient(settings.supervisor_socket), on_result)
         else:

@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from .. import systemd
-from ..errors import BadInput
-from ..launchd import Deployment
-from ..settings import load_settings
-from . import app
-from .output import console, emit_json, report_written
+from edgehost.deploy import systemd
+from edgehost.errors import BadInput
+from edgehost.deploy.launchd import Deployment
+from edgehost.settings import load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json, report_written
 
 systemd_app = typer.Typer(help="The supervisor as a systemd service and the monthly drill as a timer (Linux).",
                           no_args_is_help=True)

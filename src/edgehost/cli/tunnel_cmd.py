@@ -11,11 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .. import tunnel
-from ..errors import BadInput, ExitStatus
-from ..settings import load_settings
-from . import app
-from .output import console, emit_json
+from edgehost.deploy import tunnel
+from edgehost.errors import BadInput, ExitStatus
+from edgehost.settings import load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
 
 tunnel_app = typer.Typer(help="Render and lint cloudflared's config.yml (Cloudflare Tunnel + Access).", no_args_is_help=True)
 app.add_typer(tunnel_app, name="tunnel")

@@ -6,10 +6,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import EdgehostError, ExitStatus
-from ..settings import load_settings
-from . import app
-from .output import console, emit_json
+from edgehost.errors import EdgehostError, ExitStatus
+from edgehost.settings import load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
 
 
 @app.command("up")
@@ -25,7 +25,7 @@ def up(
     litestream crash-looped, 5 when a final sync did not land, 6 when another machine holds the
     writer lease (or took it while this one ran).
     """
-    from ..supervisor import Supervisor
+    from edgehost.supervisor import Supervisor
 
     code = Supervisor(load_settings(), take_over=take_over).run()
     raise typer.Exit(code)
@@ -40,8 +40,8 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
     (local_txid, replicated_txid) are 16 hex digits, as litestream, points and verify print them;
     the Prometheus metrics keep them as numbers.
     """
-    from .. import status as status_lib
-    from ..supervisor import SupervisorClient
+    from edgehost.ops import status as status_lib
+    from edgehost.supervisor import SupervisorClient
 
     settings = load_settings()
     supervisor = SupervisorClient(settings.supervisor_socket, timeout=10).status()
@@ -50,7 +50,7 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         db_error = ""
     except EdgehostError as exc:
         dbs, db_error = [], str(exc)
-    from ..state import drill_history
+    from edgehost.ops.state import drill_history
 
     drills = drill_history(settings, limit=1)
     lagging = [d.name for d in dbs if d.lag_seconds is not None and d.lag_seconds > settings.lag_alert_seconds]

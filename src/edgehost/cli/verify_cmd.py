@@ -9,10 +9,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import BadInput, ExitStatus
-from ..settings import load_settings
-from . import app
-from .output import console, emit_json
+from edgehost.errors import BadInput, ExitStatus
+from edgehost.settings import load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
 
 
 @app.command("verify")
@@ -31,7 +31,7 @@ def verify(
     Needs `edgehost up` (or litestream with its control socket) running; without it every database
     is reported stale. Exit 0 when all pass, 1 when any fails.
     """
-    from .. import verify as verify_lib
+    from edgehost.ops import verify as verify_lib
 
     if all_dbs and (slugs or global_db):
         raise BadInput("--all already means every database: drop the slugs and --global")
@@ -86,8 +86,8 @@ def drill(
     status` shows the last drill, from the replica on a new machine. Exit 0 pass, 1 a check failed,
     3 could not run.
     """
-    from .. import drill as drill_lib
-    from ..restore import parse_time
+    from edgehost.ops import drill as drill_lib
+    from edgehost.ops.restore import parse_time
 
     settings = load_settings()
     drill_lib.keep_reports(settings)  # a bad setting stops here, before anything runs

@@ -2,9 +2,9 @@
 
 import sys
 
-from ..errors import EdgehostError
-from ..settings import load_settings
-from .app import serve
+from edgehost.errors import EdgehostError
+from edgehost.settings import load_settings
+from edgehost.portal.app import serve
 
 try:
     serve(load_settings())

@@ -10,11 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from .. import layout
-from ..access import access_from_env
-from ..errors import BadInput
-from ..settings import Settings
-from . import store
+from edgehost.engine import layout
+from edgehost.portal.access import access_from_env
+from edgehost.errors import BadInput
+from edgehost.settings import Settings
+from edgehost.portal import store
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[[Request], Any]:
@@ -137,7 +137,7 @@ def serve(settings: Settings) -> None:
 
     if not settings.global_db.exists():
         # Never create a global DB the replica holds: restore it, or create it only if the replica has none.
-        from ..provision import prepare_data_dir
+        from edgehost.ops.provision import prepare_data_dir
 
         prepare_data_dir(settings, lambda line: print(line, flush=True))
     store.migrate_all(settings)

@@ -12,10 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import layout
-from ..errors import BadInput
-from ..settings import Settings
-from ..sqlite import connect, load_migrations, migrate
+from edgehost.engine import layout
+from edgehost.errors import BadInput
+from edgehost.settings import Settings
+from edgehost.engine.sqlite import connect, load_migrations, migrate
 
 
 class NotFound(BadInput):

@@ -1,6 +1,6 @@
 """The supervisor behind `edgehost up`."""
 
-from .control import SupervisorClient
-from .run import Supervisor, preflight, service_plan
+from edgehost.supervisor.control import SupervisorClient
+from edgehost.supervisor.run import Supervisor, preflight, service_plan
 
 __all__ = ["Supervisor", "SupervisorClient", "preflight", "service_plan"]

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import httpx
 
-from ..errors import EnvironmentProblem
+from edgehost.errors import EnvironmentProblem
 
 Handler = Callable[[str, str], tuple[int, Any]]  # (method, path) -> (status, json body)
 

@@ -12,9 +12,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import EdgehostError
-from ..layout import DatabaseRef
-from ..litestream import ControlSocket
+from edgehost.errors import EdgehostError
+from edgehost.engine.layout import DatabaseRef
+from edgehost.engine.litestream import ControlSocket
 
 
 @dataclass

@@ -18,8 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping
 
-from ..errors import EdgehostError, EnvironmentProblem, ExitStatus
-from ..replica import PreconditionFailed, ReplicaStore
+from edgehost.errors import EdgehostError, EnvironmentProblem, ExitStatus
+from edgehost.engine.replica import PreconditionFailed, ReplicaStore
 
 MACHINE_ID_FILE = "machine-id"
 VERSION = 1

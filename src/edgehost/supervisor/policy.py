@@ -6,7 +6,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
-from ..settings import RestartPolicy
+from edgehost.settings import RestartPolicy
 
 
 @dataclass(frozen=True)

@@ -15,18 +15,20 @@ from typing import Any, Callable, TextIO
 
 import httpx
 
-from .. import layout, litestream, provision, status
-from ..errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
-from ..portal.store import ensure_data_dir
-from ..replica import ReplicaStore
-from ..settings import SECRET_NAMES, Settings
-from ..sqlite import journal_mode
-from .control import ControlServer, MetricsServer
-from .final_sync import final_sync
-from .lease import LeaseHeld, LeaseLost, WriterLease, machine_id
-from .logs import LogHub
-from .policy import Backoff
-from .service import Service, ServiceSpec
+from edgehost.engine import layout, litestream
+
+from edgehost.ops import provision, status
+from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
+from edgehost.portal.store import ensure_data_dir
+from edgehost.engine.replica import ReplicaStore
+from edgehost.settings import SECRET_NAMES, Settings
+from edgehost.engine.sqlite import journal_mode
+from edgehost.supervisor.control import ControlServer, MetricsServer
+from edgehost.supervisor.final_sync import final_sync
+from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, machine_id
+from edgehost.supervisor.logs import LogHub
+from edgehost.supervisor.policy import Backoff
+from edgehost.supervisor.service import Service, ServiceSpec
 
 SOCKET_PATH_MAX = 103  # sun_path is 104 bytes on macOS, 108 on Linux
 
@@ -61,7 +63,7 @@ def service_plan(settings: Settings, binary: Any) -> list[ServiceSpec]:
                     ready_timeout=60, stop_timeout=settings.portal.stop_timeout, cwd=settings.home),
     ]
     if settings.tunnel.enabled:
-        from .. import tunnel
+        from edgehost.deploy import tunnel
 
         plan.append(ServiceSpec(
             "cloudflared", tunnel.cloudflared_argv(settings.tunnel.binary, settings.tunnel.config),
@@ -105,7 +107,7 @@ def tunnel_problem(settings: Settings) -> str:
     """Why cloudflared cannot run, or "": a tunnel problem is reported, never a reason to stop replicating."""
     if not settings.tunnel.enabled:
         return ""
-    from .. import tunnel
+    from edgehost.deploy import tunnel
 
     if not settings.tunnel.config.is_file():
         return f"{settings.tunnel.config}: cloudflared config not found (tunnel is enabled)"

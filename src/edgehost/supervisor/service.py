@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..guard import PID_MARKER
-from .logs import LogHub
-from .policy import Backoff
+from edgehost.supervisor.guard import PID_MARKER
+from edgehost.supervisor.logs import LogHub
+from edgehost.supervisor.policy import Backoff
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Service:
         return self.child_pid
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "edgehost.guard", str(self.spec.stop_timeout), "--", *self.spec.argv]
+        argv = [sys.executable, "-m", "edgehost.supervisor.guard", str(self.spec.stop_timeout), "--", *self.spec.argv]
         self.proc = subprocess.Popen(
             argv,
             env=self.spec.env,

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from .errors import BadInput, EnvironmentProblem
-from .settings import Settings
+from edgehost.errors import BadInput, EnvironmentProblem
+from edgehost.settings import Settings
 
 SUPERVISOR_LABEL = "com.edgehost.supervisor"
 DRILL_LABEL = "com.edgehost.drill"

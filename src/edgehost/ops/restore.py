@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import layout, litestream
-from .errors import BadInput, EdgehostError
-from .settings import Settings
+from edgehost.engine import layout, litestream
+from edgehost.errors import BadInput, EdgehostError
+from edgehost.settings import Settings
 
 
 @dataclass
@@ -329,7 +329,7 @@ def replica_store_for(url: str, env: Mapping[str, str]):
     """The ReplicaStore of one database's replica, from the URL handed to litestream (S3 settings in its query)."""
     from urllib.parse import parse_qs, urlsplit
 
-    from .replica import ReplicaStore
+    from edgehost.engine.replica import ReplicaStore
 
     base, _, query = url.partition("?")
     params = {k: v[-1] for k, v in parse_qs(query).items()}
@@ -544,7 +544,7 @@ def restore_points(url: str, env: Mapping[str, str], name: str, *, replica: str 
                           restorable_points=len(index))
     if around is not None:
         report.around = format_time(around)
-    from .history import history
+    from edgehost.engine.history import history
 
     report.histories = [split.detail for split in history(index.files)]
     if not len(index):
@@ -789,7 +789,7 @@ def _swap(live: Path, restored: Path, keep: Path) -> None:
 
 def latest_by_key(settings: Settings, repl: litestream.Replication, keys: list[str]) -> dict[str, int]:
     """Each database's newest txid, from one listing per replica root; worth it for many databases."""
-    from .replica import ReplicaStore, latest_txids
+    from edgehost.engine.replica import ReplicaStore, latest_txids
 
     wanted: dict[str, list[tuple[str, str]]] = {}
     for key in keys:

@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .errors import BadInput
+from edgehost.errors import BadInput
 
 
 def read_yaml(path: Path, what: str) -> Any:

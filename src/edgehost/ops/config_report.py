@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import layout, litestream
-from .settings import Settings, load_settings
+from edgehost.engine import layout, litestream
+from edgehost.settings import Settings, load_settings
 
 
 @dataclass

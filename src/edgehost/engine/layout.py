@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BadInput
-from .settings import Settings
+from edgehost.errors import BadInput
+from edgehost.settings import Settings
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 GLOBAL = "@global"  # the key of the global DB wherever slugs and the global DB mix

@@ -30,14 +30,16 @@ from typing import Any, Callable
 
 import httpx
 
-from . import layout, litestream, state
-from .errors import BadInput, EdgehostError, EnvironmentProblem
-from .layout import GLOBAL, DatabaseRef
-from .portal import store
-from .replica import replica_keys
-from .restore import execute_plan, latest_by_key, restore_db, restore_plan
-from .settings import SECRET_NAMES, Settings
-from .sqlite import connect, content_hash, schema_sql, user_tables
+from edgehost.engine import layout, litestream
+
+from edgehost.ops import state
+from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
+from edgehost.engine.layout import GLOBAL, DatabaseRef
+from edgehost.portal import store
+from edgehost.engine.replica import replica_keys
+from edgehost.ops.restore import execute_plan, latest_by_key, restore_db, restore_plan
+from edgehost.settings import SECRET_NAMES, Settings
+from edgehost.engine.sqlite import connect, content_hash, schema_sql, user_tables
 
 Progress = Callable[[str], None]
 

@@ -13,9 +13,9 @@ from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from .errors import EdgehostError, EnvironmentProblem
-from .settings import Settings
-from .sqlite import Migration, connect, migrate
+from edgehost.errors import EdgehostError, EnvironmentProblem
+from edgehost.settings import Settings
+from edgehost.engine.sqlite import Migration, connect, migrate
 
 REPLICA_DRILLS = "_edgehost/drills"  # under the replica root; "_edgehost" can never be a property slug
 REPLICA_TIMEOUT = 10.0  # seconds `drill_history` waits for the replica before answering from this machine
@@ -70,7 +70,7 @@ def replica_key(report: dict[str, Any]) -> str:
 
 
 def _replica_store(settings: Settings):
-    from .replica import ReplicaStore
+    from edgehost.engine.replica import ReplicaStore
 
     return ReplicaStore.from_settings(settings)
 

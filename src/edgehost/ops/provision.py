@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from . import layout, litestream
-from .errors import BadInput, EdgehostError, EnvironmentProblem
-from .replica import replica_keys
-from .restore import RestoreResult, latest_by_key, restore_latest_or_point
-from .settings import Settings
+from edgehost.engine import layout, litestream
+from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
+from edgehost.engine.replica import replica_keys
+from edgehost.ops.restore import RestoreResult, latest_by_key, restore_latest_or_point
+from edgehost.settings import Settings
 
 Log = Callable[[str], None]
 
@@ -61,7 +61,7 @@ def restore_missing(settings: Settings, repl: litestream.Replication, binary: Pa
 def restore_then_create(settings: Settings, repl: litestream.Replication, binary: Path, log: Log) -> list[RestoreResult]:
     """Restore what the replica holds and the disk lacks; then, the listing having shown the replica
     holds no global DB if it is still missing, create it. Raises as restore_missing does."""
-    from .portal.store import ensure_global
+    from edgehost.portal.store import ensure_global
 
     results = restore_missing(settings, repl, binary, log)
     if not settings.global_db.exists():
@@ -76,7 +76,7 @@ def prepare_data_dir(settings: Settings, log: Log) -> list[RestoreResult]:
     When the replica cannot be listed, nothing is created: an existing data dir is migrated as it is,
     a missing global DB is refused with the reason.
     """
-    from .portal.store import ensure_data_dir
+    from edgehost.portal.store import ensure_data_dir
 
     ensure_data_dir(settings)
     repl = litestream.replication(settings)
@@ -121,7 +121,7 @@ def forget_state_of_old_replica(settings: Settings, log: Log) -> list[Path]:
     """
     from datetime import datetime, timezone
 
-    from .restore import litestream_meta_dir
+    from edgehost.ops.restore import litestream_meta_dir
 
     marker = settings.state_dir / REPLICA_MARKER
     current = f"{settings.replica_url} {settings.s3_endpoint}".strip()

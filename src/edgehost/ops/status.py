@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from . import layout
-from .errors import EnvironmentProblem
-from .litestream import ControlSocket
-from .settings import Settings
+from edgehost.engine import layout
+from edgehost.errors import EnvironmentProblem
+from edgehost.engine.litestream import ControlSocket
+from edgehost.settings import Settings
 
 # Litestream's replica monitor syncs every second and records each success, even when idle: a
 # database behind its replica whose last successful sync is older than this is stalled, not busy.

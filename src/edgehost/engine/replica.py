@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlparse
 
-from .errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
-from .layout import GLOBAL, is_slug
-from .settings import Settings
+from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
+from edgehost.engine.layout import GLOBAL, is_slug
+from edgehost.settings import Settings
 
 
 # S3 and R2 answer a failed If-Match / If-None-Match with 412 PreconditionFailed, or with 409

@@ -24,11 +24,13 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Mapping
 
-from . import launchd, layout, litestream, tunnel
-from .errors import BadInput, EdgehostError, EnvironmentProblem
-from .replica import ReplicaStore
-from .settings import DEFAULT_ENV_FILE, SETTINGS_FILE, Settings, load_settings
-from .sqlite import journal_mode
+from edgehost.deploy import launchd, tunnel
+
+from edgehost.engine import layout, litestream
+from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
+from edgehost.engine.replica import ReplicaStore
+from edgehost.settings import DEFAULT_ENV_FILE, SETTINGS_FILE, Settings, load_settings
+from edgehost.engine.sqlite import journal_mode
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 # Not a valid property slug, so tenant listings never mistake it for a property.

@@ -24,7 +24,7 @@ from jwt import PyJWK, PyJWKClient
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
-from .errors import BadInput
+from edgehost.errors import BadInput
 
 log = logging.getLogger(__name__)
 

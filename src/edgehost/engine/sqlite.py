@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .errors import BadInput, EdgehostError, EnvironmentProblem
+from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
 
 BUSY_TIMEOUT_MS = 5000
 MIGRATION_RE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")

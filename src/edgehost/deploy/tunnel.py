@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from .errors import BadInput, EnvironmentProblem
-from .settings import SECRET_NAMES, Settings
-from .yamlfile import read_yaml
+from edgehost.errors import BadInput, EnvironmentProblem
+from edgehost.settings import SECRET_NAMES, Settings
+from edgehost.engine.yamlfile import read_yaml
 
 PROTOCOLS = ("auto", "quic", "http2")
 DEFAULT_PROTOCOL = "auto"

@@ -22,13 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
-from . import layout, litestream
-from .errors import EdgehostError
-from .history import Span, history, ltx_range
-from .layout import DatabaseRef
-from .restore import restore_db, restore_window
-from .settings import Settings
-from .sqlite import connect, content_hash, schema_sql
+from edgehost.engine import layout, litestream
+from edgehost.errors import EdgehostError
+from edgehost.engine.history import Span, history, ltx_range
+from edgehost.engine.layout import DatabaseRef
+from edgehost.ops.restore import restore_db, restore_window
+from edgehost.settings import Settings
+from edgehost.engine.sqlite import connect, content_hash, schema_sql
 
 SENTINEL_TABLE = "_edgehost_verify"
 SENTINEL_DDL = (f"CREATE TABLE IF NOT EXISTS {SENTINEL_TABLE} ("
@@ -241,7 +241,7 @@ def _schema_detail(restored: list[tuple[str, str, str]], live: list[tuple[str, s
 
 def _replica_listing(ref: DatabaseRef, repl: litestream.Replication, env: Mapping[str, str]) -> list:
     """The database's LTX files, from one listing of its replica root (one paginated LIST on S3)."""
-    from .replica import ReplicaStore
+    from edgehost.engine.replica import ReplicaStore
 
     cfg = repl.config
     store = ReplicaStore(repl.replica_url(ref), cfg.endpoint, cfg.region, dict(env))

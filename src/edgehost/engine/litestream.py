@@ -18,10 +18,10 @@ from urllib.parse import urlencode
 import httpx
 import yaml
 
-from .errors import BadInput, EnvironmentProblem
-from .layout import DatabaseRef
-from .settings import Settings
-from .yamlfile import read_yaml
+from edgehost.errors import BadInput, EnvironmentProblem
+from edgehost.engine.layout import DatabaseRef
+from edgehost.settings import Settings
+from edgehost.engine.yamlfile import read_yaml
 
 MIN_VERSION = (0, 5, 8)
 
