@@ -1,0 +1,94 @@
+"""`edgehost status`."""
+
+from __future__ import annotations
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgehost.errors import EdgehostError, ExitStatus
+from edgehost.settings import load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
+
+
+@app.command("status")
+def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout.")) -> None:
+    """Each service (state, pid, restarts, uptime) and each database (txids, last sync, lag, WAL size).
+
+    Exits 1 when a database's replication lag passes lag_alert_seconds or litestream reports an error
+    for it (state "error", the message in "error"), 3 when nothing is running. With --json, txids
+    (local_txid, replicated_txid) are 16 hex digits, as litestream, points and verify print them;
+    the Prometheus metrics keep them as numbers.
+    """
+    from edgehost.ops import status as status_lib
+    from edgehost.supervisor import SupervisorClient
+
+    settings = load_settings()
+    supervisor = SupervisorClient(settings.supervisor_socket, timeout=10).status()
+    try:
+        dbs = status_lib.replication_status(settings)
+        db_error = ""
+    except EdgehostError as exc:
+        dbs, db_error = [], str(exc)
+    from edgehost.ops.state import drill_history
+
+    drills = drill_history(settings, limit=1)
+    lagging = [d.name for d in dbs if d.lag_seconds is not None and d.lag_seconds > settings.lag_alert_seconds]
+    failing = [d.name for d in dbs if d.state == "error"]
+    report = {
+        "supervisor": {k: supervisor[k] for k in ("pid", "phase", "uptime_seconds")},
+        "services": supervisor["services"],
+        "databases": [d.as_json() for d in dbs],
+        "lag_alert_seconds": settings.lag_alert_seconds,
+        "lagging": lagging,
+        "failing": failing,
+        "litestream_error": db_error,
+        "last_drill": drills[0] if drills else None,
+        "lease": supervisor.get("lease"),
+    }
+    if as_json:
+        emit_json(report)
+    else:
+        services = Table("service", "state", "pid", "restarts", "uptime")
+        for s in supervisor["services"]:
+            services.add_row(s["name"], s["state"], str(s["pid"] or "-"), str(s["restarts"]), f"{s['uptime_seconds']:.0f}s")
+        console.print(services)
+        for svc in supervisor["services"]:
+            if svc.get("reason"):
+                console.print(f"[red]{svc['name']} {svc['state']}:[/] {svc['reason']}", highlight=False, soft_wrap=True)
+        lease = supervisor.get("lease") or {}
+        if lease.get("fenced"):
+            console.print("[bold red]writer lease lost: another machine writes to the replica; this one stopped "
+                          "replicating and serves read-only[/]")
+        elif lease.get("held"):
+            console.print("writer lease: held by this machine")
+        else:
+            console.print("[yellow]writer lease: not held yet (the replica has not answered)[/]")
+        table = Table("database", "state", "local txid", "replicated txid", "last sync", "lag", "WAL")
+        for d in dbs:
+            lag = "-" if d.lag_seconds is None else f"{d.lag_seconds:.0f}s"
+            style = "bold red" if d.name in lagging or d.name in failing else None
+            table.add_row(d.name, d.state, status_lib.hex_txid(d.local_txid) or "-",
+                          status_lib.hex_txid(d.replicated_txid) or "-", d.last_sync_at or "-",
+                          lag, f"{d.wal_bytes / 1024:.0f} KiB", style=style)
+        console.print(table)
+        for d in dbs:
+            if d.error:
+                console.print(f"[bold red]{escape(d.name)}:[/] {escape(d.error)}", highlight=False, soft_wrap=True)
+        if any("ltx file" in d.error or "another history" in d.error for d in dbs):
+            console.print("litestream's local state and the replica disagree (see docs/litestream-tuning.md, "
+                          "\"When the replica changes\")")
+        if db_error:
+            console.print(f"[red]litestream:[/] {db_error}")
+        if drills:
+            d = drills[0]
+            rto = f", RTO {d['rto_seconds']:.1f}s" if d["rto_seconds"] is not None else ""
+            console.print(f"last drill: {d['status'].upper()} ({d['scenario']}) at {d['finished_at']}, "
+                          f"{d['databases']} databases, {d['failed']} failures{rto}")
+        else:
+            console.print("last drill: never (run `edgehost drill`)")
+        if lagging:
+            console.print(f"[bold red]lagging beyond {settings.lag_alert_seconds:.0f}s:[/] {', '.join(lagging)}")
+    if lagging or failing or db_error or (supervisor.get("lease") or {}).get("fenced"):
+        raise typer.Exit(int(ExitStatus.CHECK_FAILED))
