@@ -31,7 +31,8 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from procs import free_port
-from edgehost.portal.access import AccessConfig, AccessIdentity, AccessMiddleware, access_from_env, certs_url_for
+from edgehost.settings import load_settings
+from edgehost.portal.access import AccessConfig, AccessIdentity, AccessMiddleware, access_config, certs_url_for
 from edgehost.errors import BadInput
 
 TEAM = "acme"
@@ -383,7 +384,10 @@ def test_over_real_http(served, keys):
 # ---------------------------------------------------------------- configuration
 
 
-def test_access_from_env():
+def test_access_settings_from_the_environment_or_edgehost_toml(tmp_path):
+    def access_from_env(environ):
+        return access_config(load_settings(tmp_path, environ).access)
+
     assert access_from_env({}) is None
     config = access_from_env({"EDGEHOST_ACCESS_TEAM": "acme", "EDGEHOST_ACCESS_AUD": f"{AUD}, second-aud"})
     assert config == AccessConfig("acme.cloudflareaccess.com", (AUD, "second-aud"), None)
@@ -398,6 +402,8 @@ def test_access_from_env():
     local = access_from_env({"EDGEHOST_ACCESS_TEAM": "https://acme.cloudflareaccess.com/", "EDGEHOST_ACCESS_AUD": AUD,
                              "EDGEHOST_ACCESS_JWKS_URL": "http://127.0.0.1:9/certs"})
     assert local.team_domain == "acme.cloudflareaccess.com" and local.jwks_url == "http://127.0.0.1:9/certs"
+    (tmp_path / "edgehost.toml").write_text(f"[access]\nteam = 'acme'\naud = ['{AUD}']\n")
+    assert access_from_env({}) == AccessConfig("acme.cloudflareaccess.com", (AUD,), None)
 
 
 def test_the_default_keys_come_from_the_team():

@@ -95,3 +95,51 @@ def test_bad_slug_creates_nothing(kit_home):
     _one_line(edgehost(kit_home, "property", "add", "../evil"), 2, "invalid property slug")
     assert not (kit_home.path / "evil").exists()
     assert list((kit_home.path / "data").glob("*")) == [] if (kit_home.path / "data").exists() else True
+
+
+def test_config_check_names_the_source_of_each_value_and_warns_on_placeholders(kit_home):
+    (kit_home.path / "edgehost.toml").write_text("[portal]\nport = 9000\n")
+    env_file = kit_home.path / "edgehost.env"
+    secret = "s3cr3t-value-never-shown"
+    env_file.write_text(f"R2_ACCOUNT_ID=0123456789abcdef0123456789abcdef\nR2_BUCKET=my-portal-backups\n"
+                        f"AWS_ACCESS_KEY_ID=\nAWS_SECRET_ACCESS_KEY={secret}\nEDGEHOST_LAG_ALERT_SECONDS=45\n")
+    env_file.chmod(0o600)
+    kit_home.env.pop("EDGEHOST_REPLICA_URL", None)
+    kit_home.env.pop("EDGEHOST_PORTAL_PORT")
+    kit_home.env["EDGEHOST_METRICS_PORT"] = "9999"
+    proc = edgehost(kit_home, "config", "check", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    source = {line["key"]: line["source"] for line in report["settings"]}
+    value = {line["key"]: line["value"] for line in report["settings"]}
+    assert source["portal.port"] == "edgehost.toml" and value["portal.port"] == "9000"
+    assert source["lag_alert_seconds"] == "env file" and value["lag_alert_seconds"] == "45.0"
+    assert source["metrics_port"] == "environment" and source["data_dir"] == "default"
+    assert source["replica_url"] == "R2_* variables" and value["replica_url"] == "s3://my-portal-backups/edgehost"
+    warnings = " | ".join(report["warnings"])
+    assert "R2_BUCKET looks like a placeholder 'my-portal-backups'" in warnings
+    assert "R2_ACCOUNT_ID looks like a placeholder" in warnings
+    assert "AWS_ACCESS_KEY_ID is empty" in warnings and "the bucket must already exist" in warnings
+    human = edgehost(kit_home, "config", "check")
+    assert human.returncode == 0 and "warn: R2_BUCKET looks like a placeholder" in human.stderr
+    assert secret not in proc.stdout + proc.stderr + human.stdout + human.stderr
+
+
+@pytest.mark.parametrize("toml, needles", [
+    ("[tunnel]\nmetrics_port = 65536\n", ["edgehost.toml", "tunnel.metrics_port", "must be at most 65535"]),
+    ("[tunnel]\nenabled = 'false'\n", ["edgehost.toml", "tunnel.enabled", "must be true or false"]),
+    ("[restart]\ncrash_loop_failures = 0\n", ["restart.crash_loop_failures", "must be at least 1"]),
+    ("lag_alert_seconds = nan\n", ["lag_alert_seconds", "finite"]),
+    ("[portal]\nbogus = 1\n", ["unknown key 'portal.bogus'", "known: command, host"]),
+])
+def test_out_of_range_settings_exit_2_in_one_line(kit_home, toml, needles):
+    (kit_home.path / "edgehost.toml").write_text(toml)
+    _one_line(edgehost(kit_home, "config", "check"), 2, *needles)
+
+
+def test_an_environment_value_is_named_by_its_variable(kit_home):
+    kit_home.env["EDGEHOST_PORTAL_PORT"] = "99999"
+    _one_line(edgehost(kit_home, "config", "check"), 2, "the environment", "EDGEHOST_PORTAL_PORT", "at most 65535")
+    kit_home.env["EDGEHOST_PORTAL_PORT"] = "8080"
+    kit_home.env["EDGEHOST_TUNNEL_ENABLED"] = "maybe"
+    _one_line(edgehost(kit_home, "config", "check"), 2, "EDGEHOST_TUNNEL_ENABLED='maybe'", "true or false")

@@ -43,3 +43,10 @@ def test_the_readme_quick_start_is_what_ci_runs():
     ci = (REPO / ".ci" / "run").read_text()
     test_cmd = "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/pytest"
     assert test_cmd in README and test_cmd in ci
+
+
+def test_every_setting_is_documented_as_the_model_declares_it():
+    from edgehost.settings import reference_markdown
+
+    assert reference_markdown() in (REPO / "docs" / "configuration.md").read_text(), \
+        "docs/configuration.md is out of date: regenerate its table with settings.reference_markdown()"

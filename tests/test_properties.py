@@ -35,25 +35,11 @@ FILES = settings(max_examples=_EXAMPLES or 120, deadline=None, suppress_health_c
 # Known bugs these properties found (docs/reliability.md, "Bugs found"). Each has a minimal reproduction
 # in test_known_bugs_still_reproduce (strict xfail: it fails loudly once fixed). The properties accept
 # exactly these signatures, so a fix means deleting the entry here and its reproduction below.
-KNOWN_CRASHES = {
-    # (exception type, function, source line): bug id
-    ("AttributeError", "load_settings", 'replica_url = replica_url.rstrip("/")'): "B3",
-}
-# B6: PyYAML's reader errors (control characters) come out over two lines.
-# B6: messages that quote a value without repr: PyYAML's reader errors (control characters) come out over
-# two lines, and so does a replica URL with a newline in it.
-KNOWN_MULTILINE = {"invalid YAML: unacceptable character": "B6", "only file:// and s3://": "B6",
-                   "S3 bucket names need at least 3 characters": "B6"}
-# B7: settings load_settings accepts without checking (wrong type, out of range, not finite).
-KNOWN_ACCEPTED_INVALID = {
-    "s3_endpoint", "s3_region",  # any TOML type
-    "portal.host", "portal.stop_timeout", "tunnel.enabled", "tunnel.binary", "tunnel.metrics_port",  # never checked
-    "metrics_port",  # no upper bound: 65536 passes, then bind() raises OverflowError in the supervisor
-    "lag_alert_seconds", "litestream_stop_timeout", "restart.initial_backoff", "restart.max_backoff",
-    "restart.healthy_after", "restart.crash_loop_window",  # nan / inf pass the "not negative" check
-    "restart.crash_loop_failures",  # 0 passes: the first exit is a crash loop
-    "replica_url.bucket",  # only the length is checked: "s3://my bucket/x" and "s3://ab\n/x" pass
-}
+# All found bugs are fixed (B3, B6, B7: the typed settings model and one-line YAML errors); a new one
+# found by these properties goes here with its signature, and its reproduction into FIXED_BUGS below.
+KNOWN_CRASHES: dict[tuple[str, str, str], str] = {}
+KNOWN_MULTILINE: dict[str, str] = {}
+KNOWN_ACCEPTED_INVALID: set[str] = set()
 KNOWN = object()  # the outcome of an input that hits a known bug
 
 
@@ -569,7 +555,7 @@ def _must_refuse_setting(toml: str):
     _must_refuse(_settings_from_toml, toml)
 
 
-KNOWN_BUG_REPRODUCTIONS = [
+SETTINGS_BUGS = [  # B3, B6, B7: fixed by the typed settings model and one-line YAML errors
     ("B3", lambda: _must_refuse_setting("replica_url = 1\n")),  # AttributeError: 'int' has no 'rstrip'
     ("B6", lambda: _must_refuse(_yml_config, "\x1f" + (REPO / "litestream.yml").read_text())),  # two-line message
     ("B6", lambda: _must_refuse(lambda: load_settings(Path("/"), {"EDGEHOST_REPLICA_URL": "gs://x\ny"}))),
@@ -591,16 +577,7 @@ def _load_bytes_settings(data: bytes) -> Settings:
         return load_settings(Path(home), {})
 
 
-# Once a bug is fixed its case XPASSes, which strict makes a failure: then delete the case and its KNOWN_* entry.
-@pytest.mark.xfail(strict=True, reason="known bug, see docs/reliability.md")
-@pytest.mark.parametrize("bug,reproduce", KNOWN_BUG_REPRODUCTIONS,
-                         ids=[f"{bug}-{i}" for i, (bug, _) in enumerate(KNOWN_BUG_REPRODUCTIONS)])
-def test_known_bugs_still_reproduce(bug, reproduce):
-    reproduce()
-
-
-# Bugs the properties found and that are fixed now: each must stay a one-line BadInput.
-FIXED_BUG_REPRODUCTIONS = [
+FIXED_BUG_REPRODUCTIONS = SETTINGS_BUGS + [
     ("B1", lambda: _must_refuse(parse_time, "-1000000d")),  # OverflowError: date value out of range
     ("B1", lambda: _must_refuse(parse_time, "0001-01-01T00:00:00+01:00")),  # OverflowError in astimezone
     ("B2", lambda: _must_refuse(parse_txid, b"2a")),  # TypeError (bytes)

@@ -1,27 +1,38 @@
-"""The kit's own small settings: where things live, how the portal runs, the restart policy.
+"""The kit's own small settings: one typed model, every key with its type, range, default and env name.
 
-Sources, lowest to highest priority: built-in defaults, ``edgehost.toml`` in the kit's home,
-the env file (mode 0600, secrets live there), the process environment.  Facts Litestream
-already knows (which databases, where they replicate) stay in ``litestream.yml``.
+Sources, lowest to highest priority: built-in defaults, ``edgehost.toml`` in the kit's home (or
+EDGEHOST_SETTINGS), the env file (mode 0600, secrets live there), the process environment.  Facts
+Litestream already knows (which databases, where they replicate) stay in ``litestream.yml``.
+
+`load_settings` is the one entry point.  The model is pydantic-settings' `BaseSettings`; its sources
+are the three layers above, each turned into the model's nested shape through the env names declared
+on the fields (`env("EDGEHOST_PORTAL_PORT")`).  A bad value is one line naming where it came from.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import stat
 import sys
 import tomllib
-from dataclasses import dataclass, field, fields
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Iterator, Mapping
 
 from dotenv import dotenv_values
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool, StrictStr,
+                      ValidationError, field_validator, model_validator)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edgehost.errors import BadInput
 
 SETTINGS_FILE = "edgehost.toml"
 DEFAULT_ENV_FILE = "edgehost.env"
 R2_ENDPOINT = "https://{account}.r2.cloudflarestorage.com"
+MiB = 1 << 20
 
 # Names of secrets: never printed, never put in argv or generated files.
 SECRET_NAMES = frozenset(
@@ -36,60 +47,195 @@ SECRET_NAMES = frozenset(
     }
 )
 
+# Where each source's values are named in messages and in `config check`.
+DEFAULT, TOML, ENV_FILE, ENVIRONMENT = "default", "edgehost.toml", "env file", "environment"
 
-@dataclass(frozen=True)
-class RestartPolicy:
+
+def env(name: str) -> dict[str, Any]:
+    """Field metadata: the environment variable (process env or env file) that sets this key."""
+    return {"env": name}
+
+
+def _words(value: Any) -> Any:
+    """A command given as one string is split as a shell would (quotes keep spaces)."""
+    if isinstance(value, str):
+        try:
+            return tuple(shlex.split(value))
+        except ValueError as exc:
+            raise ValueError(f"cannot split into words: {exc}") from None
+    return value
+
+
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return value
+
+
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Command = Annotated[tuple[StrictStr, ...], BeforeValidator(_words)]
+Words = Annotated[tuple[StrictStr, ...], BeforeValidator(_csv)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class RestartPolicy(_Section):
     """How the supervisor restarts a crashed service."""
 
-    initial_backoff: float = 1.0
-    max_backoff: float = 60.0
-    healthy_after: float = 30.0  # running this long resets the backoff
-    crash_loop_failures: int = 5
-    crash_loop_window: float = 60.0
-    exit_on_failure: bool = True  # a crash-looping service stops the supervisor (non-zero exit)
+    initial_backoff: Seconds = 1.0
+    max_backoff: Seconds = 60.0
+    healthy_after: Seconds = 30.0  # running this long resets the backoff
+    crash_loop_failures: Annotated[int, Field(ge=1)] = 5
+    crash_loop_window: Seconds = 60.0
+    exit_on_failure: StrictBool = True  # a crash-looping litestream stops the supervisor (non-zero exit)
 
 
-@dataclass(frozen=True)
-class PortalSettings:
-    command: tuple[str, ...] = ()  # empty: the reference portal (`edgehost portal`)
-    host: str = "127.0.0.1"
-    port: int = 8080
-    stop_timeout: float = 10.0
+class PortalSettings(_Section):
+    command: Command = Field((), json_schema_extra=env("EDGEHOST_PORTAL_COMMAND"))  # empty: the reference portal
+    host: StrictStr = Field("127.0.0.1", json_schema_extra=env("EDGEHOST_PORTAL_HOST"))
+    port: Port = Field(8080, json_schema_extra=env("EDGEHOST_PORTAL_PORT"))
+    stop_timeout: Seconds = 10.0
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(MiB, json_schema_extra=env("EDGEHOST_PORTAL_MAX_BODY_BYTES"))
 
 
-@dataclass(frozen=True)
-class TunnelSettings:
-    enabled: bool = False
-    config: Path = Path("cloudflared/config.yml")
-    binary: str = "cloudflared"
-    metrics_port: int = 20241
+class TunnelSettings(_Section):
+    enabled: StrictBool = Field(False, json_schema_extra=env("EDGEHOST_TUNNEL_ENABLED"))
+    config: Path = Field(Path("cloudflared/config.yml"), json_schema_extra=env("EDGEHOST_TUNNEL_CONFIG"))
+    binary: StrictStr = Field("cloudflared", json_schema_extra=env("EDGEHOST_TUNNEL_BINARY"))
+    metrics_port: Port = Field(20241, json_schema_extra=env("EDGEHOST_TUNNEL_METRICS_PORT"))
 
 
-@dataclass(frozen=True)
-class Settings:
+class AccessSettings(_Section):
+    """Cloudflare Access at the origin: both team and aud, or neither (then the portal is unguarded)."""
+
+    team: StrictStr = Field("", json_schema_extra=env("EDGEHOST_ACCESS_TEAM"))
+    aud: Words = Field((), json_schema_extra=env("EDGEHOST_ACCESS_AUD"))  # comma-separated in the environment
+    jwks_url: StrictStr = Field("", json_schema_extra=env("EDGEHOST_ACCESS_JWKS_URL"))  # tests, staging
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.team or self.aud)
+
+
+def _portal_package_migrations() -> Path:
+    # A path, not an import: the kit never imports the app it supervises.
+    return Path(__file__).resolve().parent / "portal" / "migrations"
+
+
+class AppContract(_Section):
+    """What the kit needs to know of the app it supervises (DESIGN.md, "The app contract")."""
+
+    health_path: StrictStr = "/healthz"
+    migrations_dir: Path = Field(default_factory=_portal_package_migrations)  # one folder per kind: property/, global/
+    append_only: dict[StrictStr, StrictStr] = {"compliance_events": "created_at"}  # table -> column dating each row
+    overwrite: dict[StrictStr, tuple[StrictStr, StrictStr]] = {  # table -> (key column, column dating the last write)
+        "study_users": ("user_id", "updated_at"),
+        "study_progress": ("user_id", "updated_at"),
+    }
+    smoke: list[StrictStr] = ["/study/users", "/study/progress", "/properties/{slug}/events"]  # GETs on the restored portal
+
+    def migrations(self, kind: str) -> Path:
+        """The numbered SQL files of a database kind ("property" or "global")."""
+        return self.migrations_dir / kind
+
+    @field_validator("health_path", "smoke")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        for path in [value] if isinstance(value, str) else value:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} must start with /")
+        return value
+
+
+_DB_NAME_RE = re.compile(r"^[^/\x00-\x1f.][^/\x00-\x1f]*$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_layers: ContextVar["_Layers"] = ContextVar("edgehost_settings_layers")
+
+
+class Settings(BaseSettings):
     """Everything the kit needs to know, resolved to absolute paths."""
 
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
+
     home: Path
-    data_dir: Path
-    state_dir: Path
-    log_dir: Path
-    litestream_config: Path
-    replica_url: str
-    s3_endpoint: str = ""
-    s3_region: str = ""
-    global_db_name: str = "honestcam-study.db"
-    property_db_name: str = "honestcam.db"
-    env_file: Path | None = None
-    lag_alert_seconds: float = 60.0
-    metrics_port: int = 9464
-    litestream_stop_timeout: float = 45.0
-    lease_renew_seconds: float = 300.0  # the writer lease is rewritten this often (one PUT)
-    lease_ttl_seconds: float = 900.0  # a lease not renewed for this long may be taken by another machine
-    portal: PortalSettings = field(default_factory=PortalSettings)
-    tunnel: TunnelSettings = field(default_factory=TunnelSettings)
-    restart: RestartPolicy = field(default_factory=RestartPolicy)
-    # The merged environment for children: process env over the env file. Holds secrets.
-    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    data_dir: Path = Field(Path("data"), json_schema_extra=env("EDGEHOST_DATA_DIR"))
+    state_dir: Path = Field(Path("state"), json_schema_extra=env("EDGEHOST_STATE_DIR"))
+    log_dir: Path | None = Field(None, json_schema_extra=env("EDGEHOST_LOG_DIR"))  # default: state_dir/logs
+    litestream_config: Path = Field(Path("litestream.yml"), json_schema_extra=env("EDGEHOST_LITESTREAM_CONFIG"))
+    env_file: Path | None = Field(None, json_schema_extra=env("EDGEHOST_ENV_FILE"))  # default: home/edgehost.env if present
+    replica_url: StrictStr = Field("", json_schema_extra=env("EDGEHOST_REPLICA_URL"))  # default: file replica beside data
+    s3_endpoint: StrictStr = Field("", json_schema_extra=env("EDGEHOST_S3_ENDPOINT"))
+    s3_region: StrictStr = Field("", json_schema_extra=env("EDGEHOST_S3_REGION"))
+    global_db_name: StrictStr = Field("honestcam-study.db", json_schema_extra=env("EDGEHOST_GLOBAL_DB_NAME"))
+    property_db_name: StrictStr = Field("honestcam.db", json_schema_extra=env("EDGEHOST_PROPERTY_DB_NAME"))
+    lag_alert_seconds: Seconds = Field(60.0, json_schema_extra=env("EDGEHOST_LAG_ALERT_SECONDS"))
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(9464, json_schema_extra=env("EDGEHOST_METRICS_PORT"))  # 0: off
+    litestream_stop_timeout: Seconds = Field(45.0, json_schema_extra=env("EDGEHOST_LITESTREAM_STOP_TIMEOUT"))
+    lease_renew_seconds: Seconds = Field(300.0, json_schema_extra=env("EDGEHOST_LEASE_RENEW_SECONDS"))  # one PUT each
+    lease_ttl_seconds: Seconds = Field(900.0, json_schema_extra=env("EDGEHOST_LEASE_TTL_SECONDS"))  # then it may be taken
+    drill_keep_reports: Annotated[int, Field(ge=1)] = Field(12, json_schema_extra=env("EDGEHOST_DRILL_KEEP_REPORTS"))
+    portal: PortalSettings = PortalSettings()
+    tunnel: TunnelSettings = TunnelSettings()
+    restart: RestartPolicy = RestartPolicy()
+    access: AccessSettings = AccessSettings()
+    app: AppContract = AppContract()
+
+    # The merged environment for children (process env over the env file) and where each value came
+    # from; set by load_settings. The environment holds secrets: never printed.
+    _environ: dict[str, str] = PrivateAttr(default_factory=dict)
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        # Highest priority first: what the caller passes, the environment, the env file, edgehost.toml.
+        return (init_settings, _LayerSource(settings_cls, ENVIRONMENT), _LayerSource(settings_cls, ENV_FILE),
+                _LayerSource(settings_cls, TOML))
+
+    @field_validator("global_db_name", "property_db_name")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not _DB_NAME_RE.match(value):
+            raise ValueError("must be a plain file name")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "Settings":
+        if self.global_db_name == self.property_db_name:
+            raise ValueError("global_db_name and property_db_name must differ")
+        if self.lease_renew_seconds >= self.lease_ttl_seconds:
+            raise ValueError(f"lease_renew_seconds ({self.lease_renew_seconds:g}) must be below lease_ttl_seconds "
+                             f"({self.lease_ttl_seconds:g})")
+        home = self.home.resolve()
+        setters = {"home": home}
+        for name in ("data_dir", "state_dir", "litestream_config"):
+            setters[name] = _under(home, getattr(self, name))
+        setters["log_dir"] = _under(home, self.log_dir) if self.log_dir else setters["state_dir"] / "logs"
+        if self.env_file is not None:
+            setters["env_file"] = _under(home, self.env_file)
+        setters["tunnel"] = self.tunnel.model_copy(update={"config": _under(home, self.tunnel.config)})
+        setters["app"] = self.app.model_copy(update={"migrations_dir": _under(home, self.app.migrations_dir)})
+        setters.update(_replica(self, setters["data_dir"], home))
+        for key, value in setters.items():
+            object.__setattr__(self, key, value)
+        return self
+
+    # --- derived, read everywhere ---------------------------------------------------------------
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self._environ
+
+    @property
+    def sources(self) -> Mapping[str, str]:
+        """Which source set each dotted key (absent: the default)."""
+        return self._sources
+
+    def source_of(self, key: str) -> str:
+        return self._sources.get(key, DEFAULT)
 
     @property
     def global_db(self) -> Path:
@@ -137,27 +283,151 @@ class Settings:
             "EDGEHOST_LITESTREAM_SOCKET": str(self.litestream_socket),
         }
 
+    def with_changes(self, **changes: Any) -> "Settings":
+        """A copy with some keys changed (dotted names for sections: portal.port=9000), checked again."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            section, _, leaf = key.replace("__", ".").rpartition(".")
+            (data[section] if section else data)[leaf] = value
+        copy = _validate(lambda: Settings.model_validate(data), self._sources)
+        copy._environ, copy._sources = self._environ, self._sources
+        return copy
 
-_TOP_KEYS = {
-    "data_dir",
-    "state_dir",
-    "log_dir",
-    "litestream_config",
-    "env_file",
-    "replica_url",
-    "s3_endpoint",
-    "s3_region",
-    "global_db_name",
-    "property_db_name",
-    "lag_alert_seconds",
-    "metrics_port",
-    "litestream_stop_timeout",
-    "lease_renew_seconds",
-    "lease_ttl_seconds",
-    "portal",
-    "tunnel",
-    "restart",
-}
+
+def _under(home: Path, p: Path) -> Path:
+    p = Path(os.path.expanduser(str(p)))
+    return p if p.is_absolute() else home / p
+
+
+def _replica(s: Settings, data_dir: Path, home: Path) -> dict[str, str]:
+    """The replica URL and S3 endpoint: explicit, else from R2_* variables, else a file replica beside data/."""
+    url, endpoint, region = s.replica_url, s.s3_endpoint, s.s3_region
+    environ = _layers.get(None).merged if _layers.get(None) else {}
+    if not url and environ.get("R2_BUCKET"):
+        account = environ.get("R2_ACCOUNT_ID", "")
+        if not account:
+            raise ValueError("R2_BUCKET is set but R2_ACCOUNT_ID is not: both are needed for an R2 replica")
+        prefix = environ.get("R2_PREFIX", "edgehost").strip("/")
+        url = f"s3://{environ['R2_BUCKET'].strip()}/{prefix}" if prefix else f"s3://{environ['R2_BUCKET'].strip()}"
+        endpoint = endpoint or R2_ENDPOINT.format(account=account)
+        region = region or "auto"
+    if not url:
+        url = (data_dir.parent / "replica").as_uri()
+    url = url.rstrip("/")
+    if url.startswith("s3://"):
+        bucket = url[len("s3://"):].split("/", 1)[0]
+        if len(bucket) < 3:
+            raise ValueError(f"replica URL {url!r}: S3 bucket names need at least 3 characters")
+        if not _BUCKET_RE.match(bucket):
+            raise ValueError(f"replica URL {url!r}: bucket {bucket!r} is not a valid S3 bucket name "
+                             "(lowercase letters, digits, dots and hyphens)")
+        region = region or "us-east-1"
+    elif url.startswith("file://"):
+        pass
+    elif "://" not in url:
+        url = _under(home, Path(url)).as_uri()
+    else:
+        raise ValueError(f"replica URL {url!r}: only file:// and s3:// (R2 and any S3 endpoint) are supported")
+    return {"replica_url": url, "s3_endpoint": endpoint, "s3_region": region}
+
+
+# --- the sources ------------------------------------------------------------------------------
+
+
+def env_names(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[tuple[str, str, FieldInfo]]:
+    """(env name, dotted key, field) for every key that an environment variable sets."""
+    for name, info in model.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if "env" in extra:
+            yield str(extra["env"]), prefix + name, info
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from env_names(annotation, f"{prefix}{name}.")
+
+
+def keys(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """(dotted key, field) for every key of the model, sections walked."""
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from keys(annotation, f"{prefix}{name}.")
+        elif name != "home":
+            yield prefix + name, info
+
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
+
+
+def _is_bool(info: FieldInfo) -> bool:
+    return info.annotation is bool
+
+
+class _Layers:
+    """The three sources of one load, each already in the model's nested shape."""
+
+    def __init__(self, toml: dict[str, Any], toml_path: Path, file_env: dict[str, str], env_file: Path | None,
+                 process_env: dict[str, str]):
+        self.toml, self.toml_path, self.env_file = toml, toml_path, env_file
+        self.merged = {**file_env, **process_env}
+        self.file_env = self._from_env(file_env, f"{env_file}")
+        self.process_env = self._from_env(process_env, "the environment")
+        if process_env.get("EDGEHOST_TUNNEL_CONFIG") or file_env.get("EDGEHOST_TUNNEL_CONFIG"):
+            # Naming a tunnel config in the environment turns the tunnel on unless told otherwise.
+            layer = self.process_env if process_env.get("EDGEHOST_TUNNEL_CONFIG") else self.file_env
+            if "enabled" not in self.toml.get("tunnel", {}) and not self.merged.get("EDGEHOST_TUNNEL_ENABLED"):
+                layer.setdefault("tunnel", {})["enabled"] = True
+
+    @staticmethod
+    def _from_env(values: Mapping[str, str], where: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, key, info in env_names():
+            value = values.get(name)
+            if not value:  # an empty variable means "not set", as before
+                continue
+            if _is_bool(info):
+                word = value.strip().lower()
+                if word not in _BOOL_WORDS:
+                    raise BadInput(f"{where}: {name}={value!r}: must be true or false")
+                value = _BOOL_WORDS[word]
+            section, _, leaf = key.rpartition(".")
+            (out.setdefault(section, {}) if section else out)[leaf] = value
+        return out
+
+    def layer(self, name: str) -> dict[str, Any]:
+        return {TOML: self.toml, ENV_FILE: self.file_env, ENVIRONMENT: self.process_env}[name]
+
+    def where(self, name: str) -> str:
+        return {TOML: str(self.toml_path), ENV_FILE: str(self.env_file), ENVIRONMENT: "the environment"}[name]
+
+    def winner(self, key: str) -> str | None:
+        for name in (ENVIRONMENT, ENV_FILE, TOML):
+            node: Any = self.layer(name)
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    break
+                node = node[part]
+            else:
+                return name
+        return None
+
+    def sources(self) -> dict[str, str]:
+        return {key: won for key, _ in keys() if (won := self.winner(key))}
+
+
+class _LayerSource(PydanticBaseSettingsSource):
+    def __init__(self, settings_cls: type[BaseSettings], name: str):
+        super().__init__(settings_cls)
+        self.name = name
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ hands over the whole layer
+
+    def __call__(self) -> dict[str, Any]:
+        layers = _layers.get(None)
+        return layers.layer(self.name) if layers else {}
+
+
+# --- loading ----------------------------------------------------------------------------------
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -178,167 +448,123 @@ def read_env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _section(raw: dict[str, Any], name: str, cls: type, source: Path) -> dict[str, Any]:
-    section = raw.get(name, {})
-    if not isinstance(section, dict):
-        raise BadInput(f"{source}: [{name}] must be a table")
-    known = {f.name for f in fields(cls)}
-    for key in section:
-        if key not in known:
-            raise BadInput(f"{source}: unknown key '{name}.{key}' (known: {', '.join(sorted(known))})")
-    return dict(section)
+def settings_file(home: Path, environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("EDGEHOST_SETTINGS") or home / SETTINGS_FILE)
 
 
-def _number(value: Any, key: str, source: str, kind: type = float) -> Any:
+def read_settings_file(path: Path, named: bool = False) -> dict[str, Any]:
+    """edgehost.toml as a dict ({} when absent, unless EDGEHOST_SETTINGS named it)."""
+    if not path.exists():
+        if named:
+            raise BadInput(f"{path}: settings file not found (from EDGEHOST_SETTINGS)")
+        return {}
     try:
-        result = kind(value)
-    except (TypeError, ValueError):
-        raise BadInput(f"{source}: '{key}' must be a number, got {value!r}") from None
-    if result < 0:
-        raise BadInput(f"{source}: '{key}' must not be negative, got {value!r}")
-    return result
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{path}: invalid TOML: {' '.join(str(exc).split())}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def env_file_path(home: Path, environ: Mapping[str, str], toml: Mapping[str, Any] | None = None) -> Path | None:
+    """The env file the kit reads: EDGEHOST_ENV_FILE, else edgehost.toml's env_file, else home/edgehost.env if present."""
+    if toml is None:
+        toml = read_settings_file(settings_file(home, environ), "EDGEHOST_SETTINGS" in environ)
+    value = environ.get("EDGEHOST_ENV_FILE") or toml.get("env_file")
+    if value:
+        if not isinstance(value, str):
+            raise BadInput(f"{settings_file(home, environ)}: env_file must be a string (got {value!r})")
+        return _under(home, Path(value))
+    default = home / DEFAULT_ENV_FILE
+    return default if default.exists() else None
+
+
+_PHRASES = {  # pydantic's error types in the words the rest of the kit uses
+    "float_parsing": "must be a number", "float_type": "must be a number", "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number", "int_from_float": "must be a whole number", "finite_number": "must be a finite number",
+    "bool_type": "must be true or false", "bool_parsing": "must be true or false", "string_type": "must be a string",
+    "greater_than": "must be above {gt}", "greater_than_equal": "must be at least {ge}",
+    "less_than_equal": "must be at most {le}", "less_than": "must be below {lt}", "path_type": "must be a path (a string)",
+    "model_type": "must be a table", "dict_type": "must be a table", "list_type": "must be a list",
+    "tuple_type": "must be a list", "missing": "is required",
+}
+
+
+def _message(err: dict[str, Any], layers: _Layers) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    text = _PHRASES.get(err["type"], err["msg"].removeprefix("Value error, ")).format(**err.get("ctx") or {})
+    if not loc:  # a model-level check
+        return " ".join(text.split())
+    won = layers.winner(".".join(str(p) for p in err["loc"][:2] if isinstance(p, str)))
+    where = layers.where(won) if won else "settings"
+    env_name = next((n for n, k, _ in env_names() if k == loc), None)
+    name = env_name if won in (ENV_FILE, ENVIRONMENT) and env_name else loc
+    if err["type"] == "extra_forbidden":
+        section = loc.rpartition(".")[0]
+        model = Settings if not section else Settings.model_fields[section].annotation
+        known = ", ".join(sorted(model.model_fields) if model is not Settings else
+                          sorted(k for k in Settings.model_fields if k != "home"))
+        return f"{where}: unknown key '{loc}' (known: {known})"
+    return " ".join(f"{where}: {name}: {text} (got {err.get('input')!r})".split())
+
+
+def _validate(build, sources) -> Settings:
+    try:
+        return build()
+    except ValidationError as exc:
+        layers = _layers.get(None) or _Layers({}, Path(SETTINGS_FILE), {}, None, {})
+        raise BadInput(_message(exc.errors()[0], layers)) from None
 
 
 def load_settings(home: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     """Resolve the kit's settings from defaults, edgehost.toml, the env file and the environment."""
     process_env = dict(os.environ if environ is None else environ)
     home = Path(home or process_env.get("EDGEHOST_HOME") or Path.cwd()).resolve()
-
-    settings_path = Path(process_env.get("EDGEHOST_SETTINGS") or home / SETTINGS_FILE)
-    raw: dict[str, Any] = {}
-    if settings_path.exists():
-        try:
-            raw = tomllib.loads(settings_path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise BadInput(f"{settings_path}: invalid TOML: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise BadInput(f"{settings_path}: not UTF-8 text (byte {exc.start})") from None
-        for key in raw:
-            if key not in _TOP_KEYS:
-                raise BadInput(f"{settings_path}: unknown key '{key}'")
-    elif "EDGEHOST_SETTINGS" in process_env:
-        raise BadInput(f"{settings_path}: settings file not found (from EDGEHOST_SETTINGS)")
-
-    def resolve(p: str | Path) -> Path:
-        p = Path(os.path.expanduser(str(p)))
-        return p if p.is_absolute() else home / p
-
-    # The env file may carry settings too; the real environment wins over it.
-    env_file_value = process_env.get("EDGEHOST_ENV_FILE") or raw.get("env_file")
-    env_file: Path | None = resolve(env_file_value) if env_file_value else None
-    if env_file is None and (home / DEFAULT_ENV_FILE).exists():
-        env_file = home / DEFAULT_ENV_FILE
+    toml_path = settings_file(home, process_env)
+    toml = read_settings_file(toml_path, "EDGEHOST_SETTINGS" in process_env)
+    env_file = env_file_path(home, process_env, toml)
     file_env = read_env_file(env_file) if env_file else {}
-    env = {**file_env, **process_env}
+    layers = _Layers(toml, toml_path, file_env, env_file, process_env)
+    token = _layers.set(layers)
+    try:
+        settings = _validate(lambda: Settings(home=home, env_file=env_file), None)
+    finally:
+        _layers.reset(token)
+    settings._environ = layers.merged
+    settings._sources = layers.sources()
+    return settings
 
-    def pick(env_name: str, key: str, default: Any = None) -> Any:
-        if env.get(env_name):
-            return env[env_name]
-        return raw.get(key, default)
 
-    data_dir = resolve(pick("EDGEHOST_DATA_DIR", "data_dir", "data"))
-    state_dir = resolve(pick("EDGEHOST_STATE_DIR", "state_dir", "state"))
-    log_dir = resolve(pick("EDGEHOST_LOG_DIR", "log_dir", state_dir / "logs"))
-    litestream_config = resolve(pick("EDGEHOST_LITESTREAM_CONFIG", "litestream_config", "litestream.yml"))
+def _kind(annotation: Any) -> str:
+    text = str(annotation)
+    for needle, word in (("bool", "boolean"), ("dict", "table"), ("tuple", "list of strings"), ("list", "list of strings"),
+                         ("Path", "path"), ("float", "number"), ("int", "integer"), ("str", "string")):
+        if needle in text:
+            return word
+    return text
 
-    replica_url = pick("EDGEHOST_REPLICA_URL", "replica_url", "")
-    s3_endpoint = pick("EDGEHOST_S3_ENDPOINT", "s3_endpoint", "")
-    s3_region = pick("EDGEHOST_S3_REGION", "s3_region", "")
-    if not replica_url and env.get("R2_BUCKET"):
-        account = env.get("R2_ACCOUNT_ID", "")
-        if not account:
-            raise BadInput("R2_BUCKET is set but R2_ACCOUNT_ID is not: both are needed for an R2 replica")
-        prefix = env.get("R2_PREFIX", "edgehost").strip("/")
-        replica_url = f"s3://{env['R2_BUCKET']}/{prefix}" if prefix else f"s3://{env['R2_BUCKET']}"
-        s3_endpoint = s3_endpoint or R2_ENDPOINT.format(account=account)
-        s3_region = s3_region or "auto"
-    if not replica_url:
-        replica_url = (data_dir.parent / "replica").as_uri()
-    replica_url = replica_url.rstrip("/")
-    if replica_url.startswith("s3://"):
-        bucket = replica_url[len("s3://") :].split("/", 1)[0]
-        if len(bucket) < 3:
-            raise BadInput(f"replica URL {replica_url}: S3 bucket names need at least 3 characters")
-        s3_region = s3_region or "us-east-1"
-    elif replica_url.startswith("file://"):
-        pass
-    elif "://" not in replica_url:
-        replica_url = resolve(replica_url).as_uri()
-    else:
-        raise BadInput(f"replica URL {replica_url}: only file:// and s3:// (R2 and any S3 endpoint) are supported")
 
-    for name_key in ("global_db_name", "property_db_name"):
-        value = str(pick(f"EDGEHOST_{name_key.upper()}", name_key, Settings.__dataclass_fields__[name_key].default))
-        if not value or "/" in value or value.startswith("."):
-            raise BadInput(f"{name_key} {value!r}: must be a plain file name")
-        raw[name_key] = value
-    if raw["global_db_name"] == raw["property_db_name"]:
-        raise BadInput("global_db_name and property_db_name must differ")
+def reference_rows() -> list[tuple[str, str, str, str]]:
+    """(key, type and range, default, env name) for every key: docs/configuration.md is checked against it."""
+    rows = []
+    envs = {key: name for name, key, _ in env_names()}
+    for key, info in keys():
+        limits = [f"{op} {getattr(m, attr)}" for m in info.metadata
+                  for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")) if getattr(m, attr, None) is not None]
+        if any(getattr(m, "allow_inf_nan", None) is False for m in info.metadata):
+            limits.append("finite")
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, Path) and default.is_absolute():
+            default = "the reference portal's migrations"
+        shown = "" if default in ("", (), None) else str(list(default) if isinstance(default, tuple) else default)
+        rows.append((key, ", ".join([_kind(info.annotation), *limits]), shown, envs.get(key, "")))
+    return rows
 
-    portal_raw = _section(raw, "portal", PortalSettings, settings_path)
-    if env.get("EDGEHOST_PORTAL_PORT"):
-        portal_raw["port"] = env["EDGEHOST_PORTAL_PORT"]
-    if env.get("EDGEHOST_PORTAL_HOST"):
-        portal_raw["host"] = env["EDGEHOST_PORTAL_HOST"]
-    if env.get("EDGEHOST_PORTAL_COMMAND"):
-        portal_raw["command"] = env["EDGEHOST_PORTAL_COMMAND"].split()
-    if "port" in portal_raw:
-        portal_raw["port"] = _number(portal_raw["port"], "portal.port", str(settings_path), int)
-        if not 0 < portal_raw["port"] < 65536:
-            raise BadInput(f"portal.port {portal_raw['port']}: must be between 1 and 65535")
-    if "command" in portal_raw:
-        cmd = portal_raw["command"]
-        if isinstance(cmd, str):
-            cmd = cmd.split()
-        if not isinstance(cmd, list) or not all(isinstance(c, str) for c in cmd):
-            raise BadInput(f"{settings_path}: portal.command must be a list of strings")
-        portal_raw["command"] = tuple(cmd)
-    portal = PortalSettings(**portal_raw)
 
-    tunnel_raw = _section(raw, "tunnel", TunnelSettings, settings_path)
-    if env.get("EDGEHOST_TUNNEL_CONFIG"):
-        tunnel_raw["config"] = env["EDGEHOST_TUNNEL_CONFIG"]
-        tunnel_raw.setdefault("enabled", True)
-    if "config" in tunnel_raw:
-        tunnel_raw["config"] = resolve(tunnel_raw["config"])
-    else:
-        tunnel_raw["config"] = resolve(TunnelSettings.config)
-    tunnel = TunnelSettings(**tunnel_raw)
-
-    restart_raw = _section(raw, "restart", RestartPolicy, settings_path)
-    for key, value in list(restart_raw.items()):
-        if key == "exit_on_failure":
-            restart_raw[key] = bool(value)
-        else:
-            kind = int if key == "crash_loop_failures" else float
-            restart_raw[key] = _number(value, f"restart.{key}", str(settings_path), kind)
-    restart = RestartPolicy(**restart_raw)
-
-    lease_renew = _number(pick("EDGEHOST_LEASE_RENEW_SECONDS", "lease_renew_seconds", 300.0), "lease_renew_seconds", str(settings_path))
-    lease_ttl = _number(pick("EDGEHOST_LEASE_TTL_SECONDS", "lease_ttl_seconds", 900.0), "lease_ttl_seconds", str(settings_path))
-    if not (0 < lease_renew < lease_ttl) or lease_ttl != lease_ttl or lease_ttl == float("inf"):
-        raise BadInput(f"{settings_path}: lease_renew_seconds ({lease_renew}) must be above 0 and below "
-                       f"lease_ttl_seconds ({lease_ttl})")
-
-    return Settings(
-        home=home,
-        data_dir=data_dir,
-        state_dir=state_dir,
-        log_dir=log_dir,
-        litestream_config=litestream_config,
-        replica_url=replica_url,
-        s3_endpoint=s3_endpoint,
-        s3_region=s3_region,
-        global_db_name=raw["global_db_name"],
-        property_db_name=raw["property_db_name"],
-        env_file=env_file,
-        lag_alert_seconds=_number(pick("EDGEHOST_LAG_ALERT_SECONDS", "lag_alert_seconds", 60.0), "lag_alert_seconds", str(settings_path)),
-        metrics_port=_number(pick("EDGEHOST_METRICS_PORT", "metrics_port", 9464), "metrics_port", str(settings_path), int),
-        litestream_stop_timeout=_number(raw.get("litestream_stop_timeout", 45.0), "litestream_stop_timeout", str(settings_path)),
-        lease_renew_seconds=lease_renew,
-        lease_ttl_seconds=lease_ttl,
-        portal=portal,
-        tunnel=tunnel,
-        restart=restart,
-        environ=env,
-    )
+def reference_markdown() -> str:
+    """The table of every key in docs/configuration.md."""
+    lines = ["| key | type | default | environment |", "| --- | --- | --- | --- |"]
+    for key, kind, default, env_name in reference_rows():
+        cells = [f"`{key}`", kind, default.replace("|", "\\|"), f"`{env_name}`" if env_name else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 
 from edgehost.settings import load_settings
@@ -13,15 +16,16 @@ def portal(
     host: str = typer.Option(None, help="Address to bind (default from settings: 127.0.0.1)."),
     port: int = typer.Option(None, help="Port to bind (default from settings: 8080)."),
 ) -> None:
-    """Serve the reference portal (the supervisor's default portal command)."""
-    from dataclasses import replace
+    """Serve the reference portal (the supervisor's default portal command).
 
-    from edgehost.portal.app import serve
-
-    settings = load_settings()
-    portal_settings = settings.portal
+    Runs `python -m edgehost.portal` in this process (the kit never imports the app); --host and
+    --port override the settings for this run only.
+    """
+    settings = load_settings()  # a bad setting stops here, in one line
+    env = dict(os.environ)
     if host:
-        portal_settings = replace(portal_settings, host=host)
+        env["EDGEHOST_PORTAL_HOST"] = host
     if port:
-        portal_settings = replace(portal_settings, port=port)
-    serve(replace(settings, portal=portal_settings))
+        env["EDGEHOST_PORTAL_PORT"] = str(port)
+    load_settings(settings.home, env)  # and so does a bad --port
+    os.execve(sys.executable, [sys.executable, "-m", "edgehost.portal"], env)

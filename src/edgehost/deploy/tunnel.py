@@ -31,7 +31,7 @@ PROTOCOLS = ("auto", "quic", "http2")
 DEFAULT_PROTOCOL = "auto"
 VALIDATE_TIMEOUT = 30.0
 VERSION_TIMEOUT = 15.0
-# The kit's setting for the port the supervisor probes (GET /ready). It has no environment variable;
+# The kit's setting for the port the supervisor probes (GET /ready), env EDGEHOST_TUNNEL_METRICS_PORT;
 # EDGEHOST_METRICS_PORT is a different port (the kit's own Prometheus endpoint).
 METRICS_PORT_SETTING = "tunnel.metrics_port"
 CLOUDFLARED_FIX = ("brew install cloudflared (Linux: Cloudflare's cloudflared package), "
@@ -140,7 +140,7 @@ def render_metrics_port(requested: int | None, setting: int) -> int:
     raise BadInput(
         f"--metrics-port {requested} is not {METRICS_PORT_SETTING} ({setting}), the port `edgehost up` probes, "
         f"so it would refuse this config: drop --metrics-port, or set metrics_port = {requested} in the tunnel "
-        f"section of edgehost.toml ({METRICS_PORT_SETTING} has no environment variable; EDGEHOST_METRICS_PORT "
+        f"section of edgehost.toml (or EDGEHOST_TUNNEL_METRICS_PORT={requested}; EDGEHOST_METRICS_PORT "
         "is the kit's own metrics server)"
     )
 

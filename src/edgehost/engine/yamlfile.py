@@ -28,5 +28,6 @@ def read_yaml(path: Path, what: str) -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
-        raise BadInput(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # PyYAML's reader errors span lines
+        raise BadInput(f"{path}: invalid YAML{at}: {problem}") from None
     return {} if data is None else data

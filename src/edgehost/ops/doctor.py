@@ -17,8 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -29,7 +28,8 @@ from edgehost.deploy import launchd, tunnel
 from edgehost.engine import layout, litestream
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
 from edgehost.engine.replica import ReplicaStore
-from edgehost.settings import DEFAULT_ENV_FILE, SETTINGS_FILE, Settings, load_settings
+from edgehost.settings import DEFAULT_ENV_FILE, Settings, load_settings
+from edgehost.settings import env_file_path as settings_env_file
 from edgehost.engine.sqlite import journal_mode
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -124,20 +124,12 @@ def doctor(home: Path | None = None, environ: Mapping[str, str] | None = None) -
 
 
 def env_file_path(home: Path | None, env: Mapping[str, str]) -> Path | None:
-    """The env file load_settings would read (found here without reading it, so a bad one is reportable)."""
+    """The env file load_settings would read (found without reading it, so a bad one is reportable)."""
     home = Path(home or env.get("EDGEHOST_HOME") or Path.cwd()).resolve()
-    value = env.get("EDGEHOST_ENV_FILE")
-    if not value:
-        try:
-            raw = tomllib.loads(Path(env.get("EDGEHOST_SETTINGS") or home / SETTINGS_FILE).read_text())
-            value = raw.get("env_file") if isinstance(raw.get("env_file"), str) else None
-        except (OSError, tomllib.TOMLDecodeError):
-            value = None
-    if value:
-        path = Path(os.path.expanduser(value))
-        return path if path.is_absolute() else home / path
-    default = home / DEFAULT_ENV_FILE
-    return default if default.exists() else None
+    try:
+        return settings_env_file(home, env)
+    except BadInput:
+        return None  # a broken edgehost.toml: load_settings reports it below
 
 
 def _settings_and_env_file(report: DoctorReport, home: Path | None, env: dict[str, str]) -> Settings | None:
@@ -160,7 +152,7 @@ def _settings_and_env_file(report: DoctorReport, home: Path | None, env: dict[st
                 shutil.copyfile(path, copy)  # type: ignore[arg-type]
                 copy.chmod(0o600)
                 settings = load_settings(home, {**env, "EDGEHOST_ENV_FILE": str(copy)})
-            settings = replace(settings, env_file=path)
+            settings = settings.with_changes(env_file=path)
         else:
             settings = load_settings(home, env)
     except BadInput as exc:

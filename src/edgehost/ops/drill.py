@@ -43,10 +43,6 @@ from edgehost.engine.sqlite import connect, content_hash, schema_sql, user_table
 
 Progress = Callable[[str], None]
 
-# How many drill reports are kept (state/drills, the kit's state DB, the replica). A setting for
-# settings.py; until it lands there it is read from the environment (or the env file) here.
-KEEP_REPORTS_ENV = "EDGEHOST_DRILL_KEEP_REPORTS"
-KEEP_REPORTS_DEFAULT = 12
 # A scratch dir a drill left behind (killed mid-run) is removed by the next drill after this long.
 STALE_SCRATCH_SECONDS = 24 * 3600
 KEPT_MARKER = ".kept"  # `--keep` scratch dirs carry it and are never pruned
@@ -119,15 +115,8 @@ def _free_port() -> int:
 
 
 def keep_reports(settings: Settings) -> int:
-    """How many drill reports to keep: EDGEHOST_DRILL_KEEP_REPORTS, default 12."""
-    raw = str(settings.environ.get(KEEP_REPORTS_ENV, "") or KEEP_REPORTS_DEFAULT)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadInput(f"{KEEP_REPORTS_ENV}={raw!r}: must be a whole number of reports (at least 1)") from None
-    if value < 1:
-        raise BadInput(f"{KEEP_REPORTS_ENV}={raw!r}: keep at least 1 report")
-    return value
+    """How many drill reports to keep: drill_keep_reports (EDGEHOST_DRILL_KEEP_REPORTS), default 12."""
+    return settings.drill_keep_reports
 
 
 # --- reading the portal, live and restored ---------------------------------------------------

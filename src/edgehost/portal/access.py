@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from edgehost.errors import BadInput
+from edgehost.settings import AccessSettings
 
 log = logging.getLogger(__name__)
 
@@ -299,21 +300,20 @@ class AccessConfig:
         return AccessMiddleware(app, self.team_domain, self.audience, jwks_url=self.jwks_url, **kwargs)
 
 
-def access_from_env(environ: Mapping[str, str]) -> AccessConfig | None:
-    """Read EDGEHOST_ACCESS_TEAM and EDGEHOST_ACCESS_AUD (comma-separated); None when neither is set.
+def access_config(access: AccessSettings) -> AccessConfig | None:
+    """The Access check the settings ask for (access.team + access.aud); None when neither is set.
 
-    EDGEHOST_ACCESS_JWKS_URL overrides where keys come from (tests, staging); it must be https,
-    or http on a loopback address.
+    access.jwks_url (EDGEHOST_ACCESS_JWKS_URL) overrides where keys come from (tests, staging); it must
+    be https, or http on a loopback address.
     """
-    team = environ.get("EDGEHOST_ACCESS_TEAM", "").strip()
-    aud = tuple(a.strip() for a in environ.get("EDGEHOST_ACCESS_AUD", "").split(",") if a.strip())
+    team, aud = access.team.strip(), tuple(a.strip() for a in access.aud if a.strip())
     if not team and not aud:
         return None
     if not team or not aud:
         # Half a config would silently run the portal unguarded: refuse instead.
-        missing = "EDGEHOST_ACCESS_TEAM" if not team else "EDGEHOST_ACCESS_AUD"
+        missing = "EDGEHOST_ACCESS_TEAM (access.team)" if not team else "EDGEHOST_ACCESS_AUD (access.aud)"
         raise BadInput(f"{missing} is not set: Access needs both the team name and the application's AUD tag")
-    jwks_url = environ.get("EDGEHOST_ACCESS_JWKS_URL", "").strip() or None
+    jwks_url = access.jwks_url.strip() or None
     if jwks_url is not None:
         _check_jwks_url(jwks_url)
     return AccessConfig(access_team_domain(team), aud, jwks_url)

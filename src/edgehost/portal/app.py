@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from edgehost.engine import layout
-from edgehost.portal.access import access_from_env
+from edgehost.portal.access import access_config
 from edgehost.errors import BadInput
 from edgehost.settings import Settings
 from edgehost.portal import store
@@ -127,7 +127,7 @@ def create_app(settings: Settings):
     # Cloudflare Access at the origin: with EDGEHOST_ACCESS_TEAM/AUD set, every request needs a valid
     # Access JWT (only GET /healthz from loopback is exempt), so nothing reaching the port around
     # the tunnel gets in.
-    access = access_from_env(settings.environ)
+    access = access_config(settings.access)
     return access.wrap(app) if access else app
 
 
