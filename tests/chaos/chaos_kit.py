@@ -112,6 +112,20 @@ def results_table(results: list[ChaosResult]) -> str:
     return "\n".join(rows)
 
 
+def write_summary(terminalreporter) -> None:
+    """The session's results table at the end of pytest's summary (and in EDGEHOST_CHAOS_REPORT)."""
+    if not RESULTS:
+        return
+    mode = "FULL" if FULL else "reduced"
+    table = results_table(RESULTS)
+    terminalreporter.write_sep("=", f"chaos results ({mode} counts)")
+    terminalreporter.write_line(table)
+    out = os.environ.get("EDGEHOST_CHAOS_REPORT")
+    if out:
+        Path(out).write_text(f"chaos results ({mode} counts)\n\n{table}\n")
+        terminalreporter.write_line(f"table written to {out}")
+
+
 def stats(samples: list[float]) -> tuple[float, float]:
     return (round(max(samples), 2), round(sum(samples) / len(samples), 2)) if samples else (0.0, 0.0)
 

@@ -1,14 +1,12 @@
-"""The chaos runs' fixtures, and the table of their results at the end of the session."""
+"""The chaos runs' fixtures (the table of their results is written by tests/conftest.py)."""
 
 from __future__ import annotations
 
 import functools
-import os
-from pathlib import Path
 
 import pytest
 
-from chaos_kit import CHAOS_TOML, FULL, RESULTS, SwitchableProxy, chaos_run, reap_home, results_table
+from chaos_kit import CHAOS_TOML, SwitchableProxy, chaos_run, reap_home
 
 
 @pytest.fixture
@@ -32,16 +30,3 @@ def s3_proxy(chaos_home, moto_s3):
     chaos_home.env["EDGEHOST_S3_ENDPOINT"] = proxy.endpoint
     yield proxy
     proxy.close()
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not RESULTS:
-        return
-    mode = "FULL" if FULL else "reduced"
-    table = results_table(RESULTS)
-    terminalreporter.write_sep("=", f"chaos results ({mode} counts)")
-    terminalreporter.write_line(table)
-    out = os.environ.get("EDGEHOST_CHAOS_REPORT")
-    if out:
-        Path(out).write_text(f"chaos results ({mode} counts)\n\n{table}\n")
-        terminalreporter.write_line(f"table written to {out}")
