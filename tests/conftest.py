@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -86,3 +87,39 @@ def s3_home(kit_home: KitHome, moto_s3: MotoS3) -> KitHome:
         }
     )
     return kit_home
+
+
+# --- the chaos results table ---------------------------------------------------------------------
+# The chaos runs record into tests/chaos/chaos_kit. Under pytest-xdist they run in a worker while only
+# the controller writes the summary (and it never loads tests/chaos/conftest.py), so each worker hands
+# its results over when it finishes and the table is written here.
+
+CHAOS_DIR = REPO / "tests" / "chaos"
+
+
+def _chaos_kit():
+    if str(CHAOS_DIR) not in sys.path:
+        sys.path.insert(0, str(CHAOS_DIR))
+    import chaos_kit
+
+    return chaos_kit
+
+
+def pytest_sessionfinish(session):
+    kit = sys.modules.get("chaos_kit")
+    if hasattr(session.config, "workeroutput") and kit is not None:
+        session.config.workeroutput["chaos_results"] = [asdict(r) for r in kit.RESULTS]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    results = getattr(node, "workeroutput", {}).get("chaos_results")
+    if results:
+        kit = _chaos_kit()
+        kit.RESULTS.extend(kit.ChaosResult(**r) for r in results)
+
+
+def pytest_terminal_summary(terminalreporter):
+    kit = sys.modules.get("chaos_kit")
+    if kit is not None:
+        kit.write_summary(terminalreporter)

@@ -1,6 +1,7 @@
 """Tools for the chaos runs: counts, a writer that remembers what the portal acknowledged, a
-switchable TCP proxy in front of the S3 endpoint, process hunting, and the after-run checks
-(`edgehost verify --all`, then a fresh `edgehost restore --all --to DIR` compared write by write).
+switchable TCP proxy in front of the S3 endpoint, process hunting, the after-run checks
+(`edgehost verify --all`, then a fresh `edgehost restore --all --to DIR` compared write by write),
+and `chaos_run`, which wraps one fault in all of that.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import socket
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
-from procs import edgehost, pid_alive, supervisor_status, wait_until
+from procs import Proc, edgehost, pid_alive, start_supervisor, supervisor_status, wait_until
 
 FULL = os.environ.get("EDGEHOST_CHAOS_FULL", "") not in ("", "0")
 
@@ -107,6 +110,20 @@ def results_table(results: list[ChaosResult]) -> str:
         rows.append(f"| {r.fault} | {r.injected} {unit} | {r.acked} | {r.lost} | {r.in_window} | "
                     f"{r.recover_seconds:.2f} s / {r.recover_mean:.2f} s | {r.notes} |")
     return "\n".join(rows)
+
+
+def write_summary(terminalreporter) -> None:
+    """The session's results table at the end of pytest's summary (and in EDGEHOST_CHAOS_REPORT)."""
+    if not RESULTS:
+        return
+    mode = "FULL" if FULL else "reduced"
+    table = results_table(RESULTS)
+    terminalreporter.write_sep("=", f"chaos results ({mode} counts)")
+    terminalreporter.write_line(table)
+    out = os.environ.get("EDGEHOST_CHAOS_REPORT")
+    if out:
+        Path(out).write_text(f"chaos results ({mode} counts)\n\n{table}\n")
+        terminalreporter.write_line(f"table written to {out}")
 
 
 def stats(samples: list[float]) -> tuple[float, float]:
@@ -311,6 +328,54 @@ def assert_nothing_lost(cmp: Comparison) -> None:
     assert not cmp.lost, f"{len(cmp.lost)} acknowledged writes missing from the restore, e.g. {cmp.lost[:5]}"
 
 
+# --- one run: the stack, the writers, a fault, the checks ---------------------------------------
+
+SLUGS = ["alpha", "bravo"]
+
+
+@dataclass
+class ChaosRun:
+    """What a test injects its fault into; a test that restarts the supervisor assigns `up`."""
+
+    home: object
+    settings: object
+    result: ChaosResult
+    up: Proc | None = None
+    writers: list[AckWriter] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.settings.portal_url
+
+    def stop(self) -> int | None:
+        """Stop the writers, then `edgehost up` (SIGTERM, as launchd would); its exit code."""
+        for w in self.writers:
+            w.stop()
+        return self.up.stop(90) if self.up is not None else None
+
+
+@contextmanager
+def chaos_run(home, dest: Path, fault: str, injected: int, unit: str, pad: int = 0) -> Iterator[ChaosRun]:
+    """`edgehost up`, the properties and their writers around one fault; then the final checks, a clean
+    stop and the result recorded. Fails if an acknowledged write is lost or `up` does not exit 0.
+
+    Settings are read on entry, so environment changes the fault needs go in before the `with`.
+    """
+    run = ChaosRun(home, home.settings(), ChaosResult(fault, injected, unit))
+    cmp = code = None
+    try:
+        run.up = start_supervisor(home)
+        create_properties(run.url, SLUGS)
+        run.writers = start_writers(run.url, SLUGS, pad=pad)
+        yield run
+        cmp = final_checks(home, run.writers, dest, run.result)
+    finally:
+        code = run.stop()
+        record(run.result)
+    assert_nothing_lost(cmp)
+    assert code == 0, run.up.output()[-3000:]
+
+
 # --- services and processes ---------------------------------------------------------------------
 
 
@@ -512,6 +577,15 @@ class SwitchableProxy:
             self._listener = None
         elif mode != "refuse" and self._listener is None:
             self._listen(self.port)
+
+    @contextmanager
+    def outage(self, mode: str, cut_on_return: bool = True) -> Iterator["SwitchableProxy"]:
+        """The endpoint in `mode` for the block, and up again after it, whatever happened inside."""
+        self.set_mode(mode)
+        try:
+            yield self
+        finally:
+            self.set_mode("up", cut=cut_on_return)
 
     def close(self) -> None:
         self._closed = True

@@ -1,13 +1,12 @@
-"""The chaos runs' fixtures, and the table of their results at the end of the session."""
+"""The chaos runs' fixtures (the table of their results is written by tests/conftest.py)."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import functools
 
 import pytest
 
-from chaos_kit import CHAOS_TOML, FULL, RESULTS, reap_home, results_table
+from chaos_kit import CHAOS_TOML, SwitchableProxy, chaos_run, reap_home
 
 
 @pytest.fixture
@@ -18,14 +17,16 @@ def chaos_home(s3_home):
     reap_home(s3_home)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not RESULTS:
-        return
-    mode = "FULL" if FULL else "reduced"
-    table = results_table(RESULTS)
-    terminalreporter.write_sep("=", f"chaos results ({mode} counts)")
-    terminalreporter.write_line(table)
-    out = os.environ.get("EDGEHOST_CHAOS_REPORT")
-    if out:
-        Path(out).write_text(f"chaos results ({mode} counts)\n\n{table}\n")
-        terminalreporter.write_line(f"table written to {out}")
+@pytest.fixture
+def chaos(chaos_home, tmp_path):
+    """`with chaos(fault, injected, unit) as run:` the stack and its writers around one fault (chaos_kit.chaos_run)."""
+    return functools.partial(chaos_run, chaos_home, tmp_path / "restored")
+
+
+@pytest.fixture
+def s3_proxy(chaos_home, moto_s3):
+    """A switchable proxy in front of moto, which the chaos home's S3 endpoint points at."""
+    proxy = SwitchableProxy(moto_s3.endpoint)
+    chaos_home.env["EDGEHOST_S3_ENDPOINT"] = proxy.endpoint
+    yield proxy
+    proxy.close()
