@@ -1,44 +1,210 @@
-"""The reference portal: a small ASGI app over the honestcam databases."""
+"""The reference portal: a small ASGI app over the honestcam databases.
+
+Every request body is read under a size limit, parsed as strict JSON (no NaN or Infinity, no lone
+surrogates, bounded depth) and validated by a typed model before anything is written; every answer,
+errors included, is JSON. A full disk answers 503 with Retry-After instead of a 500.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+import json
+import logging
+import sqlite3
+from datetime import datetime
+from typing import Annotated, Any, Callable
 
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictStr, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from edgehost.engine import layout
-from edgehost.portal.access import access_config
 from edgehost.errors import BadInput
-from edgehost.settings import Settings
 from edgehost.portal import store
+from edgehost.portal.access import access_config
+from edgehost.settings import Settings
+
+log = logging.getLogger("edgehost.portal")
+
+MAX_DEPTH = 32  # JSON nesting a request may carry (payloads are small documents)
+MAX_ID = 2**63 - 1  # SQLite's largest rowid
+PAGE_MAX = 10000
+
+
+class TooLarge(BadInput):
+    pass
+
+
+class Answer(JSONResponse):
+    """JSON that any client can parse: ASCII-escaped (a stored lone surrogate cannot break an answer), no NaN."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _rfc3339(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an RFC 3339 timestamp like 2026-11-23T10:00:00Z") from None
+    if when.tzinfo is None or "T" not in value.upper():
+        raise ValueError("must be an RFC 3339 timestamp with a time zone (Z or +hh:mm)")
+    return value
+
+
+class EventIn(_Body):
+    kind: Annotated[StrictStr, Field(min_length=1, max_length=100)]
+    payload: JsonValue = None
+    actor: Annotated[StrictStr, Field(max_length=200)] | None = None
+    occurred_at: Annotated[StrictStr, Field(max_length=40)] | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _occurred(cls, value: str | None) -> str | None:
+        return _rfc3339(value)
+
+
+class PropertyIn(_Body):
+    slug: StrictStr
+
+
+class UserIn(_Body):
+    email: Annotated[StrictStr, Field(max_length=320)] | None = None
+    display_name: Annotated[StrictStr, Field(max_length=200)] | None = None
+
+
+class ProgressIn(_Body):
+    progress: JsonValue
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadInput(f"request body: {name} is not JSON")
+
+
+def _check_tree(value: Any, depth: int = 0) -> None:
+    """Refuse what SQLite would store but no JSON answer could carry back: lone surrogates, deep nesting."""
+    if depth > MAX_DEPTH:
+        raise BadInput(f"request body: nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadInput("request body: a string holds a lone surrogate (not valid Unicode)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_tree(key, depth + 1)
+            _check_tree(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_tree(item, depth + 1)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (never held whole when too large)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body passes the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _body(request: Request, model: type[_Body], limit: int) -> Any:
+    raw = await _read_body(request, limit)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadInput("request body must be UTF-8 JSON") from None
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
+        raise BadInput(f"request body: nested deeper than {MAX_DEPTH} levels")
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise BadInput("request body must be JSON") from None
+    if not isinstance(data, dict):
+        raise BadInput("request body must be a JSON object")
+    _check_tree(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise BadInput(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def _depth(text: str) -> int:
+    """The deepest bracket nesting outside strings, without building the object (json.loads would recurse)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_DEPTH:
+                return deepest
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 19 or not low <= int(raw) <= high:
+        raise BadInput(f"'{name}' must be a whole number from {low} to {high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _error(status: int, message: str, **headers: str) -> Answer:
+    return Answer({"error": message}, status_code=status, headers=headers or None)
 
 
 def _errors(fn: Callable[..., Any]) -> Callable[[Request], Any]:
-    async def endpoint(request: Request) -> JSONResponse:
+    async def endpoint(request: Request) -> Answer:
         try:
             return await fn(request)
         except store.NotFound as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
+            return _error(404, str(exc))
         except store.AlreadyExists as exc:
-            return JSONResponse({"error": str(exc)}, status_code=409)
+            return _error(409, str(exc))
+        except TooLarge as exc:
+            return _error(413, str(exc))
         except BadInput as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return _error(400, str(exc))
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            if code == sqlite3.SQLITE_FULL:
+                log.error("database or disk is full: %s %s", request.method, request.url.path)
+                return _error(503, "storage is full: the write was not saved; try again later", **{"Retry-After": "60"})
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return _error(503, "the database is busy; try again", **{"Retry-After": "5"})
+            raise
 
     return endpoint
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadInput("request body must be JSON") from None
-    if not isinstance(body, dict):
-        raise BadInput("request body must be a JSON object")
-    return body
 
 
 class ReadOnly:
@@ -49,67 +215,77 @@ class ReadOnly:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-            response = JSONResponse({"error": f"read-only: {self.reason}", "read_only": True}, status_code=503,
+            response = Answer({"error": f"read-only: {self.reason}", "read_only": True}, status_code=503,
                                     headers={"Retry-After": "60"})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
+async def _http_error(request: Request, exc: Exception) -> Answer:
+    assert isinstance(exc, HTTPException)
+    return Answer({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Answer:
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return _error(500, "internal error (logged)")
+
+
 def create_app(settings: Settings):
     """Build the portal for one data dir. Every handler's SQLite work runs in the thread pool."""
+    conns = store.Connections()
+    limit = settings.portal.max_body_bytes
 
-    async def healthz(request: Request) -> JSONResponse:
-        report = await run_in_threadpool(store.health, settings)
-        return JSONResponse(report, status_code=200 if report["ok"] else 503)
+    def db(fn: Callable[..., Any], *args: Any) -> Any:
+        return run_in_threadpool(fn, settings, *args, conns=conns)
 
-    async def properties(request: Request) -> JSONResponse:
+    async def healthz(request: Request) -> Answer:
+        report = await db(store.health)
+        return Answer(report, status_code=200 if report["ok"] else 503)
+
+    async def properties(request: Request) -> Answer:
         if request.method == "POST":
-            body = await _json_body(request)
-            slug = body.get("slug")
-            await run_in_threadpool(store.create_property, settings, slug)
-            return JSONResponse({"slug": slug}, status_code=201)
-        return JSONResponse({"properties": layout.local_slugs(settings)})
+            body = await _body(request, PropertyIn, limit)
+            await run_in_threadpool(store.create_property, settings, body.slug)
+            return Answer({"slug": body.slug}, status_code=201)
+        return Answer({"properties": layout.local_slugs(settings)})
 
-    async def events(request: Request) -> JSONResponse:
+    async def events(request: Request) -> Answer:
         slug = request.path_params["slug"]
         if request.method == "POST":
-            body = await _json_body(request)
-            event = await run_in_threadpool(
-                store.add_event, settings, slug, body.get("kind"), body.get("payload"), body.get("actor"),
-                body.get("occurred_at"),
-            )
-            return JSONResponse(event.as_dict(), status_code=201)
-        try:
-            after = int(request.query_params.get("after", 0))
-            limit = min(int(request.query_params.get("limit", 1000)), 10000)
-        except ValueError:
-            raise BadInput("'after' and 'limit' must be integers") from None
-        found = await run_in_threadpool(store.list_events, settings, slug, after, limit)
-        return JSONResponse({"slug": slug, "events": [e.as_dict() for e in found]})
+            body = await _body(request, EventIn, limit)
+            event = await db(store.add_event, slug, body.kind, body.payload, body.actor, body.occurred_at)
+            return Answer(event.as_dict(), status_code=201)
+        after = _int_param(request, "after", 0, 0, MAX_ID)
+        page = _int_param(request, "limit", 1000, 1, PAGE_MAX)
+        found = await db(store.list_events, slug, after, page)
+        return Answer({"slug": slug, "events": [e.as_dict() for e in found]})
 
-    async def users(request: Request) -> JSONResponse:
-        return JSONResponse({"users": await run_in_threadpool(store.list_users, settings)})
+    async def users(request: Request) -> Answer:
+        return Answer({"users": await db(store.list_users)})
 
-    async def user(request: Request) -> JSONResponse:
+    async def user(request: Request) -> Answer:
         user_id = request.path_params["user_id"]
         if request.method == "PUT":
-            body = await _json_body(request)
-            saved = await run_in_threadpool(store.put_user, settings, user_id, body.get("email"), body.get("display_name"))
-            return JSONResponse(saved)
-        return JSONResponse(await run_in_threadpool(store.get_user, settings, user_id))
+            body = await _body(request, UserIn, limit)
+            return Answer(await db(store.put_user, user_id, body.email, body.display_name))
+        return Answer(await db(store.get_user, user_id))
 
-    async def progress_list(request: Request) -> JSONResponse:
-        return JSONResponse({"progress": await run_in_threadpool(store.list_progress, settings)})
+    async def progress_list(request: Request) -> Answer:
+        return Answer({"progress": await db(store.list_progress)})
 
-    async def progress(request: Request) -> JSONResponse:
+    async def progress(request: Request) -> Answer:
         user_id = request.path_params["user_id"]
         if request.method == "PUT":
-            body = await _json_body(request)
-            if "progress" not in body:
-                raise BadInput("body needs a 'progress' value")
-            return JSONResponse(await run_in_threadpool(store.put_progress, settings, user_id, body["progress"]))
-        return JSONResponse(await run_in_threadpool(store.get_progress, settings, user_id))
+            body = await _body(request, ProgressIn, limit)
+            return Answer(await db(store.put_progress, user_id, body.progress))
+        return Answer(await db(store.get_progress, user_id))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        conns.close()
 
     routes = [
         Route("/healthz", _errors(healthz)),
@@ -120,15 +296,18 @@ def create_app(settings: Settings):
         Route("/study/progress", _errors(progress_list)),
         Route("/study/progress/{user_id}", _errors(progress), methods=["GET", "PUT"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    app.state.connections = conns
+    outer: Any = app
     read_only = settings.environ.get("EDGEHOST_PORTAL_READ_ONLY", "")
     if read_only:
-        app = ReadOnly(app, read_only)
-    # Cloudflare Access at the origin: with EDGEHOST_ACCESS_TEAM/AUD set, every request needs a valid
+        outer = ReadOnly(outer, read_only)
+    # Cloudflare Access at the origin: with access.team/aud set, every request needs a valid
     # Access JWT (only GET /healthz from loopback is exempt), so nothing reaching the port around
     # the tunnel gets in.
     access = access_config(settings.access)
-    return access.wrap(app) if access else app
+    return access.wrap(outer) if access else outer
 
 
 def serve(settings: Settings) -> None:

@@ -6,6 +6,8 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
+import contextlib
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -37,6 +39,48 @@ def opened(path: Path) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
+
+
+def _use(conns: Connections | None, path: Path) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    return conns.use(path) if conns is not None else opened(path)
+
+
+class Connections:
+    """One long-lived connection per database, serialized by a lock, reopened when the file is replaced.
+
+    The portal answers from a thread pool; a sqlite3 connection may move between threads
+    (check_same_thread=False) but must not be used by two at once, hence the lock. A database
+    swapped on disk (`edgehost restore --in-place`, a property removed and created again) has a
+    new inode: the next request opens the new file instead of writing to the old one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Path, tuple[sqlite3.Connection, threading.Lock, int]] = {}
+
+    @contextmanager
+    def use(self, path: Path) -> Iterator[sqlite3.Connection]:
+        try:
+            inode = path.stat().st_ino
+        except FileNotFoundError:
+            raise BadInput(f"{path}: database not found") from None
+        with self._lock:
+            entry = self._open.get(path)
+            if entry is None or entry[2] != inode:
+                if entry is not None:
+                    entry[0].close()
+                entry = (connect(path), threading.Lock(), inode)
+                self._open[path] = entry
+        conn, lock, _ = entry
+        with lock:
+            yield conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn, lock, _ in self._open.values():
+                with lock:
+                    conn.close()
+            self._open.clear()
 
 
 def ensure_data_dir(settings: Settings) -> None:
@@ -121,12 +165,12 @@ class Event:
 
 
 def add_event(settings: Settings, slug: str, kind: str, payload: Any = None, actor: str | None = None,
-              occurred_at: str | None = None) -> Event:
+              occurred_at: str | None = None, conns: Connections | None = None) -> Event:
     if not isinstance(kind, str) or not 0 < len(kind) <= 100:
         raise BadInput("event 'kind' must be a string of 1-100 characters")
     body = json.dumps({} if payload is None else payload, separators=(",", ":"), sort_keys=True)
     when = occurred_at or _now()
-    with opened(property_path(settings, slug)) as conn:
+    with _use(conns, property_path(settings, slug)) as conn:
         row = conn.execute(
             "INSERT INTO compliance_events(occurred_at, kind, actor, payload) VALUES (?, ?, ?, ?) "
             "RETURNING id, occurred_at, kind, actor, payload, created_at",
@@ -135,8 +179,9 @@ def add_event(settings: Settings, slug: str, kind: str, payload: Any = None, act
     return Event(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5])
 
 
-def list_events(settings: Settings, slug: str, after: int = 0, limit: int = 1000) -> list[Event]:
-    with opened(property_path(settings, slug)) as conn:
+def list_events(settings: Settings, slug: str, after: int = 0, limit: int = 1000,
+                conns: Connections | None = None) -> list[Event]:
+    with _use(conns, property_path(settings, slug)) as conn:
         rows = conn.execute(
             "SELECT id, occurred_at, kind, actor, payload, created_at FROM compliance_events "
             "WHERE id > ? ORDER BY id LIMIT ?",
@@ -148,10 +193,11 @@ def list_events(settings: Settings, slug: str, after: int = 0, limit: int = 1000
 # --- study users and progress (overwrite per user) ------------------------------------------
 
 
-def put_user(settings: Settings, user_id: str, email: str | None, display_name: str | None) -> dict[str, Any]:
+def put_user(settings: Settings, user_id: str, email: str | None, display_name: str | None,
+             conns: Connections | None = None) -> dict[str, Any]:
     if not isinstance(user_id, str) or not 0 < len(user_id) <= 200:
         raise BadInput("user_id must be 1-200 characters")
-    with opened(settings.global_db) as conn:
+    with _use(conns, settings.global_db) as conn:
         row = conn.execute(
             "INSERT INTO study_users(user_id, email, display_name) VALUES (?, ?, ?) "
             "ON CONFLICT(user_id) DO UPDATE SET email = excluded.email, display_name = excluded.display_name, "
@@ -162,8 +208,8 @@ def put_user(settings: Settings, user_id: str, email: str | None, display_name: 
     return dict(zip(("user_id", "email", "display_name", "created_at", "updated_at"), row))
 
 
-def get_user(settings: Settings, user_id: str) -> dict[str, Any]:
-    with opened(settings.global_db) as conn:
+def get_user(settings: Settings, user_id: str, conns: Connections | None = None) -> dict[str, Any]:
+    with _use(conns, settings.global_db) as conn:
         row = conn.execute(
             "SELECT user_id, email, display_name, created_at, updated_at FROM study_users WHERE user_id = ?",
             (user_id,),
@@ -173,17 +219,17 @@ def get_user(settings: Settings, user_id: str) -> dict[str, Any]:
     return dict(zip(("user_id", "email", "display_name", "created_at", "updated_at"), row))
 
 
-def list_users(settings: Settings) -> list[dict[str, Any]]:
-    with opened(settings.global_db) as conn:
+def list_users(settings: Settings, conns: Connections | None = None) -> list[dict[str, Any]]:
+    with _use(conns, settings.global_db) as conn:
         rows = conn.execute(
             "SELECT user_id, email, display_name, created_at, updated_at FROM study_users ORDER BY user_id"
         ).fetchall()
     return [dict(zip(("user_id", "email", "display_name", "created_at", "updated_at"), r)) for r in rows]
 
 
-def put_progress(settings: Settings, user_id: str, progress: Any) -> dict[str, Any]:
+def put_progress(settings: Settings, user_id: str, progress: Any, conns: Connections | None = None) -> dict[str, Any]:
     blob = json.dumps(progress, separators=(",", ":"), sort_keys=True).encode()
-    with opened(settings.global_db) as conn:
+    with _use(conns, settings.global_db) as conn:
         try:
             row = conn.execute(
                 "INSERT INTO study_progress(user_id, progress) VALUES (?, ?) "
@@ -196,8 +242,8 @@ def put_progress(settings: Settings, user_id: str, progress: Any) -> dict[str, A
     return {"user_id": row[0], "progress": progress, "updated_at": row[1]}
 
 
-def get_progress(settings: Settings, user_id: str) -> dict[str, Any]:
-    with opened(settings.global_db) as conn:
+def get_progress(settings: Settings, user_id: str, conns: Connections | None = None) -> dict[str, Any]:
+    with _use(conns, settings.global_db) as conn:
         row = conn.execute(
             "SELECT user_id, progress, updated_at FROM study_progress WHERE user_id = ?", (user_id,)
         ).fetchone()
@@ -206,8 +252,8 @@ def get_progress(settings: Settings, user_id: str) -> dict[str, Any]:
     return {"user_id": row[0], "progress": json.loads(row[1]), "updated_at": row[2]}
 
 
-def list_progress(settings: Settings) -> list[dict[str, Any]]:
-    with opened(settings.global_db) as conn:
+def list_progress(settings: Settings, conns: Connections | None = None) -> list[dict[str, Any]]:
+    with _use(conns, settings.global_db) as conn:
         rows = conn.execute("SELECT user_id, progress, updated_at FROM study_progress ORDER BY user_id").fetchall()
     return [{"user_id": r[0], "progress": json.loads(r[1]), "updated_at": r[2]} for r in rows]
 
@@ -215,12 +261,12 @@ def list_progress(settings: Settings) -> list[dict[str, Any]]:
 # --- health ---------------------------------------------------------------------------------
 
 
-def health(settings: Settings) -> dict[str, Any]:
+def health(settings: Settings, conns: Connections | None = None) -> dict[str, Any]:
     """Open every database and report whether it answers; ok only when all do."""
     dbs: dict[str, Any] = {}
     for ref in [layout.global_db(settings)] + [layout.property_db(settings, s) for s in layout.local_slugs(settings)]:
         try:
-            with opened(ref.path) as conn:
+            with _use(conns, ref.path) as conn:
                 version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_versions").fetchone()[0]
             dbs[ref.label] = {"ok": True, "schema_version": version}
         except Exception as exc:  # a health check reports, it does not raise
