@@ -3,6 +3,7 @@ import sqlite3
 import pytest
 
 from edgehost.errors import BadInput
+from edgehost.settings import AppContract
 from edgehost.engine.sqlite import Migration, connect, content_hash, load_migrations, migrate, schema_version
 
 
@@ -33,7 +34,7 @@ def test_missing_database_is_refused_without_creating_it(tmp_path):
 
 def test_migrations_apply_in_order_once(tmp_path):
     conn = connect(tmp_path / "p.db", create=True)
-    migs = load_migrations("property")
+    migs = load_migrations(AppContract().migrations("property"))
     first = migrate(conn, migs)
     assert first.applied and schema_version(conn) == migs[-1].version
     again = migrate(conn, migs)

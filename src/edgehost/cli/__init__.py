@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 try:  # typer >= 0.29 ships its own click: its usage errors are not click's
     from typer._click import exceptions as click_errors
@@ -16,7 +17,7 @@ except ImportError:  # pragma: no cover - older typer on the real click
 
 from edgehost import __version__
 from edgehost.errors import EdgehostError, ExitStatus
-from edgehost.cli.output import console
+from edgehost.cli.output import console, emit_json
 
 Abort = typer.Abort  # the Abort of whichever click typer runs on
 
@@ -55,29 +56,39 @@ from edgehost.cli import (  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app and turn errors into one line on stderr and a named exit code."""
+    """Entry point: run the app and turn errors into one line on stderr and a named exit code.
+
+    With --json the error is also a JSON object on stdout ({"ok": false, "error", "exit"}), so a
+    program reading stdout always gets JSON.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    wants_json = "--json" in args
     try:
-        rv = app(args=argv, prog_name="edgehost", standalone_mode=False)
+        rv = app(args=args, prog_name="edgehost", standalone_mode=False)
     except EdgehostError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        return int(exc.status)
+        return _fail(int(exc.status), str(exc), wants_json, markup=True)
     except click_errors.NoArgsIsHelpError:
-        console.print("error: a command is needed; `edgehost --help` lists them", highlight=False, soft_wrap=True)
-        return int(ExitStatus.BAD_INPUT)
+        return _fail(int(ExitStatus.BAD_INPUT), "a command is needed; `edgehost --help` lists them", wants_json)
     except click_errors.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "edgehost"
         message = " ".join(exc.format_message().split())
-        console.print(f"error: {message} (see `{where} --help`)", markup=False, highlight=False, soft_wrap=True)
-        return int(ExitStatus.BAD_INPUT)
+        return _fail(int(ExitStatus.BAD_INPUT), f"{message} (see `{where} --help`)", wants_json)
     except click_errors.ClickException as exc:
-        console.print(f"error: {' '.join(exc.format_message().split())}", markup=False, highlight=False, soft_wrap=True)
-        return int(ExitStatus.BAD_INPUT)
+        return _fail(int(ExitStatus.BAD_INPUT), " ".join(exc.format_message().split()), wants_json)
     except Abort:
         console.print("aborted")
         return 130
     except KeyboardInterrupt:
         return 130
     return rv if isinstance(rv, int) else 0
+
+
+def _fail(code: int, message: str, wants_json: bool, markup: bool = False) -> int:
+    if wants_json:
+        emit_json({"ok": False, "error": message, "exit": code})
+    prefix = "[bold red]error:[/] " if markup else "error: "
+    console.print(prefix + escape(message), highlight=False, soft_wrap=True)
+    return code
 
 
 def run() -> None:

@@ -7,7 +7,6 @@ import re
 import sqlite3
 import struct
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
@@ -90,18 +89,19 @@ class MigrationReport:
     applied: list[str] = field(default_factory=list)
 
 
-def load_migrations(kind: str) -> list[Migration]:
-    """The numbered SQL files for a database kind ('property' or 'global'), in order."""
-    folder = resources.files("edgehost.portal") / "migrations" / kind
+def load_migrations(folder: Path) -> list[Migration]:
+    """The numbered SQL files (0001_name.sql, ...) in a folder, in order."""
+    if not Path(folder).is_dir():
+        raise BadInput(f"{folder}: migrations folder not found (app.migrations_dir)")
     found: list[Migration] = []
-    for entry in folder.iterdir():
+    for entry in Path(folder).iterdir():
         m = MIGRATION_RE.match(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), entry.name, entry.read_text()))
     found.sort(key=lambda mig: mig.version)
     versions = [mig.version for mig in found]
     if len(set(versions)) != len(versions):
-        raise EdgehostError(f"migrations/{kind}: two files share a version number")
+        raise EdgehostError(f"{folder}: two migrations share a version number")
     return found
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 from edgehost.engine import layout, litestream
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
 from edgehost.engine.replica import replica_keys
+from edgehost.engine.schema import ensure_data_dir, ensure_global
 from edgehost.ops.restore import RestoreResult, latest_by_key, restore_latest_or_point
 from edgehost.settings import Settings
 
@@ -61,8 +62,6 @@ def restore_missing(settings: Settings, repl: litestream.Replication, binary: Pa
 def restore_then_create(settings: Settings, repl: litestream.Replication, binary: Path, log: Log) -> list[RestoreResult]:
     """Restore what the replica holds and the disk lacks; then, the listing having shown the replica
     holds no global DB if it is still missing, create it. Raises as restore_missing does."""
-    from edgehost.portal.store import ensure_global
-
     results = restore_missing(settings, repl, binary, log)
     if not settings.global_db.exists():
         log(f"the replica holds no global database: creating {settings.global_db}")
@@ -76,8 +75,6 @@ def prepare_data_dir(settings: Settings, log: Log) -> list[RestoreResult]:
     When the replica cannot be listed, nothing is created: an existing data dir is migrated as it is,
     a missing global DB is refused with the reason.
     """
-    from edgehost.portal.store import ensure_data_dir
-
     ensure_data_dir(settings)
     repl = litestream.replication(settings)
     try:

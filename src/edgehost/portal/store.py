@@ -17,14 +17,11 @@ from typing import Any, Iterator
 from edgehost.engine import layout
 from edgehost.errors import BadInput
 from edgehost.settings import Settings
-from edgehost.engine.sqlite import connect, load_migrations, migrate
+from edgehost.engine.schema import AlreadyExists, create_property, ensure_data_dir, ensure_global, migrate_all  # noqa: F401
+from edgehost.engine.sqlite import connect
 
 
 class NotFound(BadInput):
-    pass
-
-
-class AlreadyExists(BadInput):
     pass
 
 
@@ -81,64 +78,6 @@ class Connections:
                 with lock:
                     conn.close()
             self._open.clear()
-
-
-def ensure_data_dir(settings: Settings) -> None:
-    """Create the data dir if missing and make sure the kit can write to it."""
-    d = settings.data_dir
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInput(f"{d}: cannot create data dir: {exc.strerror}") from None
-    if not os.access(d, os.W_OK | os.X_OK):
-        raise BadInput(f"{d}: data dir is not writable")
-
-
-def _create_db(final: Path, kind: str, tmp_dir: Path) -> None:
-    """Build a migrated DB under a temporary name, then move it into place in one rename."""
-    tmp = tmp_dir / f".new-{secrets.token_hex(6)}.db"
-    try:
-        with closing(connect(tmp, create=True)) as conn:
-            migrate(conn, load_migrations(kind), final)
-        for suffix in ("-wal", "-shm"):
-            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-        os.rename(tmp, final)
-    finally:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-
-
-def ensure_global(settings: Settings) -> Path:
-    """Create the global DB if missing; bring an existing one to the latest schema."""
-    ensure_data_dir(settings)
-    path = settings.global_db
-    if not path.exists():
-        _create_db(path, "global", settings.data_dir)
-    else:
-        with opened(path) as conn:
-            migrate(conn, load_migrations("global"), path)
-    return path
-
-
-def create_property(settings: Settings, slug: str) -> Path:
-    """Create a property's directory and migrated DB; refuse one that exists."""
-    ref = layout.property_db(settings, slug)
-    ensure_data_dir(settings)
-    if ref.path.exists():
-        raise AlreadyExists(f"property {slug!r} already exists at {ref.path}")
-    ref.path.parent.mkdir(exist_ok=True)
-    _create_db(ref.path, "property", settings.data_dir)
-    return ref.path
-
-
-def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
-    """Bring every database on disk to the latest schema; returns (label, applied) pairs."""
-    done = []
-    for ref in layout.local_databases(settings):
-        with opened(ref.path) as conn:
-            report = migrate(conn, load_migrations("global" if ref.is_global else "property"), ref.path)
-        done.append((ref.label, report.applied))
-    return done
 
 
 def property_path(settings: Settings, slug: str) -> Path:

@@ -19,7 +19,7 @@ from edgehost.engine import layout, litestream
 
 from edgehost.ops import provision, status
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
-from edgehost.portal.store import ensure_data_dir
+from edgehost.engine.schema import ensure_data_dir
 from edgehost.engine.replica import ReplicaStore
 from edgehost.settings import SECRET_NAMES, Settings
 from edgehost.engine.sqlite import journal_mode

@@ -1,0 +1,81 @@
+"""The app's databases created and migrated from the folders its contract names (settings.app).
+
+A new database is built under a temporary name and moved into place in one rename, so a crash never
+leaves a half-migrated file where the portal or Litestream would pick it up. Whether a database may be
+created at all (the replica may hold it) is ops/provision.py's question, asked before these run.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import closing
+from pathlib import Path
+
+from edgehost.engine import layout
+from edgehost.engine.sqlite import connect, load_migrations, migrate
+from edgehost.errors import BadInput
+from edgehost.settings import Settings
+
+
+class AlreadyExists(BadInput):
+    """A database (a property) that exists already."""
+
+
+def ensure_data_dir(settings: Settings) -> None:
+    """Create the data dir if missing and make sure the kit can write to it."""
+    d = settings.data_dir
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"{d}: cannot create data dir: {exc.strerror}") from None
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise BadInput(f"{d}: data dir is not writable")
+
+
+def _create_db(settings: Settings, final: Path, kind: str) -> None:
+    """Build a migrated DB under a temporary name, then move it into place in one rename."""
+    tmp = settings.data_dir / f".new-{secrets.token_hex(6)}.db"
+    try:
+        with closing(connect(tmp, create=True)) as conn:
+            migrate(conn, load_migrations(settings.app.migrations(kind)), final)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        os.rename(tmp, final)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+
+
+def ensure_global(settings: Settings) -> Path:
+    """Create the global DB if missing; bring an existing one to the latest schema."""
+    ensure_data_dir(settings)
+    path = settings.global_db
+    if not path.exists():
+        _create_db(settings, path, "global")
+    else:
+        with closing(connect(path)) as conn:
+            migrate(conn, load_migrations(settings.app.migrations("global")), path)
+    return path
+
+
+def create_property(settings: Settings, slug: str) -> Path:
+    """Create a property's directory and migrated DB; refuse one that exists."""
+    ref = layout.property_db(settings, slug)
+    ensure_data_dir(settings)
+    if ref.path.exists():
+        raise AlreadyExists(f"property {slug!r} already exists at {ref.path}")
+    ref.path.parent.mkdir(exist_ok=True)
+    _create_db(settings, ref.path, "property")
+    return ref.path
+
+
+def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
+    """Bring every database on disk to the latest schema; returns (label, applied) pairs."""
+    done = []
+    for ref in layout.local_databases(settings):
+        kind = "global" if ref.is_global else "property"
+        with closing(connect(ref.path)) as conn:
+            report = migrate(conn, load_migrations(settings.app.migrations(kind)), ref.path)
+        done.append((ref.label, report.applied))
+    return done
