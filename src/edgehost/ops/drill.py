@@ -26,7 +26,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 
@@ -35,10 +35,9 @@ from edgehost.engine import layout, litestream
 from edgehost.ops import state
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
 from edgehost.engine.layout import GLOBAL, DatabaseRef
-from edgehost.portal import store
 from edgehost.engine.replica import replica_keys
 from edgehost.ops.restore import execute_plan, latest_by_key, restore_db, restore_plan
-from edgehost.settings import SECRET_NAMES, Settings
+from edgehost.settings import SECRET_NAMES, AppContract, Settings
 from edgehost.engine.sqlite import connect, content_hash, schema_sql, user_tables
 
 Progress = Callable[[str], None]
@@ -47,12 +46,25 @@ Progress = Callable[[str], None]
 STALE_SCRATCH_SECONDS = 24 * 3600
 KEPT_MARKER = ".kept"  # `--keep` scratch dirs carry it and are never pruned
 
-# The app contract for staleness (DESIGN.md, "The app contract"): tables whose rows are only ever
-# appended, with the column dating each row, and tables overwritten per key, with their key and the
-# column dating the last write. honestcam's are the shipped default, plus the kit's own tables.
-APPEND_ONLY_TABLES = {"compliance_events": "created_at", "_edgehost_verify": "written_at",
-                      "schema_versions": "applied_at"}
-OVERWRITE_TABLES = {"study_users": ("user_id", "updated_at"), "study_progress": ("user_id", "updated_at")}
+# The kit's own tables are append-only too (verify's sentinels, the migrations record); the app's come
+# from its contract (settings.app: honestcam's by default).
+KIT_APPEND_ONLY = {"_edgehost_verify": "written_at", "schema_versions": "applied_at"}
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Which tables the drill can date: append-only (table -> dated column) and overwritten per key
+    (table -> (key column, dated column))."""
+
+    append_only: dict[str, str]
+    overwrite: dict[str, tuple[str, str]]
+
+    @classmethod
+    def of(cls, app: AppContract) -> "Tables":
+        return cls({**app.append_only, **KIT_APPEND_ONLY}, {t: tuple(kd) for t, kd in app.overwrite.items()})
+
+
+DEFAULT_TABLES = Tables.of(AppContract())
 
 SOCKET_TIMEOUT = 2.0  # a litestream that does not answer its control socket in this long is stalled
 
@@ -119,89 +131,11 @@ def keep_reports(settings: Settings) -> int:
     return settings.drill_keep_reports
 
 
-# --- reading the portal, live and restored ---------------------------------------------------
+# --- comparing the restored copy with live ------------------------------------------------
 
 
-class PortalReader:
-    """The portal's read endpoints over HTTP, on a connection of its own."""
-
-    def __init__(self, base_url: str):
-        self.client = httpx.Client(base_url=base_url, timeout=30)
-
-    def _get(self, path: str, **params: Any) -> Any:
-        resp = self.client.get(path, params=params or None)
-        if resp.status_code != 200:
-            raise EdgehostError(f"HTTP {resp.status_code} for GET {path}")
-        return resp.json()
-
-    def events(self, slug: str) -> list[dict]:
-        out: list[dict] = []
-        after = 0
-        while True:
-            page = self._get(f"/properties/{slug}/events", after=after, limit=10000)["events"]
-            out += page
-            if len(page) < 10000:
-                return out
-            after = page[-1]["id"]
-
-    def users(self) -> list[dict]:
-        return self._get("/study/users")["users"]
-
-    def progress(self) -> list[dict]:
-        return self._get("/study/progress")["progress"]
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class FileReader:
-    """The same answers read from the live files, when the live portal cannot be asked (Access, down)."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def events(self, slug: str) -> list[dict]:
-        out: list[dict] = []
-        after = 0
-        while True:
-            page = [e.as_dict() for e in store.list_events(self.settings, slug, after, 10000)]
-            out += page
-            if len(page) < 10000:
-                return out
-            after = page[-1]["id"]
-
-    def users(self) -> list[dict]:
-        return store.list_users(self.settings)
-
-    def progress(self) -> list[dict]:
-        return store.list_progress(self.settings)
-
-    def close(self) -> None:
-        pass
-
-
-def live_readers(settings: Settings) -> tuple[Callable[[], Any], str]:
-    """A factory of readers of the live data (a new connection each), and what they read."""
-    try:
-        with httpx.Client(base_url=settings.portal_url, timeout=10) as probe:
-            if probe.get("/study/users").status_code == 200:
-                return (lambda: PortalReader(settings.portal_url)), f"live portal {settings.portal_url}"
-    except httpx.HTTPError:
-        pass
-    return (lambda: FileReader(settings)), f"live files in {settings.data_dir}"
-
-
-def compare_property(restored: list[dict], live: list[dict]) -> str:
-    """Append-only: the restored events must be an exact prefix of the live ones."""
-    if len(restored) > len(live):
-        return f"restored has {len(restored)} events, live only {len(live)}"
-    for i, (a, b) in enumerate(zip(restored, live)):
-        if a != b:
-            return f"event #{i + 1} (id {a.get('id')}) differs from live"
-    return "ok"
-
-
-def compare_overwrites(restored: list[dict], live: list[dict], key: str, since: str | None = None) -> str:
+def compare_overwrites(restored: list[dict], live: list[dict], key: str, since: str | None = None,
+                       dated: str = "updated_at") -> str:
     """Last-write-wins rows match live unless live rewrote them after the restored version.
 
     A row may differ where live's `updated_at` is newer than the restored row's (live changed it
@@ -214,8 +148,8 @@ def compare_overwrites(restored: list[dict], live: list[dict], key: str, since: 
             return f"{key} {row[key]!r} is in the restored copy but not live"
         if other == row:
             continue
-        changed = _jd(str(other.get("updated_at", "")))
-        bounds = [_jd(str(row.get("updated_at", "")))] + ([_jd(since)] if since is not None else [])
+        changed = _jd(str(other.get(dated, "")))
+        bounds = [_jd(str(row.get(dated, "")))] + ([_jd(since)] if since is not None else [])
         if changed is not None and any(b is not None and changed > b for b in bounds):
             continue
         return f"{key} {row[key]!r} differs from live and live has not changed it since"
@@ -261,7 +195,7 @@ def _dated_rows(conn: sqlite3.Connection, table: str, key: str, dated: str) -> d
     return {r[0]: (r[1], _digest(r[2:])) for r in rows}
 
 
-def pin_live(ref: DatabaseRef, sock: litestream.ControlSocket | None) -> LivePin:
+def pin_live(ref: DatabaseRef, sock: litestream.ControlSocket | None, tables: Tables = DEFAULT_TABLES) -> LivePin:
     """Litestream's local txid, then one read snapshot of the live DB: its append-only tails and
     its overwritten rows. The snapshot holds at least everything up to that txid."""
     txid = None
@@ -273,11 +207,11 @@ def pin_live(ref: DatabaseRef, sock: litestream.ControlSocket | None) -> LivePin
     with closing(connect(ref.path, readonly=True)) as conn:
         conn.execute("BEGIN")
         try:
-            tables = set(user_tables(conn))  # the snapshot starts with this first read
+            present = set(user_tables(conn))  # the snapshot starts with this first read
             at = datetime.now(timezone.utc)
             tails = {t: conn.execute(f'SELECT COALESCE(MAX(rowid), 0) FROM "{t}"').fetchone()[0]
-                     for t in APPEND_ONLY_TABLES if t in tables}
-            rows = {t: _dated_rows(conn, t, key, dated) for t, (key, dated) in OVERWRITE_TABLES.items() if t in tables}
+                     for t in tables.append_only if t in present}
+            rows = {t: _dated_rows(conn, t, key, dated) for t, (key, dated) in tables.overwrite.items() if t in present}
         finally:
             conn.execute("ROLLBACK")
     return LivePin(at, txid, tails, rows)
@@ -307,7 +241,8 @@ def _newer(a: float | None, b: float | None) -> float | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def measure_staleness(restored: Path, live: Path, pin: LivePin, reference: datetime, restored_txid: str) -> Staleness:
+def measure_staleness(restored: Path, live: Path, pin: LivePin, reference: datetime, restored_txid: str,
+                      tables: Tables = DEFAULT_TABLES) -> Staleness:
     """What the restored copy lacks of the pinned live snapshot, written at or before `reference`.
 
     Append-only tables: live rows past the restored copy's last rowid, up to the snapshot's (rows
@@ -321,7 +256,7 @@ def measure_staleness(restored: Path, live: Path, pin: LivePin, reference: datet
     undated = 0
     with closing(connect(restored, readonly=True)) as r, closing(connect(live, readonly=True)) as lv:
         have = set(user_tables(r))
-        for table, dated in APPEND_ONLY_TABLES.items():
+        for table, dated in tables.append_only.items():
             if table not in pin.tails:
                 continue
             last = r.execute(f'SELECT COALESCE(MAX(rowid), 0) FROM "{table}"').fetchone()[0] if table in have else 0
@@ -336,7 +271,7 @@ def measure_staleness(restored: Path, live: Path, pin: LivePin, reference: datet
                 (last, pin.tails[table], ref_jd)).fetchone()
             if count:
                 missing[table], undated, oldest = count, undated + nulls, _older(oldest, first)
-        for table, (key, dated) in OVERWRITE_TABLES.items():
+        for table, (key, dated) in tables.overwrite.items():
             if table not in pin.rows:
                 continue
             got = _dated_rows(r, table, key, dated) if table in have else {}
@@ -419,7 +354,7 @@ def _pin_all(settings: Settings, keys: list[str], sock: litestream.ControlSocket
         if not ref.path.exists():
             return key, "not on disk"
         try:
-            return key, pin_live(ref, sock)
+            return key, pin_live(ref, sock, Tables.of(settings.app))
         except (EdgehostError, sqlite3.Error) as exc:
             return key, f"could not read the live database: {exc}"
 
@@ -445,7 +380,7 @@ def _log_tail(log: Path, lines: int = 5) -> str:
 
 
 def boot_portal(settings: Settings, data_dir: Path, log: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """Start the configured portal command on a scratch data dir and port; wait for /healthz."""
+    """Start the configured portal command on a scratch data dir and port; wait for its health path."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     with open(log, "ab") as out:
@@ -457,7 +392,7 @@ def boot_portal(settings: Settings, data_dir: Path, log: Path, timeout: float = 
         if proc.poll() is not None:
             raise EnvironmentProblem(f"the portal exited ({proc.returncode}) on the restored data{_log_tail(log)}")
         try:
-            resp = httpx.get(f"{url}/healthz", timeout=1)
+            resp = httpx.get(f"{url}{settings.app.health_path}", timeout=1)
             if resp.status_code == 200:
                 return proc, url
             unhealthy = _unhealthy(resp)
@@ -470,12 +405,12 @@ def boot_portal(settings: Settings, data_dir: Path, log: Path, timeout: float = 
 
 
 def _unhealthy(resp: httpx.Response) -> str:
-    """Which databases /healthz says failed (the reference portal names them)."""
+    """Which databases the health path says failed (the reference portal names them)."""
     try:
         dbs = resp.json().get("databases", {})
         return "; ".join(f"{name}: {d.get('error', 'not ok')}" for name, d in dbs.items() if not d.get("ok"))
     except (ValueError, AttributeError):
-        return f"/healthz answered {resp.status_code}"
+        return f"the health path answered {resp.status_code}"
 
 
 def stop_portal(proc: subprocess.Popen) -> None:
@@ -537,8 +472,14 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
                     db.checks, db.rows = _check_restored(work / "data" / ref.relpath, ref.path, compare_schema=at is None)
                 except (EdgehostError, sqlite3.Error) as exc:
                     db.checks["integrity"] = f"could not read the restored copy: {exc}"
+                if ref.path.exists():
+                    try:
+                        db.checks["content"] = compare_content(work / "data" / ref.relpath, ref.path,
+                                                               Tables.of(settings.app))
+                    except (EdgehostError, sqlite3.Error) as exc:
+                        db.checks["content"] = f"could not compare with live: {exc}"
                 if isinstance(pin, LivePin):
-                    _judge_freshness(db, work / "data" / ref.relpath, ref.path, pin, at, settings.lag_alert_seconds)
+                    _judge_freshness(db, work / "data" / ref.relpath, ref.path, pin, at, settings)
                 elif pin != "not on disk":
                     db.checks["fresh"] = pin
             else:
@@ -552,8 +493,8 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
         report.portal_boot_seconds = round(time.monotonic() - t_boot, 3)
         report.rto_seconds = round(time.monotonic() - t_restore, 3)
 
-        progress("comparing the restored portal's answers with the live data")
-        _compare_answers(settings, report, keys, url, portal, work / "portal.log")
+        progress("asking the restored portal the app contract's smoke requests")
+        _smoke(settings, report, keys, url, portal, work / "portal.log")
         report.status = "pass"
     except EdgehostError as exc:
         report.status = "error"
@@ -573,9 +514,10 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
 
 
 def _judge_freshness(db: DrillDatabase, restored: Path, live: Path, pin: LivePin, at: datetime | None,
-                     threshold: float) -> None:
+                     settings: Settings) -> None:
+    threshold = settings.lag_alert_seconds
     try:
-        st = measure_staleness(restored, live, pin, at or pin.at, db.txid)
+        st = measure_staleness(restored, live, pin, at or pin.at, db.txid, Tables.of(settings.app))
     except (EdgehostError, sqlite3.Error) as exc:
         db.checks["fresh"] = f"could not compare with live: {exc}"
         return
@@ -592,45 +534,78 @@ def _worst_rpo(report: DrillReport) -> None:
         report.rpo_database = worst.name if worst.rpo_seconds or worst.missing_rows else ""
 
 
-def _compare_answers(settings: Settings, report: DrillReport, keys: list[str], restored_url: str,
-                     portal: subprocess.Popen | None = None, log: Path | None = None) -> None:
-    """Each database's answers on connections of its own: a portal that drops a connection after
-    failing one database's request must not make the next database's request fail."""
-    make_live, source = live_readers(settings)
-    report.notes.append(f"answers compared with the {source}")
+def _smoke(settings: Settings, report: DrillReport, keys: list[str], url: str,
+           portal: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Each smoke path of the app contract must answer 200 with JSON on the restored portal. A path
+    with {slug} is asked per property and charged to it; the others to the global database."""
     by_name = {db.name: db for db in report.databases}
-    for key in keys:
-        db = by_name[layout.ref_for(settings, key).label]
-        if not db.restored:
-            continue
-        restored, live = PortalReader(restored_url), make_live()
-        try:
+    asks: list[tuple[DrillDatabase, str]] = []
+    for path in settings.app.smoke:
+        for key in keys:
+            db = by_name[layout.ref_for(settings, key).label]
+            if db.restored and ("{slug}" in path) == (key != GLOBAL):
+                asks.append((db, path.replace("{slug}", key)))
+    report.notes.append(f"smoke requests on the restored portal: {', '.join(settings.app.smoke) or 'none'}")
+    for db in {id(d): d for d, _ in asks}.values():
+        db.checks["answers"] = "ok"
+    for db, path in asks:
+        # A connection of its own per request: a portal that drops a connection after failing one
+        # database's request must not make the next database's request fail.
+        with httpx.Client(base_url=url, timeout=30) as client:
             try:
-                if key == GLOBAL:
-                    got = (restored.users(), restored.progress())
-                else:
-                    got = restored.events(key)
+                resp = client.get(path)
+                problem = "" if resp.status_code == 200 else f"GET {path} answered {resp.status_code}"
+                if not problem:
+                    resp.json()
+            except ValueError:
+                problem = f"GET {path} answered 200 but not JSON"
             except httpx.TransportError as exc:
                 if portal is not None and portal.poll() is not None:
                     raise EnvironmentProblem(f"the restored portal exited ({portal.returncode}) while answering "
-                                             f"for {db.name}{_log_tail(log) if log else ''}") from None
-                db.checks["answers"] = f"the restored portal did not answer: {exc}"
+                                             f"GET {path}{_log_tail(log) if log else ''}") from None
+                problem = f"GET {path}: the restored portal did not answer: {exc}"
+            if problem and db.checks["answers"] == "ok":
+                db.checks["answers"] = problem
+
+
+def _rows_by_rowid(conn: sqlite3.Connection, table: str, upto: int) -> Iterator[tuple]:
+    return conn.execute(f'SELECT rowid, * FROM "{table}" WHERE rowid <= ? ORDER BY rowid', (upto,))
+
+
+def compare_content(restored: Path, live: Path, tables: Tables = DEFAULT_TABLES) -> str:
+    """The restored copy against the live file, table by table as the app contract declares them.
+
+    Append-only: the restored rows must be exactly live's first rows (same rowids, same values).
+    Overwritten per key: a restored row must exist live and match it, unless live rewrote it later
+    (its dated column is newer). Rows live has and the restore lacks are staleness ("fresh").
+    """
+    with closing(connect(restored, readonly=True)) as r, closing(connect(live, readonly=True)) as lv:
+        have, live_tables = set(user_tables(r)), set(user_tables(lv))
+        for table in tables.append_only:
+            if table not in have:
                 continue
-            except (httpx.HTTPError, EdgehostError, ValueError) as exc:
-                db.checks["answers"] = f"the restored portal could not answer: {exc}"
+            if table not in live_tables:
+                return f"{table} is in the restored copy but not live"
+            last = r.execute(f'SELECT COALESCE(MAX(rowid), 0) FROM "{table}"').fetchone()[0]
+            for mine, theirs in zip(_rows_by_rowid(r, table, last), _rows_by_rowid(lv, table, last)):
+                if mine != theirs:
+                    return f"{table} row {mine[0]} differs from live (an append-only table was rewritten)"
+            live_count = lv.execute(f'SELECT count(*) FROM "{table}" WHERE rowid <= ?', (last,)).fetchone()[0]
+            mine_count = r.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+            if live_count != mine_count:
+                return f"{table}: live holds {live_count} rows up to rowid {last}, the restored copy {mine_count}"
+        for table, (key, dated) in tables.overwrite.items():
+            if table not in have:
                 continue
-            try:
-                if key == GLOBAL:
-                    users = compare_overwrites(got[0], live.users(), "user_id")
-                    prog = compare_overwrites(got[1], live.progress(), "user_id")
-                    db.checks["answers"] = users if users != "ok" else prog
-                else:
-                    db.checks["answers"] = compare_property(got, live.events(key))
-            except (httpx.HTTPError, EdgehostError, sqlite3.Error, ValueError) as exc:
-                db.checks["answers"] = f"could not read the live data: {exc}"
-        finally:
-            live.close()
-            restored.close()
+            cols = [c[1] for c in r.execute(f'PRAGMA table_info("{table}")')]
+            restored_rows = [dict(zip(cols, row)) for row in r.execute(f'SELECT * FROM "{table}"')]
+            listed = ", ".join(f'"{c}"' for c in cols)
+            live_rows = ([dict(zip(cols, row)) for row in lv.execute(f'SELECT {listed} FROM "{table}"')]
+                         if table in live_tables else [])
+            verdict = compare_overwrites(restored_rows, live_rows, key, dated=dated)
+            if verdict != "ok":
+                return f"{table}: {verdict}"
+    return "ok"
 
 
 def _drill_root(settings: Settings) -> Path:

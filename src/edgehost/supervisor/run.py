@@ -59,7 +59,8 @@ def service_plan(settings: Settings, binary: Any) -> list[ServiceSpec]:
         ServiceSpec("litestream", [str(binary), "replicate", "-config", str(settings.litestream_config)], ls_env,
                     ready=sock.alive, ready_timeout=30, stop_timeout=settings.litestream_stop_timeout,
                     cwd=settings.home),
-        ServiceSpec("portal", settings.portal_argv(), portal_env, ready=_http_ok(f"{settings.portal_url}/healthz"),
+        ServiceSpec("portal", settings.portal_argv(), portal_env,
+                    ready=_http_ok(f"{settings.portal_url}{settings.app.health_path}"),
                     ready_timeout=60, stop_timeout=settings.portal.stop_timeout, cwd=settings.home),
     ]
     if settings.tunnel.enabled:
