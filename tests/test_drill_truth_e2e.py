@@ -13,11 +13,11 @@ import time
 import httpx
 import pytest
 
-from edgehost.engine import layout
+from edgehost.engine import layout, litestream
 
 from edgehost.ops import state
 from edgehost.engine.replica import ReplicaStore
-from procs import KitHome, Writer, edgehost, free_port, service, start_supervisor, sync_db
+from procs import KitHome, Writer, edgehost, free_port, service, start_supervisor, sync_db, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -70,7 +70,11 @@ def test_a_stalled_replica_fails_the_drill_naming_the_database_and_its_gap(s3_ho
 
         os.kill(stopped, signal.SIGCONT)
         stopped = None
-        sync_db(settings, layout.property_db(settings, "busy"))  # litestream catches up
+        # litestream catches up (the writer still runs, so each sync may find one more transaction)
+        busy_path = layout.property_db(settings, "busy").path
+        sock = litestream.ControlSocket(settings.litestream_socket)
+        target = sock.sync(busy_path, wait=True)["txid"]
+        wait_until(lambda: sock.sync(busy_path, wait=True)["replicated_txid"] >= target, 30, what="litestream to catch up")
         code, report = _drill(s3_home)  # the writer still runs: what it writes after the drill starts is not "missing"
         print(f"resumed drill: {report['status']}, exit {code}, RPO {report['rpo_seconds']} s; per database: "
               + ", ".join(f"{d['name']} {d['rpo_seconds']} s, missing {d['missing_rows']}" for d in report["databases"]))
