@@ -38,11 +38,11 @@ def points(
         raise BadInput("give one property slug or --global")
     settings = load_settings()
     when = parse_time(around) if around else None
-    repl = litestream.replication(settings)
+    ls = litestream.Litestream.from_settings(settings)
+    repl = ls.replication
     key = select_keys(settings, repl, [slug] if slug else [], global_db, False)[0]
     ref = layout.ref_for(settings, key)
-    env, _ = litestream.child_environ(settings)
-    report = restore_points(repl.restore_url(ref), env, ref.label, replica=repl.replica_url(ref), around=when,
+    report = restore_points(repl.restore_url(ref), ls.env, ref.label, replica=repl.replica_url(ref), around=when,
                             count=count)
     if as_json:
         emit_json(report)

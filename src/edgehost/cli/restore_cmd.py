@@ -67,11 +67,11 @@ def restore(
     tx = parse_txid(txid) if txid else None
     if when is not None and tx is not None:
         raise BadInput("--at and --txid exclude each other: give one")
-    repl = litestream.replication(settings)
+    ls = litestream.Litestream.from_settings(settings)
+    repl = ls.replication
     keys = select_keys(settings, repl, slugs or [], global_db, all_dbs)
     plan = restore_plan(settings, repl, keys, to=to, in_place=in_place, at=when, txid=tx, parallel=parallel)
-    binary, _ = litestream.check_binary(settings.environ)
-    env, _ = litestream.child_environ(settings)
+    binary, env = ls.binary, ls.env
     resolve_plan(plan, env)  # refuses a point some database does not have, before anything is written
     if in_place:
         from edgehost.supervisor import SupervisorClient

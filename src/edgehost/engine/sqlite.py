@@ -62,6 +62,12 @@ def connect(path: Path, *, create: bool = False, readonly: bool = False) -> sqli
     return conn
 
 
+def integrity(conn: sqlite3.Connection) -> str:
+    """"ok", or the first problems PRAGMA integrity_check finds (the one check restore, verify and drill run)."""
+    rows = conn.execute("PRAGMA integrity_check").fetchall()
+    return "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows[:3])
+
+
 def journal_mode(path: Path) -> str:
     """The journal mode recorded in a database file, without changing it."""
     conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)

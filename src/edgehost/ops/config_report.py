@@ -49,7 +49,7 @@ class ConfigReport:
 def config_report(settings: Settings | None = None) -> ConfigReport:
     """Load everything the kit reads and say which databases exist and where each replicates."""
     settings = settings or load_settings()
-    repl = litestream.replication(settings)
+    repl = litestream.Litestream.from_settings(settings).replication
     settings_file = settings.home / "edgehost.toml"
     report = ConfigReport(
         home=str(settings.home),

@@ -38,7 +38,7 @@ from edgehost.engine.layout import GLOBAL, DatabaseRef
 from edgehost.engine.replica import replica_keys
 from edgehost.ops.restore import execute_plan, latest_by_key, restore_db, restore_plan
 from edgehost.settings import SECRET_NAMES, AppContract, Settings
-from edgehost.engine.sqlite import connect, content_hash, schema_sql, user_tables
+from edgehost.engine.sqlite import connect, content_hash, integrity, schema_sql, user_tables
 
 Progress = Callable[[str], None]
 
@@ -327,8 +327,7 @@ def _check_restored(path: Path, live: Path | None, compare_schema: bool) -> tupl
     checks: dict[str, str] = {}
     conn = connect(path, readonly=True)
     try:
-        integrity = conn.execute("PRAGMA integrity_check").fetchall()
-        checks["integrity"] = "ok" if integrity == [("ok",)] else "; ".join(r[0] for r in integrity[:3])
+        checks["integrity"] = integrity(conn)
         fk = conn.execute("PRAGMA foreign_key_check").fetchall()
         checks["foreign_keys"] = "ok" if not fk else f"{len(fk)} rows break a foreign key"
         if compare_schema and live is not None and live.exists():
@@ -434,9 +433,8 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
     report.scratch_dir = str(work) if keep else ""
     portal = None
     try:
-        repl = litestream.replication(settings)
-        binary, _ = litestream.check_binary(settings.environ)
-        env, _ = litestream.child_environ(settings)
+        ls = litestream.Litestream.from_settings(settings)
+        repl, binary, env = ls.replication, ls.binary, ls.env
         keys = replica_keys(settings, repl.tenants_root, repl.global_entry.replica_url)
         if not keys:
             raise EnvironmentProblem(f"the replica at {settings.replica_url} holds no databases")
@@ -666,8 +664,8 @@ def accidental_delete(settings: Settings, slug: str | None = None, keep: bool = 
             with closing(connect(copy)) as conn:
                 for i in range(10 - total):
                     conn.execute("INSERT INTO compliance_events(occurred_at, kind) VALUES (datetime('now'), 'drill')")
-        binary, _ = litestream.check_binary(settings.environ)
-        env, _ = litestream.child_environ(settings)
+        ls = litestream.Litestream.from_settings(settings)
+        binary, env = ls.binary, ls.env
         cfg = work / "litestream.yml"
         sock_path = sock_dir / "ls.sock"
         cfg.write_text(json.dumps({  # JSON is YAML; the scratch replica is a local directory

@@ -32,19 +32,19 @@ def missing_databases(settings: Settings, repl: litestream.Replication) -> list[
     return [r for r in refs if not r.path.exists()]
 
 
-def restore_missing(settings: Settings, repl: litestream.Replication, binary: Path, log: Log,
+def restore_missing(settings: Settings, ls: litestream.Litestream, log: Log,
                     parallel: int = 8) -> list[RestoreResult]:
     """Restore every database the replica holds and the disk lacks; raise if any restore fails."""
+    repl = ls.replication
     refs = missing_databases(settings, repl)
     if not refs:
         log("restore: every database in the replica is on disk")
         return []
     log(f"restore: {len(refs)} database(s) in the replica are missing on disk: {', '.join(r.label for r in refs)}")
-    env, _ = litestream.child_environ(settings)
     latest = latest_by_key(settings, repl, [r.key for r in refs]) if len(refs) >= 4 else {}
 
     def one(ref: layout.DatabaseRef) -> RestoreResult:
-        result = restore_latest_or_point(binary, env, repl.restore_url(ref), ref.path, name=ref.label,
+        result = restore_latest_or_point(ls.binary, ls.env, repl.restore_url(ref), ref.path, name=ref.label,
                                          txid=None, timestamp=None, latest=latest.get(ref.key))
         log(f"restore: {ref.label}: " + (f"ok txid {result.txid} in {result.seconds:.2f}s" if result.ok
                                          else f"FAILED: {result.error}"))
@@ -59,10 +59,10 @@ def restore_missing(settings: Settings, repl: litestream.Replication, binary: Pa
     return results
 
 
-def restore_then_create(settings: Settings, repl: litestream.Replication, binary: Path, log: Log) -> list[RestoreResult]:
+def restore_then_create(settings: Settings, ls: litestream.Litestream, log: Log) -> list[RestoreResult]:
     """Restore what the replica holds and the disk lacks; then, the listing having shown the replica
     holds no global DB if it is still missing, create it. Raises as restore_missing does."""
-    results = restore_missing(settings, repl, binary, log)
+    results = restore_missing(settings, ls, log)
     if not settings.global_db.exists():
         log(f"the replica holds no global database: creating {settings.global_db}")
         ensure_global(settings)
@@ -76,10 +76,10 @@ def prepare_data_dir(settings: Settings, log: Log) -> list[RestoreResult]:
     a missing global DB is refused with the reason.
     """
     ensure_data_dir(settings)
-    repl = litestream.replication(settings)
+    ls = litestream.Litestream.from_settings(settings)
+    ls.replication  # a bad litestream.yml stops here; a missing binary or replica is handled below
     try:
-        binary, _ = litestream.check_binary(settings.environ)
-        return restore_then_create(settings, repl, binary, log)
+        return restore_then_create(settings, ls, log)
     except EnvironmentProblem as exc:
         if not settings.global_db.exists():
             raise EnvironmentProblem(
@@ -92,7 +92,7 @@ def prepare_data_dir(settings: Settings, log: Log) -> list[RestoreResult]:
 def check_new_property(settings: Settings, slug: str) -> None:
     """Refuse to create a property whose database the replica already holds (or when it cannot be asked)."""
     layout.check_slug(slug)
-    repl = litestream.replication(settings)
+    repl = litestream.Litestream.from_settings(settings).replication
     try:
         held = slug in replica_keys(settings, repl.tenants_root, repl.global_entry.replica_url)
     except EdgehostError as exc:

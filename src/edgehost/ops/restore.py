@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from edgehost.engine import layout, litestream
+from edgehost.engine.sqlite import integrity
 from edgehost.errors import BadInput, EdgehostError
 from edgehost.settings import Settings
 
@@ -42,8 +43,7 @@ class RestoreResult:
 def _integrity(path: Path) -> str:
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        rows = conn.execute("PRAGMA integrity_check").fetchall()
-        return "ok" if rows == [("ok",)] else "; ".join(r[0] for r in rows[:3])
+        return integrity(conn)
     finally:
         conn.close()
 
@@ -250,13 +250,7 @@ def format_time(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
 
 
-def parse_rfc3339(text: str) -> datetime:
-    """Go's RFC3339Nano (up to 9 fractional digits, Z or an offset) as an aware datetime."""
-    m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())
-    if not m:
-        raise ValueError(f"not an RFC 3339 time: {text!r}")
-    base = datetime.fromisoformat(m.group(1) + ("+00:00" if m.group(3) == "Z" else m.group(3)))
-    return base.replace(microsecond=int((m.group(2) or "0")[:6].ljust(6, "0"))).astimezone(timezone.utc)
+parse_rfc3339 = litestream.parse_go_time  # the one parser of litestream's times
 
 
 def _to_ms(when: datetime) -> datetime:

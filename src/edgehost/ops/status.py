@@ -7,10 +7,9 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 
-from edgehost.engine import layout
+from edgehost.engine import layout, litestream
 from edgehost.errors import EnvironmentProblem
 from edgehost.engine.litestream import ControlSocket
 from edgehost.settings import Settings
@@ -58,12 +57,7 @@ def hex_txid(value: int | None) -> str | None:
 
 
 def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    # Go prints nanoseconds; Python wants at most microseconds.
-    head, _, frac = text.rstrip("Z").partition(".")
-    stamp = f"{head}.{frac[:6]}" if frac else head
-    return datetime.fromisoformat(stamp + "+00:00").timestamp()
+    return litestream.parse_go_time(text).timestamp() if text else None
 
 
 def lag_seconds(local_txid: int, replicated_txid: int, last_sync: float | None, now: float, since: float) -> float:

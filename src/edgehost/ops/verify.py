@@ -28,7 +28,7 @@ from edgehost.engine.history import Span, history, ltx_range
 from edgehost.engine.layout import DatabaseRef
 from edgehost.ops.restore import restore_db, restore_window
 from edgehost.settings import Settings
-from edgehost.engine.sqlite import connect, content_hash, schema_sql
+from edgehost.engine.sqlite import connect, content_hash, integrity, schema_sql
 
 SENTINEL_TABLE = "_edgehost_verify"
 SENTINEL_DDL = (f"CREATE TABLE IF NOT EXISTS {SENTINEL_TABLE} ("
@@ -201,8 +201,8 @@ def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication
 def _compare(res: VerifyResult, restored: Path, token: str, live_hash, live_schema) -> None:
     conn = sqlite3.connect(f"{restored.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        integrity = conn.execute("PRAGMA integrity_check").fetchall()
-        res.record("integrity", integrity == [("ok",)], "integrity_check: " + "; ".join(r[0] for r in integrity[:3]))
+        found = integrity(conn)
+        res.record("integrity", found == "ok", "integrity_check: " + found)
         fk = _foreign_key_problems(conn)
         res.record("foreign_keys", not fk, f"{len(fk)} rows break a foreign key, e.g. {fk[:1]}" if fk
                    else "foreign_key_check: no rows break a foreign key")
@@ -291,10 +291,9 @@ def _verify_stale(res: VerifyResult, ref: DatabaseRef, url: str, binary: Path, e
 def verify_all(settings: Settings, refs: list[DatabaseRef], *, parallel: int = 8,
                on_result: Callable[[VerifyResult], None] | None = None) -> tuple[list[VerifyResult], float]:
     """Verify several databases; returns the results (in the given order) and the wall time."""
-    repl = litestream.replication(settings)
-    binary, _ = litestream.check_binary(settings.environ)
-    env, _ = litestream.child_environ(settings)
-    sock = litestream.ControlSocket(settings.litestream_socket, timeout=10)
+    ls = litestream.Litestream.from_settings(settings)
+    repl, binary, env = ls.replication, ls.binary, ls.env
+    sock = ls.socket(timeout=10)
     if not settings.litestream_socket.exists():
         sock = None
     settings.state_dir.mkdir(parents=True, exist_ok=True)

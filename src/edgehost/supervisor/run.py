@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
@@ -47,16 +48,15 @@ def _without_secrets(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in SECRET_NAMES}
 
 
-def service_plan(settings: Settings, binary: Any) -> list[ServiceSpec]:
+def service_plan(settings: Settings, ls: litestream.Litestream) -> list[ServiceSpec]:
     """The services in start order (stop order is the reverse)."""
-    ls_env, _ = litestream.child_environ(settings)
-    sock = litestream.ControlSocket(settings.litestream_socket, timeout=1.0)
+    sock = ls.socket(timeout=1.0)
     portal_env = _without_secrets(
         {**settings.environ, "EDGEHOST_HOME": str(settings.home), "EDGEHOST_DATA_DIR": str(settings.data_dir),
          "EDGEHOST_PORTAL_HOST": settings.portal.host, "EDGEHOST_PORTAL_PORT": str(settings.portal.port)}
     )
     plan = [
-        ServiceSpec("litestream", [str(binary), "replicate", "-config", str(settings.litestream_config)], ls_env,
+        ServiceSpec("litestream", [str(ls.binary), "replicate", "-config", str(settings.litestream_config)], ls.env,
                     ready=sock.alive, ready_timeout=30, stop_timeout=settings.litestream_stop_timeout,
                     cwd=settings.home),
         ServiceSpec("portal", settings.portal_argv(), portal_env,
@@ -77,16 +77,23 @@ def service_plan(settings: Settings, binary: Any) -> list[ServiceSpec]:
 
 @dataclass
 class Preflight:
-    binary: Any
-    version: str
-    replication: litestream.Replication
+    litestream: litestream.Litestream  # binary checked, litestream.yml matched to the layout
     store: ReplicaStore
     tunnel_problem: str = ""  # why cloudflared cannot run; the rest runs without it
+
+    @property
+    def binary(self) -> Path:
+        return self.litestream.binary
+
+    @property
+    def replication(self) -> litestream.Replication:
+        return self.litestream.replication
 
 
 def preflight(settings: Settings) -> Preflight:
     """Refuse to start on anything that would make the run unsafe, with one line saying what."""
-    repl = litestream.replication(settings)
+    ls = litestream.Litestream.from_settings(settings)
+    repl = ls.replication
     sock = repl.config.socket_path
     if sock is None or sock.resolve() != settings.litestream_socket.resolve():
         raise BadInput(f"{repl.config.source}: socket must be enabled at ${{EDGEHOST_LITESTREAM_SOCKET}} "
@@ -94,14 +101,14 @@ def preflight(settings: Settings) -> Preflight:
     for path in (settings.litestream_socket, settings.supervisor_socket):
         if len(str(path).encode()) > SOCKET_PATH_MAX:
             raise BadInput(f"{path}: socket path too long for a unix socket; use a shorter state_dir")
-    binary, version = litestream.check_binary(settings.environ)
+    ls.binary  # found and version-checked now: a missing or old binary stops the start here
     for ref in layout.local_databases(settings):
         mode = journal_mode(ref.path)
         if mode != "wal":
             raise BadInput(f"{ref.path}: database is in '{mode}' journal mode, edgehost needs WAL; "
                            f"stop its writers and run: sqlite3 {ref.path} 'PRAGMA journal_mode=WAL'")
     store = ReplicaStore(repl.tenants_root, settings.s3_endpoint, settings.s3_region, dict(settings.environ))
-    return Preflight(binary, version, repl, store, tunnel_problem=tunnel_problem(settings))
+    return Preflight(ls, store, tunnel_problem=tunnel_problem(settings))
 
 
 def tunnel_problem(settings: Settings) -> str:
@@ -181,9 +188,8 @@ class Supervisor:
             self.log(f"edgehost up (pid {os.getpid()}), home {s.home}")
             pre = preflight(s)
             self._store = pre.store
-            self.log(f"preflight ok: litestream {pre.version}, replica {s.replica_url}")
-            _, notes = litestream.child_environ(s)
-            for note in notes:
+            self.log(f"preflight ok: litestream {pre.litestream.version}, replica {s.replica_url}")
+            for note in pre.litestream.env_notes:
                 self.log(note)
             if s.env_file:
                 self.log(f"secrets from {s.env_file} pass to children by environment")
@@ -192,7 +198,7 @@ class Supervisor:
             if not self._restore_or_wait(pre):
                 return int(self.exit_status)
             provision.forget_state_of_old_replica(s, self.log)
-            for spec in service_plan(s, pre.binary):
+            for spec in service_plan(s, pre.litestream):
                 self.services.append(Service(spec, Backoff(s.restart), self.hub))
             if pre.tunnel_problem:
                 cloudflared = next(svc for svc in self.services if svc.name == "cloudflared")
@@ -231,7 +237,7 @@ class Supervisor:
             try:
                 pre.store.reachable()
                 self._take_lease(pre.store, self.take_over)
-                provision.restore_then_create(s, pre.replication, pre.binary, self.log)
+                provision.restore_then_create(s, pre.litestream, self.log)
                 return True
             except EnvironmentProblem as exc:
                 if s.global_db.exists():
