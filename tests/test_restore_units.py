@@ -33,3 +33,14 @@ def test_latest_txids_reads_every_database_from_one_listing(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     assert latest_txids(ReplicaStore(tmp_path.as_uri())) == {"acme/honestcam.db": 3, "honestcam-study.db": 11}
+
+
+def test_latest_txids_reads_a_file_replicas_layout_too(tmp_path):
+    from edgehost.engine.replica import ReplicaStore, latest_txids
+
+    for rel in ("acme/honestcam.db/ltx/0/0000000000000005-0000000000000007.ltx",
+                "acme/honestcam.db/ltx/1/0000000000000001-0000000000000004.ltx",
+                "honestcam-study.db/ltx/0/0000000000000001-0000000000000002.ltx"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert latest_txids(ReplicaStore(tmp_path.as_uri())) == {"acme/honestcam.db": 7, "honestcam-study.db": 2}

@@ -497,13 +497,12 @@ def _restorable_points(files: list[LtxFile]) -> list[_Point]:
 
 def _s3_ltx_timestamp(store, key: str) -> datetime | None:
     """The LTX timestamp Litestream stored in the object's metadata (what its -timestamp restore reads)."""
-    # ReplicaStore has no HEAD of its own; its client and key mapping are reused here.
-    head = store._s3("head", store._client.head_object, Bucket=store.bucket, Key=store._key(key))
-    meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+    head = store.head(key)
+    meta = head.get("metadata", {})
     try:
-        return parse_rfc3339(meta[_TIMESTAMP_META]) if _TIMESTAMP_META in meta else head.get("LastModified")
+        return parse_rfc3339(meta[_TIMESTAMP_META]) if _TIMESTAMP_META in meta else head.get("last_modified")
     except ValueError:
-        return head.get("LastModified")
+        return head.get("last_modified")
 
 
 @dataclass
