@@ -130,23 +130,23 @@ def test_verify_status_and_history_describe_a_healthy_replica_as_found(kit_home)
         checks = {c["name"]: c for c in result["checks"]}
         assert list(checks) == ["exists", "fresh", "history", "restore", "integrity", "foreign_keys", "schema",
                                 "sentinel", "content"]
-        assert all(c["ok"] for c in checks.values())
+        assert all(c["level"] == "ok" for c in checks.values())
         txid = result["txid"]
         assert HEX16.fullmatch(txid)
         # what was found, in words that say so
-        assert checks["exists"]["detail"].startswith(f"{ref.path} on disk (")
-        assert checks["fresh"]["detail"] in (f"replica at txid {txid} = live txid",) or \
-            checks["fresh"]["detail"].endswith(f", past live txid {txid}")
-        assert checks["history"]["detail"].startswith("one history: txids 0000000000000001-")
-        assert checks["restore"]["detail"].startswith(f"restored txid {txid} in ")
-        assert checks["integrity"]["detail"] == "integrity_check: ok"
-        assert checks["foreign_keys"]["detail"] == "foreign_key_check: no rows break a foreign key"
-        assert re.fullmatch(r"schema equals live \(\d+ objects\)", checks["schema"]["detail"])
-        assert re.fullmatch(r"sentinel [0-9a-f]{16} in the restored copy", checks["sentinel"]["detail"])
-        assert checks["content"]["detail"] == (f"content hash {result['hash'][:12]} equals live at txid {txid} "
+        assert checks["exists"]["message"].startswith(f"{ref.path} on disk (")
+        assert checks["fresh"]["message"] in (f"replica at txid {txid} = live txid",) or \
+            checks["fresh"]["message"].endswith(f", past live txid {txid}")
+        assert checks["history"]["message"].startswith("one history: txids 0000000000000001-")
+        assert checks["restore"]["message"].startswith(f"restored txid {txid} in ")
+        assert checks["integrity"]["message"] == "integrity_check: ok"
+        assert checks["foreign_keys"]["message"] == "foreign_key_check: no rows break a foreign key"
+        assert re.fullmatch(r"schema equals live \(\d+ objects\)", checks["schema"]["message"])
+        assert re.fullmatch(r"sentinel [0-9a-f]{16} in the restored copy", checks["sentinel"]["message"])
+        assert checks["content"]["message"] == (f"content hash {result['hash'][:12]} equals live at txid {txid} "
                                                f"({sum(result['rows'].values())} rows)")
         for c in checks.values():
-            assert not re.search(r"!=|not on disk|stale|differs|not in", c["detail"]), c
+            assert not re.search(r"!=|not on disk|stale|differs|not in", c["message"]), c
 
         code, report = _status(kit_home)
         assert code == 0, report
@@ -198,7 +198,7 @@ def test_a_replica_holding_two_histories_fails_verify_naming_the_db_and_both_ran
         assert f"txids 0000000000000001-{old_max:016x} (1 file: snapshot, written " in detail
         assert "and txids 0000000000000001-" in detail and "txids begin again at 1: " in detail
         # every other check passed: the restore of the pinned txid comes from the new run alone
-        assert [c["name"] for c in result["checks"] if not c["ok"]] == ["history"]
+        assert [c["name"] for c in result["checks"] if c["level"] == "fail"] == ["history"]
 
         # points says so too, instead of a window whose earliest comes after its latest
         pts = edgehost(kit_home, "points", SLUG, "--json")

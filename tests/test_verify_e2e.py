@@ -43,7 +43,7 @@ def test_verify_passes_while_writers_run_and_reports_the_numbers(s3_home):
         for r in report["results"]:
             assert r["ok"] and [c["name"] for c in r["checks"]] == [
                 "exists", "fresh", "history", "restore", "integrity", "foreign_keys", "schema", "sentinel", "content"]
-            checks = {c["name"]: c["detail"] for c in r["checks"]}
+            checks = {c["name"]: c["message"] for c in r["checks"]}
             assert checks["history"].startswith("one history: txids 0000000000000001-")
             assert checks["content"].startswith(f"content hash {r['hash'][:12]} equals live at txid {r['txid']}")
             assert r["rpo_seconds"] is not None and r["writer_wait_ms"] < 5000

@@ -28,18 +28,12 @@ from edgehost.engine.history import Span, history, ltx_range
 from edgehost.engine.layout import DatabaseRef
 from edgehost.ops.restore import restore_db, restore_window
 from edgehost.settings import Settings
+from edgehost.ops.checks import Check, Level
 from edgehost.engine.sqlite import connect, content_hash, integrity, schema_sql
 
 SENTINEL_TABLE = "_edgehost_verify"
 SENTINEL_DDL = (f"CREATE TABLE IF NOT EXISTS {SENTINEL_TABLE} ("
                 " id INTEGER PRIMARY KEY, token TEXT NOT NULL, written_at TEXT NOT NULL)")
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str = ""
 
 
 @dataclass
@@ -57,10 +51,10 @@ class VerifyResult:
     rpo_seconds: float | None = None  # sentinel commit -> replicated
     restore_seconds: float = 0.0
     writer_wait_ms: float = 0.0  # how long writers were paused
-    checks: list[Check] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)  # ops/checks.py: the model doctor and tunnel lint share
 
     def record(self, name: str, ok: bool, detail: str = "") -> bool:
-        self.checks.append(Check(name, ok, detail))
+        self.checks.append(Check(name, Level.OK if ok else Level.FAIL, detail, where=self.name))
         if not ok and not self.failed_check:
             self.failed_check, self.detail = name, detail
         return ok
