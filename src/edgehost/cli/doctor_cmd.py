@@ -25,9 +25,9 @@ def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="Print the fin
     if as_json:
         emit_json(report.as_dict())
     else:
-        width = max((len(f.check) for f in report.findings), default=0)
+        width = max((len(f.name) for f in report.findings), default=0)
         for f in report.findings:
-            console.print(f"[{_STYLE[f.status]}]{f.status:<6}[/]{escape(f.check):<{width + 2}}{escape(f.message)}",
+            console.print(f"[{_STYLE[f.level]}]{f.level:<6}[/]{escape(f.name):<{width + 2}}{escape(f.message)}",
                           highlight=False, soft_wrap=True)
             if f.fix:
                 console.print(f"{'':6}{'':<{width + 2}}[dim]fix:[/] {escape(f.fix)}", highlight=False, soft_wrap=True)

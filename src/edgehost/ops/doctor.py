@@ -28,6 +28,7 @@ from edgehost.deploy import launchd, tunnel
 from edgehost.engine import layout, litestream
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
 from edgehost.engine.replica import ReplicaStore
+from edgehost.ops.checks import Check, Level
 from edgehost.settings import DEFAULT_ENV_FILE, Settings, load_settings
 from edgehost.settings import env_file_path as settings_env_file
 from edgehost.engine.sqlite import journal_mode
@@ -44,29 +45,24 @@ DISK_FAIL_FREE = GiB // 4
 
 
 @dataclass
-class Finding:
-    check: str  # a stable name: env_file, litestream, databases, replica, clock, power.sleep, ...
-    status: str  # ok | warn | fail
-    message: str
-    fix: str = ""  # one line; empty when there is nothing to do
-
-
-@dataclass
 class DoctorReport:
-    findings: list[Finding] = field(default_factory=list)
+    """Each finding is a Check (ops/checks.py): a stable name (env_file, litestream, databases, replica,
+    clock, power.sleep, ...), ok/warn/fail, one line, and the one-line fix when there is one."""
+
+    findings: list[Check] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not any(f.status == FAIL for f in self.findings)
+        return not any(f.level is Level.FAIL for f in self.findings)
 
     def counts(self) -> dict[str, int]:
-        return {s: sum(f.status == s for f in self.findings) for s in (OK, WARN, FAIL)}
+        return {str(s): sum(f.level is s for f in self.findings) for s in Level}
 
     def as_dict(self) -> dict:
-        return {"ok": self.ok, "counts": self.counts(), "findings": self.findings}
+        return {"ok": self.ok, "counts": self.counts(), "findings": [f.as_json() for f in self.findings]}
 
-    def add(self, check: str, status: str, message: str, fix: str = "") -> None:
-        self.findings.append(Finding(check, status, message, fix))
+    def add(self, name: str, level: str, message: str, fix: str = "") -> None:
+        self.findings.append(Check(name, Level(level), message, fix=fix))
 
 
 # --- seams: what cannot be arranged for real in a test ------------------------------------
