@@ -21,6 +21,8 @@ from typing import Iterator
 import httpx
 import pytest
 
+from edgehost.ops.checks import Check
+
 import edgehost.cli.doctor_cmd  # noqa: F401  (registers `edgehost doctor`)
 from edgehost.ops import doctor
 from edgehost.deploy import launchd
@@ -36,8 +38,8 @@ def run_doctor(home: KitHome, **extra: str) -> doctor.DoctorReport:
     return doctor.doctor(home.path, {**home.env, **extra})
 
 
-def by_check(report: doctor.DoctorReport) -> dict[str, doctor.Finding]:
-    found: dict[str, doctor.Finding] = {}
+def by_check(report: doctor.DoctorReport) -> dict[str, Check]:
+    found: dict[str, Check] = {}
     for f in report.findings:
         # Several findings may share a check name (one per bad database); keep the worst.
         if f.name not in found or f.level == doctor.FAIL:

@@ -46,7 +46,7 @@ def spec(tmp_path: Path, **changes) -> tunnel.TunnelSpec:
 
 
 def codes(findings) -> dict[str, str]:
-    return {f.code: f.severity for f in findings}
+    return {f.name: {"fail": "error", "warn": "warning"}[f.level] for f in findings}
 
 
 # ---------------------------------------------------------------- render
@@ -145,8 +145,8 @@ def test_top_level_access_is_flagged_even_though_each_rule_is_also_reported(good
     _top_level_access(config)
     found = tunnel.lint_config(config)
     # The rules look guarded to a reader but are not: both facts are reported.
-    assert [f.where for f in found if f.code == "access-missing"] == ["ingress[0]", "ingress[1]"]
-    assert "#784" in next(f.message for f in found if f.code == "top-level-access")
+    assert [f.where for f in found if f.name == "access-missing"] == ["ingress[0]", "ingress[1]"]
+    assert "#784" in next(f.message for f in found if f.name == "top-level-access")
 
 
 def test_unknown_top_level_key_is_a_warning_and_real_keys_are_not(good):
@@ -154,7 +154,7 @@ def test_unknown_top_level_key_is_a_warning_and_real_keys_are_not(good):
     config.update({"loglevel": "info", "edge-ip-version": "auto", "retries": 5, "grace-period": "30s",
                    "warp-routing": {"enabled": False}, "ingres": []})
     found = tunnel.lint_config(config)
-    assert [(f.code, f.where) for f in found] == [("unknown-key", "ingres")]
+    assert [(f.name, f.where) for f in found] == [("unknown-key", "ingres")]
 
 
 def test_no_require_access_relaxes_only_the_access_rule(good):
@@ -242,7 +242,7 @@ def test_lint_includes_cloudflareds_own_validation(tmp_path):
     report = tunnel.lint_file(path, cloudflared=str(binary))
     assert not report.ok
     assert report.cloudflared.returncode == 1
-    assert "invalid regex" in next(f.message for f in report.errors if f.code == "cloudflared-validate")
+    assert "invalid regex" in next(f.message for f in report.errors if f.name == "cloudflared-validate")
 
 
 def test_lint_without_cloudflared_installed_says_so(tmp_path):
@@ -369,7 +369,7 @@ def test_cli_lint_exit_codes(home, capsys, good):
     assert main(["tunnel", "lint", str(path), "--skip-cloudflared"]) == ExitStatus.CHECK_FAILED
     assert main(["tunnel", "lint", str(path), "--json", "--skip-cloudflared"]) == ExitStatus.CHECK_FAILED
     report = json.loads(capsys.readouterr().out)
-    assert {f["code"] for f in report["findings"]} >= {"top-level-access", "access-missing"}
+    assert {f["name"] for f in report["findings"]} >= {"top-level-access", "access-missing"}
 
     warn_only = copy.deepcopy(good)
     warn_only["ingress"][0]["service"] = "http://localhost:8080"
@@ -426,8 +426,8 @@ def test_render_lint_and_the_supervisor_agree_on_the_metrics_port(home):
     (home / "edgehost.toml").write_text("[tunnel]\nmetrics_port = 20300\n")
     linted = run_cli(home, "tunnel", "lint", "--skip-cloudflared", "--json")
     assert linted.returncode == ExitStatus.CHECK_FAILED
-    finding = next(f for f in json.loads(linted.stdout)["findings"] if f["code"] == "metrics-port-mismatch")
-    assert finding["severity"] == "error" and finding["where"] == "metrics"
+    finding = next(f for f in json.loads(linted.stdout)["findings"] if f["name"] == "metrics-port-mismatch")
+    assert finding["level"] == "fail" and finding["where"] == "metrics"
     # ... in the very words `edgehost up` refuses it with.
     with pytest.raises(BadInput) as refusal:
         tunnel.check_config_for_supervisor(out, metrics_port=20300)

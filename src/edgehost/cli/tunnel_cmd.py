@@ -109,11 +109,11 @@ def lint(
 
 def _print_report(report: tunnel.LintReport) -> None:
     if report.findings:
-        table = Table("severity", "where", "problem", show_lines=False)
+        table = Table("level", "where", "problem", show_lines=False)
         for f in report.findings:
-            style = "bold red" if f.severity == "error" else "yellow"
+            style = "bold red" if f.level == "fail" else "yellow"
             # Messages quote config text ([::1]:20241, audTag: ["..."]): never rich markup.
-            table.add_row(f"[{style}]{f.severity}[/]", escape(f.where), f"{escape(f.message)} [dim]({f.code})[/]")
+            table.add_row(f"[{style}]{f.level}[/]", escape(f.where), f"{escape(f.message)} [dim]({f.name})[/]")
         console.print(table)
     if report.cloudflared is not None:
         verdict = "[green]OK[/]" if report.cloudflared.ok else "[bold red]failed[/]"

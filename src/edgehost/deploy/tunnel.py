@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from edgehost.errors import BadInput, EnvironmentProblem
+from edgehost.ops.checks import Check, Level
 from edgehost.settings import SECRET_NAMES, Settings
 from edgehost.engine.yamlfile import read_yaml
 
@@ -207,14 +208,10 @@ def write_config(text: str, path: Path, *, force: bool = False) -> None:
 Severity = Literal["error", "warning"]
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One problem in a config: `code` is stable (for --json), `where` is a key path like ingress[0].service."""
-
-    severity: Severity
-    code: str
-    where: str
-    message: str
+def Finding(severity: Severity, code: str, where: str, message: str) -> Check:  # noqa: N802
+    """One problem in a config, as the shared Check: `code` is its stable name (for --json), `where` a key
+    path like ingress[0].service; an error fails the lint, a warning does not."""
+    return Check(code, Level.FAIL if severity == "error" else Level.WARN, message, where=where)
 
 
 @dataclass(frozen=True)
@@ -231,16 +228,16 @@ class IngressValidation:
 class LintReport:
     config: Path
     require_access: bool
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[Check] = field(default_factory=list)
     cloudflared: IngressValidation | None = None
 
     @property
-    def errors(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "error"]
+    def errors(self) -> list[Check]:
+        return [f for f in self.findings if f.level is Level.FAIL]
 
     @property
-    def warnings(self) -> list[Finding]:
-        return [f for f in self.findings if f.severity == "warning"]
+    def warnings(self) -> list[Check]:
+        return [f for f in self.findings if f.level is Level.WARN]
 
     @property
     def ok(self) -> bool:
@@ -273,13 +270,13 @@ def is_catch_all(rule: Mapping[str, Any]) -> bool:
 
 def lint_config(
     config: Mapping[str, Any], *, require_access: bool = True, metrics_port: int | None = None,
-) -> list[Finding]:
+) -> list[Check]:
     """Every problem found in a parsed config, in file order. Pure: reads no files.
 
     With `metrics_port` (the kit's tunnel.metrics_port), a `metrics:` the supervisor would refuse is an
     error, reported in the supervisor's own words.
     """
-    findings: list[Finding] = []
+    findings: list[Check] = []
 
     def add(severity: Severity, code: str, where: str, message: str) -> None:
         findings.append(Finding(severity, code, where, message))
@@ -486,11 +483,11 @@ def lint_file(
     return report
 
 
-def _lint_credentials(path: Path, tunnel_id: Any) -> list[Finding]:
+def _lint_credentials(path: Path, tunnel_id: Any) -> list[Check]:
     if not path.exists():
         return [Finding("warning", "credentials-not-found", "credentials-file",
                         f"{path} does not exist here (fine if this config is for another machine)")]
-    found: list[Finding] = []
+    found: list[Check] = []
     try:
         check_credentials_file(path)
     except BadInput as exc:
