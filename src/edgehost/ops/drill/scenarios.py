@@ -18,7 +18,6 @@ from edgehost.engine import layout, litestream
 from edgehost.engine.replica import replica_keys
 from edgehost.engine.sqlite import connect, content_hash, integrity, schema_sql
 from edgehost.errors import EdgehostError, EnvironmentProblem
-from edgehost.ops import state
 from edgehost.ops.drill.compare import LivePin, SOCKET_TIMEOUT, Tables, _fresh_check, compare_content, measure_staleness, pin_live
 from edgehost.ops.drill.portal import _log_tail, _smoke, boot_portal, stop_portal
 from edgehost.ops.drill.report import DrillDatabase, DrillReport, KEPT_MARKER, Progress, STALE_SCRATCH_SECONDS, _drill_root, _now
