@@ -50,3 +50,26 @@ def test_every_setting_is_documented_as_the_model_declares_it():
 
     assert reference_markdown() in (REPO / "docs" / "configuration.md").read_text(), \
         "docs/configuration.md is out of date: regenerate its table with settings.reference_markdown()"
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """What src/ imports at the top of a module is declared in pyproject.toml (with a lower bound)."""
+    import ast
+    import sys
+    import tomllib
+
+    declared = {re.split(r"[<>=\[ ]", d)[0].lower().replace("-", "_")
+                for d in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    aliases = {"yaml": "pyyaml", "jwt": "pyjwt", "dotenv": "python_dotenv"}
+    missing = set()
+    for path in (REPO / "src").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("edgehost", "__future__"):
+                    continue
+                if aliases.get(top, top).lower() not in declared:
+                    missing.add(top)
+    assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"

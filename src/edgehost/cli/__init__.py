@@ -9,11 +9,7 @@ from typing import Optional
 
 import typer
 from rich.markup import escape
-
-try:  # typer >= 0.29 ships its own click: its usage errors are not click's
-    from typer._click import exceptions as click_errors
-except ImportError:  # pragma: no cover - older typer on the real click
-    from click import exceptions as click_errors
+from typer._click import exceptions as click_errors  # typer >= 0.29 ships its own click, not click's errors
 
 from edgehost import __version__
 from edgehost.errors import EdgehostError, ExitStatus
