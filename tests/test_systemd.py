@@ -250,3 +250,62 @@ def test_systemd_analyze_verify_accepts_the_never_give_up_unit_with_the_cli(home
     assert proc.returncode == 0, output
     for problem in ("Unknown key", "Unknown section", "Failed to parse", "Invalid", "not executable"):
         assert problem not in output, output
+
+
+# --- uninstall, restart, status (as launchd has them) ----------------------------------------
+
+
+def test_uninstall_stops_disables_removes_the_units_and_keeps_the_data(home_env, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: calls.append(a) or (0, ""))
+    assert main(["systemd", "install", *_args(tmp_path)]) == 0
+    settings = home_env.settings()
+    (settings.data_dir / "keep.txt").write_text("data")
+    calls.clear()
+    units = tmp_path / "units"
+    assert main(["systemd", "uninstall", "--unit-dir", str(units)]) == 0
+    assert calls == [("disable", "--now", "edgehost.service", "edgehost-drill.timer"), ("daemon-reload",)]
+    assert not any(units.iterdir())
+    assert (settings.data_dir / "keep.txt").read_text() == "data"
+    # Twice is safe: systemd says the units are not loaded (exit 5), the files are already gone.
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: (5, "Unit edgehost.service not loaded.") if a[0] == "disable"
+                        else (0, ""))
+    capsys.readouterr()
+    assert main(["systemd", "uninstall", "--unit-dir", str(units), "--json"]) == 0
+    steps = json.loads(capsys.readouterr().out)["steps"]
+    assert [s["note"] for s in steps] == ["not loaded", "not there", "not there", "not there", ""]
+
+
+def test_uninstall_dry_run_changes_nothing(home_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: (0, ""))
+    assert main(["systemd", "install", *_args(tmp_path)]) == 0
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: pytest.fail(f"systemctl {a} ran in a dry run"))
+    capsys.readouterr()
+    assert main(["systemd", "uninstall", "--dry-run", "--unit-dir", str(tmp_path / "units")]) == 0
+    assert capsys.readouterr().err.splitlines()[0] == \
+        "systemctl disable --now edgehost.service edgehost-drill.timer  (dry run)"
+    assert (tmp_path / "units" / "edgehost.service").exists()
+
+
+def test_restart_and_a_refused_restart(home_env, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: calls.append(a) or (0, ""))
+    assert main(["systemd", "restart"]) == 0 and calls == [("restart", "edgehost.service")]
+    monkeypatch.setattr(systemd, "systemctl", lambda *a: (1, "Failed to restart edgehost.service: Access denied"))
+    assert main(["systemd", "restart"]) == 3
+    assert "Access denied" in capsys.readouterr().err
+
+
+SHOW = {"edgehost.service": "LoadState=loaded\nActiveState={state}\nUnitFileState=enabled\nMainPID={pid}\nResult={result}",
+        "edgehost-drill.timer": "LoadState=loaded\nActiveState=active\nUnitFileState=enabled\nMainPID=0\nResult=success"}
+
+
+@pytest.mark.parametrize("state,pid,result,code", [("active", 4242, "success", 0), ("failed", 0, "exit-code", 1)])
+def test_status_says_whether_the_supervisor_runs(home_env, monkeypatch, capsys, state, pid, result, code):
+    monkeypatch.setattr(systemd, "systemctl",
+                        lambda *a: (0, SHOW[a[1]].format(state=state, pid=pid, result=result)))
+    assert main(["systemd", "status", "--json"]) == code
+    report = json.loads(capsys.readouterr().out)
+    service, timer = report["units"]
+    assert report["ok"] is (code == 0) and service["active"] == state and service["main_pid"] == (pid or None)
+    assert timer["unit"] == "edgehost-drill.timer" and timer["enabled"] == "enabled"

@@ -1,4 +1,4 @@
-"""`edgehost systemd render|install` (Linux)."""
+"""`edgehost systemd render|install|uninstall|restart|status` (Linux)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from edgehost.deploy import systemd
-from edgehost.errors import BadInput
+from edgehost.errors import BadInput, ExitStatus
 from edgehost.deploy.launchd import Deployment
 from edgehost.settings import load_settings
 from edgehost.cli import app
@@ -65,3 +65,51 @@ def install(
         return
     for step in report.steps:
         console.print(step.command, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_steps(report: systemd.SystemdReport, as_json: bool) -> None:
+    if as_json:
+        emit_json(report)
+        return
+    for step in report.steps:
+        note = f"  ({step.note})" if step.note else ""
+        console.print(step.command + note, markup=False, highlight=False, soft_wrap=True)
+
+
+@systemd_app.command("uninstall")
+def uninstall(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands in order without running them."),
+    as_json: bool = _JSON,
+    unit_dir: Path = typer.Option(systemd.UNIT_DIR, "--unit-dir", help="Where the unit files are."),
+) -> None:
+    """Stop and disable the supervisor and the drill timer and remove the unit files (needs root).
+
+    The supervisor stops cleanly (final sync, lease released); data, state, logs and the env file stay.
+    Running it twice is safe.
+    """
+    _print_steps(systemd.uninstall(dry_run, unit_dir), as_json)
+
+
+@systemd_app.command("restart")
+def restart(
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the command without running it."),
+    as_json: bool = _JSON,
+) -> None:
+    """Restart the supervisor service (a clean stop with its final sync, then a start; needs root)."""
+    _print_steps(systemd.restart(dry_run), as_json)
+
+
+@systemd_app.command("status")
+def status(as_json: bool = _JSON) -> int:
+    """The supervisor service and the drill timer as systemd sees them; exit 1 unless the service runs."""
+    units = systemd.status()
+    running = units[0].loaded and units[0].active == "active"
+    if as_json:
+        emit_json({"ok": running, "units": units})
+    else:
+        for u in units:
+            pid = f", pid {u.main_pid}" if u.main_pid else ""
+            console.print(f"{u.unit}: {u.active or 'unknown'} ({u.enabled or 'not installed'}{pid}"
+                          f"{', last result ' + u.result if u.result and u.result != 'success' else ''})",
+                          markup=False, highlight=False)
+    return 0 if running else int(ExitStatus.CHECK_FAILED)

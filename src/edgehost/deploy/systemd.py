@@ -224,3 +224,63 @@ def install(dep: Deployment, dry_run: bool = False, unit_dir: Path = UNIT_DIR) -
                 raise EnvironmentProblem(f"{step.command}: {error_line(output) or f'exit {rc}'}")
         report.steps.append(StepResult(step.command))
     return report
+
+
+def _run(report: SystemdReport, args: tuple[str, ...], dry_run: bool, tolerate: tuple[int, ...] = ()) -> None:
+    command = "systemctl " + " ".join(args)
+    if dry_run:
+        report.steps.append(StepResult(command, note="dry run"))
+        return
+    rc, output = systemctl(*args)
+    if rc != 0 and rc not in tolerate:
+        raise EnvironmentProblem(f"{command}: {error_line(output) or f'exit {rc}'}")
+    report.steps.append(StepResult(command, rc, output, note="not loaded" if rc in tolerate and rc else ""))
+
+
+def uninstall(dry_run: bool = False, unit_dir: Path = UNIT_DIR) -> SystemdReport:
+    """Stop and disable the service and timer, remove the unit files, daemon-reload. Data, state and logs stay."""
+    report = SystemdReport("uninstall", dry_run)
+    # 5: unit not loaded (already gone); uninstall is safe to run twice.
+    _run(report, ("disable", "--now", SUPERVISOR_UNIT, DRILL_TIMER), dry_run, tolerate=(1, 5))
+    for name in (SUPERVISOR_UNIT, DRILL_SERVICE, DRILL_TIMER):
+        path = unit_dir / name
+        report.files.append(str(path))
+        if dry_run:
+            report.steps.append(StepResult(f"rm {path}", note="dry run"))
+            continue
+        existed = path.exists()
+        path.unlink(missing_ok=True)
+        report.steps.append(StepResult(f"rm {path}", note="" if existed else "not there"))
+    _run(report, ("daemon-reload",), dry_run)
+    return report
+
+
+def restart(dry_run: bool = False) -> SystemdReport:
+    """Restart the supervisor (a clean stop with its final sync, then a start)."""
+    report = SystemdReport("restart", dry_run)
+    _run(report, ("restart", SUPERVISOR_UNIT), dry_run)
+    return report
+
+
+@dataclass
+class UnitStatus:
+    unit: str
+    loaded: bool
+    active: str  # active | inactive | failed | activating | ...
+    enabled: str  # enabled | disabled | not-found | ...
+    main_pid: int | None
+    result: str  # systemd's Result=: success, exit-code, signal, ...
+
+
+def status() -> list[UnitStatus]:
+    """The supervisor service and the drill timer, as systemd sees them."""
+    out = []
+    for unit in (SUPERVISOR_UNIT, DRILL_TIMER):
+        rc, text = systemctl("show", unit, "--property=LoadState,ActiveState,UnitFileState,MainPID,Result")
+        if rc != 0:
+            raise EnvironmentProblem(f"systemctl show {unit}: {error_line(text) or f'exit {rc}'}")
+        props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        pid = int(props.get("MainPID", "0") or 0)
+        out.append(UnitStatus(unit, props.get("LoadState") == "loaded", props.get("ActiveState", ""),
+                              props.get("UnitFileState", ""), pid or None, props.get("Result", "")))
+    return out
