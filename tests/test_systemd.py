@@ -309,3 +309,26 @@ def test_status_says_whether_the_supervisor_runs(home_env, monkeypatch, capsys, 
     service, timer = report["units"]
     assert report["ok"] is (code == 0) and service["active"] == state and service["main_pid"] == (pid or None)
     assert timer["unit"] == "edgehost-drill.timer" and timer["enabled"] == "enabled"
+
+
+def test_launchd_and_systemd_run_the_same_program_home_and_env_file(home_env, tmp_path):
+    """One deployment description feeds both: the plist and the unit must agree on what runs and where."""
+    import plistlib
+
+    from edgehost.deploy import launchd
+    from edgehost.deploy.deployment import Deployment
+
+    env_file = home_env.path / "edgehost.env"
+    env_file.write_text("AWS_SECRET_ACCESS_KEY=x\n")
+    env_file.chmod(0o600)
+    dep = Deployment.from_settings(home_env.settings(), "nobody", "nogroup")
+    plists = {f.name: plistlib.loads(f.content) for f in launchd.render(dep, tmp_path / "d", tmp_path / "n")
+              if f.kind == "plist"}
+    job = plists[f"{launchd.SUPERVISOR_LABEL}.plist"]
+    unit = parse_unit(systemd.render(dep)["edgehost.service"])["Service"]
+    env = dict(e.split("=", 1) for e in unit["Environment"])
+    assert unit["ExecStart"] == [" ".join(job["ProgramArguments"])]
+    assert env["EDGEHOST_HOME"] == job["EnvironmentVariables"]["EDGEHOST_HOME"] == str(home_env.path)
+    assert env["EDGEHOST_ENV_FILE"] == job["EnvironmentVariables"]["EDGEHOST_ENV_FILE"] == str(env_file)
+    assert unit["User"] == [job["UserName"]] == ["nobody"]
+    assert unit["LimitNOFILE"] == [str(job["SoftResourceLimits"]["NumberOfFiles"])]

@@ -9,7 +9,7 @@ import typer
 
 from edgehost.deploy import systemd
 from edgehost.errors import BadInput, ExitStatus
-from edgehost.deploy.launchd import Deployment
+from edgehost.deploy.deployment import Deployment
 from edgehost.settings import load_settings
 from edgehost.cli import app
 from edgehost.cli.output import console, emit_json, report_written

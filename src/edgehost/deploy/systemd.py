@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgehost.errors import EnvironmentProblem
 # Deployment (paths, program, user) and the install plumbing are shared with the launchd side.
-from edgehost.deploy.launchd import OPEN_FILES, Deployment, Step, StepResult, error_line, make_owned_dir, write_file
+from edgehost.deploy.deployment import OPEN_FILES, Deployment, Step, StepResult, error_line, make_owned_dir, write_file
 
 UNIT_DIR = Path("/etc/systemd/system")
 DEFAULT_USER = "edgehost"
