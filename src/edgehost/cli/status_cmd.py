@@ -9,7 +9,7 @@ from rich.table import Table
 from edgehost.errors import EdgehostError, ExitStatus
 from edgehost.settings import load_settings
 from edgehost.cli import app
-from edgehost.cli.output import console, emit_json
+from edgehost.cli.output import ago, console, emit_json, short_txid
 
 
 @app.command("status")
@@ -50,10 +50,7 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
     if as_json:
         emit_json(report)
     else:
-        services = Table("service", "state", "pid", "restarts", "uptime")
-        for s in supervisor["services"]:
-            services.add_row(s["name"], s["state"], str(s["pid"] or "-"), str(s["restarts"]), f"{s['uptime_seconds']:.0f}s")
-        console.print(services)
+        console.print(service_table(supervisor["services"]))
         for svc in supervisor["services"]:
             if svc.get("reason"):
                 console.print(f"[red]{svc['name']} {svc['state']}:[/] {svc['reason']}", highlight=False, soft_wrap=True)
@@ -65,14 +62,7 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
             console.print("writer lease: held by this machine")
         else:
             console.print("[yellow]writer lease: not held yet (the replica has not answered)[/]")
-        table = Table("database", "state", "local txid", "replicated txid", "last sync", "lag", "WAL")
-        for d in dbs:
-            lag = "-" if d.lag_seconds is None else f"{d.lag_seconds:.0f}s"
-            style = "bold red" if d.name in lagging or d.name in failing else None
-            table.add_row(d.name, d.state, status_lib.hex_txid(d.local_txid) or "-",
-                          status_lib.hex_txid(d.replicated_txid) or "-", d.last_sync_at or "-",
-                          lag, f"{d.wal_bytes / 1024:.0f} KiB", style=style)
-        console.print(table)
+        console.print(database_table(dbs, lagging + failing))
         for d in dbs:
             if d.error:
                 console.print(f"[bold red]{escape(d.name)}:[/] {escape(d.error)}", highlight=False, soft_wrap=True)
@@ -92,3 +82,32 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
             console.print(f"[bold red]lagging beyond {settings.lag_alert_seconds:.0f}s:[/] {', '.join(lagging)}")
     if lagging or failing or db_error or (supervisor.get("lease") or {}).get("fenced"):
         raise typer.Exit(int(ExitStatus.CHECK_FAILED))
+
+
+def service_table(services: list[dict]) -> Table:
+    table = Table("service", "state", "pid", "restarts", "uptime")
+    for s in services:
+        table.add_row(s["name"], s["state"], str(s["pid"] or "-"), str(s["restarts"]), _span(s["uptime_seconds"]))
+    return table
+
+
+def database_table(dbs: list, alarming: list[str]) -> Table:
+    """One row a database, readable at 80 columns: short txids, relative times; names wrap, never cut."""
+    from edgehost.ops import status as status_lib
+
+    table = Table("database", "state", "txid local/replica", "last sync", "lag", "WAL")
+    table.columns[0].overflow = "fold"
+    for d in dbs:
+        lag = "-" if d.lag_seconds is None else f"{d.lag_seconds:.0f}s"
+        txids = (f"{short_txid(status_lib.hex_txid(d.local_txid))}/"
+                 f"{short_txid(status_lib.hex_txid(d.replicated_txid))}")
+        table.add_row(d.name, d.state, txids, ago(d.last_sync_at), lag, f"{d.wal_bytes / 1024:.0f} KiB",
+                      style="bold red" if d.name in alarming else None)
+    return table
+
+
+def _span(seconds: float) -> str:
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
