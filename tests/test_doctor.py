@@ -21,7 +21,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from edgehost.ops.checks import Check
+from edgehost.checks import Check
 
 import edgehost.cli.doctor_cmd  # noqa: F401  (registers `edgehost doctor`)
 from edgehost.ops import doctor

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from edgehost.errors import BadInput, EnvironmentProblem
-from edgehost.ops.checks import Check, Level
+from edgehost.checks import Check, Level
 from edgehost.settings import SECRET_NAMES, Settings
 from edgehost.engine.yamlfile import read_yaml
 

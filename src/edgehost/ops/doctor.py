@@ -28,7 +28,7 @@ from edgehost.deploy import launchd, tunnel
 from edgehost.engine import layout, litestream
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
 from edgehost.engine.replica import ReplicaStore
-from edgehost.ops.checks import Check, Level
+from edgehost.checks import Check, Level
 from edgehost.settings import DEFAULT_ENV_FILE, Settings, load_settings
 from edgehost.settings import env_file_path as settings_env_file
 from edgehost.engine.sqlite import journal_mode
@@ -46,7 +46,7 @@ DISK_FAIL_FREE = GiB // 4
 
 @dataclass
 class DoctorReport:
-    """Each finding is a Check (ops/checks.py): a stable name (env_file, litestream, databases, replica,
+    """Each finding is a Check (checks.py): a stable name (env_file, litestream, databases, replica,
     clock, power.sleep, ...), ok/warn/fail, one line, and the one-line fix when there is one."""
 
     findings: list[Check] = field(default_factory=list)

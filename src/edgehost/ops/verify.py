@@ -28,7 +28,7 @@ from edgehost.engine.history import Span, history, ltx_range
 from edgehost.engine.layout import DatabaseRef
 from edgehost.ops.restore import restore_db, restore_window
 from edgehost.settings import Settings
-from edgehost.ops.checks import Check, Level
+from edgehost.checks import Check, Level
 from edgehost.engine.sqlite import connect, content_hash, integrity, schema_sql
 
 SENTINEL_TABLE = "_edgehost_verify"
@@ -51,7 +51,7 @@ class VerifyResult:
     rpo_seconds: float | None = None  # sentinel commit -> replicated
     restore_seconds: float = 0.0
     writer_wait_ms: float = 0.0  # how long writers were paused
-    checks: list[Check] = field(default_factory=list)  # ops/checks.py: the model doctor and tunnel lint share
+    checks: list[Check] = field(default_factory=list)  # checks.py: the model doctor and tunnel lint share
 
     def record(self, name: str, ok: bool, detail: str = "") -> bool:
         self.checks.append(Check(name, Level.OK if ok else Level.FAIL, detail, where=self.name))
