@@ -88,36 +88,31 @@ def _write(settings, slug: str) -> None:
         sync_db(settings, ref)
 
 
-def test_another_app_drills_green_by_its_contract(kit_home):
-    _notes_home(kit_home, ["/notes", "/shops/{slug}"])
-    assert edgehost(kit_home, "property", "add", "corner-shop").returncode == 0
-    up = start_supervisor(kit_home)
+def _drill_notes_app(home, smoke: list[str]) -> tuple[int, dict]:
+    """Set the notes app up with these smoke paths, run it under `edgehost up`, write, drill."""
+    _notes_home(home, smoke)
+    assert edgehost(home, "property", "add", "corner-shop").returncode == 0
+    up = start_supervisor(home)
     try:
-        settings = kit_home.settings()
-        _write(settings, "corner-shop")
-        proc = edgehost(kit_home, "drill", "--json")
-        report = json.loads(proc.stdout)
-        assert proc.returncode == 0, report["failures"]
-        by_name = {d["name"]: d for d in report["databases"]}
-        assert set(by_name) == {"global", "corner-shop"}
-        assert by_name["global"]["rows"]["notes"] == 5 and by_name["corner-shop"]["rows"]["items"] == 3
-        for db in by_name.values():
-            assert db["checks"]["content"] == "ok" and db["checks"]["answers"] == "ok" and db["ok"]
-            assert db["checks"]["fresh"] == "ok"
+        _write(home.settings(), "corner-shop")
+        proc = edgehost(home, "drill", "--json")
+        return proc.returncode, json.loads(proc.stdout)
     finally:
         up.stop()
+
+
+def test_another_app_drills_green_by_its_contract(kit_home):
+    code, report = _drill_notes_app(kit_home, ["/notes", "/shops/{slug}"])
+    assert code == 0, report["failures"]
+    by_name = {d["name"]: d for d in report["databases"]}
+    assert set(by_name) == {"global", "corner-shop"}
+    assert by_name["global"]["rows"]["notes"] == 5 and by_name["corner-shop"]["rows"]["items"] == 3
+    for db in by_name.values():
+        assert db["checks"]["content"] == "ok" and db["checks"]["answers"] == "ok" and db["ok"]
+        assert db["checks"]["fresh"] == "ok"
 
 
 def test_a_smoke_path_that_fails_on_the_restored_app_fails_the_drill_naming_it(kit_home):
-    _notes_home(kit_home, ["/notes", "/broken", "/shops/{slug}"])
-    assert edgehost(kit_home, "property", "add", "corner-shop").returncode == 0
-    up = start_supervisor(kit_home)
-    try:
-        settings = kit_home.settings()
-        _write(settings, "corner-shop")
-        proc = edgehost(kit_home, "drill", "--json")
-        report = json.loads(proc.stdout)
-        assert proc.returncode == 1 and report["status"] == "fail"
-        assert report["failures"] == ["global: answers: GET /broken answered 500"], report["failures"]
-    finally:
-        up.stop()
+    code, report = _drill_notes_app(kit_home, ["/notes", "/broken", "/shops/{slug}"])
+    assert code == 1 and report["status"] == "fail"
+    assert report["failures"] == ["global: answers: GET /broken answered 500"], report["failures"]
