@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from edgehost.engine import layout
-from procs import edgehost, start_supervisor, sync_db
+from procs import Proc, edgehost, edgehost_argv, pid_alive, start_supervisor, sync_db, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +22,7 @@ NOTES_APP = textwrap.dedent('''
     from pathlib import Path
 
     DATA = Path(os.environ["EDGEHOST_DATA_DIR"])
+    (DATA.parent / "app.pid").write_text(str(os.getpid()))  # where the test finds it
 
     def rows(db, sql):
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
@@ -36,6 +37,8 @@ NOTES_APP = textwrap.dedent('''
             elif self.path.startswith("/shops/"):
                 db = DATA / self.path.split("/")[2] / "shop.db"
                 status, body = (200, {"items": rows(db, "SELECT id, name FROM items")}) if db.exists() else (404, {})
+            elif self.path == "/slow":
+                import time; time.sleep(120); status, body = 200, {}
             elif self.path == "/broken":
                 status, body = 500, {"error": "boom"}
             else:
@@ -116,3 +119,21 @@ def test_a_smoke_path_that_fails_on_the_restored_app_fails_the_drill_naming_it(k
     code, report = _drill_notes_app(kit_home, ["/notes", "/broken", "/shops/{slug}"])
     assert code == 1 and report["status"] == "fail"
     assert report["failures"] == ["global: answers: GET /broken answered 500"], report["failures"]
+
+
+def test_a_killed_drill_leaves_no_portal_serving_scratch_data(kit_home):
+    """The drill runs the restored app as the supervisor runs its services: under the parent-death guard."""
+    _notes_home(kit_home, ["/slow"])
+    assert edgehost(kit_home, "property", "add", "corner-shop").returncode == 0
+    up = start_supervisor(kit_home)
+    try:
+        _write(kit_home.settings(), "corner-shop")
+        drill = Proc(edgehost_argv("drill"), kit_home.environ(), kit_home.path / "drill.log")
+        pid_files = lambda: list((kit_home.path / "state" / "drills").glob("drill-*/app.pid"))  # noqa: E731
+        wait_until(lambda: pid_files() and pid_files()[0].read_text(), 60, what="the drill to boot the app")
+        app_pid = int(pid_files()[0].read_text())
+        assert pid_alive(app_pid)
+        drill.popen.kill()  # SIGKILL to the drill alone: no cleanup of its own runs
+        wait_until(lambda: not pid_alive(app_pid), 15, what="the app to die with the drill")
+    finally:
+        up.stop()

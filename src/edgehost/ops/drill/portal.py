@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +14,9 @@ from edgehost.engine.layout import GLOBAL
 from edgehost.errors import EnvironmentProblem
 from edgehost.ops.drill.report import DrillDatabase, DrillReport
 from edgehost.settings import SECRET_NAMES, Settings
+from edgehost.supervisor.logs import LogHub
+from edgehost.supervisor.policy import Backoff
+from edgehost.supervisor.service import Service, ServiceSpec
 
 
 def _free_port() -> int:
@@ -40,27 +42,39 @@ def _log_tail(log: Path, lines: int = 5) -> str:
     return (" | last lines of its log: " + " / ".join(tail)) if tail else ""
 
 
-def boot_portal(settings: Settings, data_dir: Path, log: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
-    """Start the configured portal command on a scratch data dir and port; wait for its health path."""
+def boot_portal(settings: Settings, data_dir: Path, log: Path, timeout: float = 60) -> tuple[Service, str]:
+    """Start the configured portal command on a scratch data dir and port; wait for its health path.
+
+    It runs as the supervisor runs it (supervisor/service.py): in its own process group, under the
+    parent-death guard, so a drill that is killed does not leave a portal serving scratch data.
+    """
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(settings.portal_argv(), env=_portal_env(settings, data_dir, port), cwd=settings.home,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + timeout
+    health = f"{url}{settings.app.health_path}"
     unhealthy = ""
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise EnvironmentProblem(f"the portal exited ({proc.returncode}) on the restored data{_log_tail(log)}")
+
+    def ready() -> bool:
+        nonlocal unhealthy
         try:
-            resp = httpx.get(f"{url}{settings.app.health_path}", timeout=1)
-            if resp.status_code == 200:
-                return proc, url
-            unhealthy = _unhealthy(resp)
+            resp = httpx.get(health, timeout=1)
         except httpx.HTTPError:
-            pass
+            return False
+        unhealthy = "" if resp.status_code == 200 else _unhealthy(resp)
+        return resp.status_code == 200
+
+    spec = ServiceSpec("portal", settings.portal_argv(), _portal_env(settings, data_dir, port), ready=ready,
+                       ready_timeout=timeout, stop_timeout=15, cwd=settings.home)
+    portal = Service(spec, Backoff(settings.restart), LogHub(log.parent, stream=open(os.devnull, "w")))
+    portal.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if portal.poll() is not None:
+            code = portal.stop(1)
+            raise EnvironmentProblem(f"the portal exited ({code}) on the restored data{_log_tail(log)}")
+        if ready():
+            return portal, url
         time.sleep(0.1)
-    stop_portal(proc)
+    stop_portal(portal)
     raise EnvironmentProblem(f"the portal did not become healthy on the restored data in {timeout:.0f}s"
                              + (f": {unhealthy}" if unhealthy else _log_tail(log)))
 
@@ -74,20 +88,13 @@ def _unhealthy(resp: httpx.Response) -> str:
         return f"the health path answered {resp.status_code}"
 
 
-def stop_portal(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, 15)
-        proc.wait(15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, 9)
-        except ProcessLookupError:
-            pass
-        proc.wait(5)
+def stop_portal(portal: Service) -> None:
+    portal.stop(15)
+
 
 
 def _smoke(settings: Settings, report: DrillReport, keys: list[str], url: str,
-           portal: subprocess.Popen | None = None, log: Path | None = None) -> None:
+           portal: Service | None = None, log: Path | None = None) -> None:
     """Each smoke path of the app contract must answer 200 with JSON on the restored portal. A path
     with {slug} is asked per property and charged to it; the others to the global database."""
     by_name = {db.name: db for db in report.databases}
@@ -113,7 +120,7 @@ def _smoke(settings: Settings, report: DrillReport, keys: list[str], url: str,
                 problem = f"GET {path} answered 200 but not JSON"
             except httpx.TransportError as exc:
                 if portal is not None and portal.poll() is not None:
-                    raise EnvironmentProblem(f"the restored portal exited ({portal.returncode}) while answering "
+                    raise EnvironmentProblem(f"the restored portal exited ({portal.poll()}) while answering "
                                              f"GET {path}{_log_tail(log) if log else ''}") from None
                 problem = f"GET {path}: the restored portal did not answer: {exc}"
             if problem and db.checks["answers"] == "ok":
