@@ -43,3 +43,19 @@ def test_relative_times_and_short_txids():
     assert ago("2026-11-20T12:00:00+00:00", now) == "3d ago"
     assert ago(None, now) == "-"
     assert short_txid("0000000000002a3f") == "2a3f" and short_txid("0000000000000000") == "0"
+
+
+def test_the_verify_table_fits_80_columns():
+    from edgehost.cli.verify_cmd import verify_table
+    from edgehost.ops.verify import VerifyResult
+
+    ok = VerifyResult("harbour-view-apartments-and-suites-north-wing", "/x", ok=True, txid="0000000000001f2e",
+                      rows={"compliance_events": 1234}, hash="ab" * 32, rpo_seconds=0.42, restore_seconds=0.31,
+                      writer_wait_ms=12)
+    bad = VerifyResult("global", "/y", ok=False, failed_check="foreign_keys", txid="0000000000000009")
+    text = _render(verify_table([ok, bad]))
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    first_column = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
+    assert ok.name in first_column and "1f2e" in text
+    verdicts = "".join(line.split("│")[2].strip() for line in text.splitlines() if line.startswith("│"))
+    assert "FAILforeign_keys" in verdicts.replace(" ", "")

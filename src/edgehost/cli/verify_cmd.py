@@ -11,7 +11,7 @@ from rich.table import Table
 from edgehost.errors import BadInput, ExitStatus
 from edgehost.settings import load_settings
 from edgehost.cli import app
-from edgehost.cli.output import console, emit_json
+from edgehost.cli.output import console, emit_json, short_txid
 
 
 @app.command("verify")
@@ -47,16 +47,22 @@ def verify(
     if as_json:
         emit_json({"ok": not failed, "seconds": seconds, "results": results})
     else:
-        table = Table("database", "verdict", "txid", "rows", "RPO", "restore", "writer wait", "hash")
-        for r in results:
-            verdict = "[green]OK[/]" if r.ok else f"[red]FAIL[/] {r.failed_check}"
-            rows = sum(r.rows.values()) if r.rows else 0
-            rpo = "-" if r.rpo_seconds is None else f"{r.rpo_seconds:.2f}s"
-            table.add_row(r.name, verdict, r.txid or "-", str(rows), rpo, f"{r.restore_seconds:.2f}s",
-                          f"{r.writer_wait_ms:.0f}ms", r.hash[:12] or "-")
-        console.print(table)
+        console.print(verify_table(results))
         for r in failed:
             console.print(f"[red]FAIL[/] {r.name}: {r.failed_check}: {r.detail}")
         console.print(f"{len(results) - len(failed)}/{len(results)} verified in {seconds:.2f}s")
     if failed:
         raise typer.Exit(int(ExitStatus.CHECK_FAILED))
+
+
+def verify_table(results: list) -> Table:
+    """One row a database, readable at 80 columns: short txid and hash; names and verdicts wrap, never cut."""
+    table = Table("database", "verdict", "txid", "rows", "RPO", "restore", "pause", "hash")
+    table.columns[0].overflow = table.columns[1].overflow = "fold"
+    for r in results:
+        verdict = "[green]OK[/]" if r.ok else f"[red]FAIL[/] {r.failed_check}"
+        rows = sum(r.rows.values()) if r.rows else 0
+        rpo = "-" if r.rpo_seconds is None else f"{r.rpo_seconds:.2f}s"
+        table.add_row(r.name, verdict, short_txid(r.txid), str(rows), rpo, f"{r.restore_seconds:.2f}s",
+                      f"{r.writer_wait_ms:.0f}ms", r.hash[:8] or "-")
+    return table
