@@ -67,6 +67,12 @@ BAD_BODIES = [
     ("PUT", "/study/progress/u1", '{"progress": NaN}'),
     ("PUT", "/study/progress/u1", '{"progress": -Infinity}'),
     ("PUT", "/study/progress/u1", r'{"progress": {"\ud800": 1}}'),
+    ("POST", "/properties/acme/events", '{"kind": "k", "payload": 1e400}'),  # a float literal that overflows
+    ("POST", "/properties/acme/events", r'{"kind": "\u0000"}'),  # SQLite's length() stops at NUL
+    ("PUT", "/study/users/u2", r'{"email": "a\u0000b"}'),
+    ("PUT", "/study/users/%00", '{"email": "x"}'),  # the same in the path
+    ("PUT", "/study/users/%ED%A0%80", '{"email": "x"}'),  # not UTF-8 once percent-decoded
+    ("PUT", "/study/progress/%00", '{"progress": 1}'),
 ]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 from datetime import datetime
 from typing import Annotated, Any, Callable
@@ -87,8 +88,25 @@ class ProgressIn(_Body):
     progress: JsonValue
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadInput(f"request body: {text[:20]} is too large for a double (it would read back as Infinity)")
+    return value
+
+
 def _reject_constant(name: str) -> Any:
     raise BadInput(f"request body: {name} is not JSON")
+
+
+def _check_text(value: str, what: str) -> None:
+    """Text SQLite stores and reads back whole: valid Unicode, and no NUL (SQLite's text functions stop there)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{what} holds a lone surrogate (not valid Unicode)") from None
+    if "\x00" in value:
+        raise BadInput(f"{what} holds a NUL character")
 
 
 def _check_tree(value: Any, depth: int = 0) -> None:
@@ -96,10 +114,9 @@ def _check_tree(value: Any, depth: int = 0) -> None:
     if depth > MAX_DEPTH:
         raise BadInput(f"request body: nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadInput("request body: a string holds a lone surrogate (not valid Unicode)") from None
+        _check_text(value, "request body: a string")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadInput("request body: a number too large for a double (it would read back as Infinity)")
     elif isinstance(value, dict):
         for key, item in value.items():
             _check_tree(key, depth + 1)
@@ -132,7 +149,7 @@ async def _body(request: Request, model: type[_Body], limit: int) -> Any:
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise BadInput(f"request body: nested deeper than {MAX_DEPTH} levels")
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, parse_float=_finite)
     except (ValueError, RecursionError):
         raise BadInput("request body must be JSON") from None
     if not isinstance(data, dict):
@@ -170,6 +187,14 @@ def _depth(text: str) -> int:
     return deepest
 
 
+def _path_text(request: Request, name: str) -> str:
+    value = request.path_params[name]
+    _check_text(value, name)
+    if "\ufffd" in value:
+        raise BadInput(f"{name} is not valid UTF-8 once percent-decoded")
+    return value
+
+
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query_params.get(name)
     if raw is None:
@@ -191,6 +216,9 @@ def _errors(fn: Callable[..., Any]) -> Callable[[Request], Any]:
             return _error(404, str(exc))
         except store.AlreadyExists as exc:
             return _error(409, str(exc))
+        except sqlite3.IntegrityError as exc:
+            # The schema's own checks refused the value (nothing was written): bad input, not a crash.
+            return _error(400, f"the database refused the value: {exc}")
         except TooLarge as exc:
             return _error(413, str(exc))
         except BadInput as exc:
@@ -266,7 +294,7 @@ def create_app(settings: Settings):
         return Answer({"users": await db(store.list_users)})
 
     async def user(request: Request) -> Answer:
-        user_id = request.path_params["user_id"]
+        user_id = _path_text(request, "user_id")
         if request.method == "PUT":
             body = await _body(request, UserIn, limit)
             return Answer(await db(store.put_user, user_id, body.email, body.display_name))
@@ -276,7 +304,7 @@ def create_app(settings: Settings):
         return Answer({"progress": await db(store.list_progress)})
 
     async def progress(request: Request) -> Answer:
-        user_id = request.path_params["user_id"]
+        user_id = _path_text(request, "user_id")
         if request.method == "PUT":
             body = await _body(request, ProgressIn, limit)
             return Answer(await db(store.put_progress, user_id, body.progress))
