@@ -577,6 +577,16 @@ def _load_bytes_settings(data: bytes) -> Settings:
         return load_settings(Path(home), {})
 
 
+# B8: found by hand after the typed model landed: a TOML boolean read as 1, an empty path read as the
+# home directory, "s3://" read as a local directory named "s3:".
+SETTINGS_BUGS += [
+    ("B8", lambda: _must_refuse_setting("lag_alert_seconds = true\n")),
+    ("B8", lambda: _must_refuse_setting("[restart]\ncrash_loop_failures = true\n")),
+    ("B8", lambda: _must_refuse_setting('data_dir = ""\n')),
+    ("B8", lambda: _must_refuse_setting('replica_url = "s3://"\n')),
+    ("B8", lambda: _must_refuse_setting('replica_url = "file://"\n')),
+]
+
 FIXED_BUG_REPRODUCTIONS = SETTINGS_BUGS + [
     ("B1", lambda: _must_refuse(parse_time, "-1000000d")),  # OverflowError: date value out of range
     ("B1", lambda: _must_refuse(parse_time, "0001-01-01T00:00:00+01:00")),  # OverflowError in astimezone

@@ -11,6 +11,7 @@ on the fields (`env("EDGEHOST_PORTAL_PORT")`).  A bad value is one line naming w
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -72,8 +73,26 @@ def _csv(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-Port = Annotated[int, Field(ge=1, le=65535)]
+def _number(value: Any) -> Any:
+    # TOML's true would otherwise pass as 1: a boolean is never a number or a duration here.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    if isinstance(value, float) and not math.isfinite(value) or \
+            isinstance(value, str) and value.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _path(value: Any) -> Any:
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
+Port = Annotated[int, BeforeValidator(_number), Field(ge=1, le=65535)]
+Count = Annotated[int, BeforeValidator(_number), Field(ge=1)]
+PathSetting = Annotated[Path, BeforeValidator(_path)]
 Command = Annotated[tuple[StrictStr, ...], BeforeValidator(_words)]
 Words = Annotated[tuple[StrictStr, ...], BeforeValidator(_csv)]
 
@@ -88,7 +107,7 @@ class RestartPolicy(_Section):
     initial_backoff: Seconds = 1.0
     max_backoff: Seconds = 60.0
     healthy_after: Seconds = 30.0  # running this long resets the backoff
-    crash_loop_failures: Annotated[int, Field(ge=1)] = 5
+    crash_loop_failures: Count = 5
     crash_loop_window: Seconds = 60.0
     exit_on_failure: StrictBool = True  # a crash-looping litestream stops the supervisor (non-zero exit)
 
@@ -98,12 +117,12 @@ class PortalSettings(_Section):
     host: StrictStr = Field("127.0.0.1", json_schema_extra=env("EDGEHOST_PORTAL_HOST"))
     port: Port = Field(8080, json_schema_extra=env("EDGEHOST_PORTAL_PORT"))
     stop_timeout: Seconds = 10.0
-    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(MiB, json_schema_extra=env("EDGEHOST_PORTAL_MAX_BODY_BYTES"))
+    max_body_bytes: Annotated[int, BeforeValidator(_number), Field(ge=1024)] = Field(MiB, json_schema_extra=env("EDGEHOST_PORTAL_MAX_BODY_BYTES"))
 
 
 class TunnelSettings(_Section):
     enabled: StrictBool = Field(False, json_schema_extra=env("EDGEHOST_TUNNEL_ENABLED"))
-    config: Path = Field(Path("cloudflared/config.yml"), json_schema_extra=env("EDGEHOST_TUNNEL_CONFIG"))
+    config: PathSetting = Field(Path("cloudflared/config.yml"), json_schema_extra=env("EDGEHOST_TUNNEL_CONFIG"))
     binary: StrictStr = Field("cloudflared", json_schema_extra=env("EDGEHOST_TUNNEL_BINARY"))
     metrics_port: Port = Field(20241, json_schema_extra=env("EDGEHOST_TUNNEL_METRICS_PORT"))
 
@@ -161,10 +180,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     home: Path
-    data_dir: Path = Field(Path("data"), json_schema_extra=env("EDGEHOST_DATA_DIR"))
-    state_dir: Path = Field(Path("state"), json_schema_extra=env("EDGEHOST_STATE_DIR"))
-    log_dir: Path | None = Field(None, json_schema_extra=env("EDGEHOST_LOG_DIR"))  # default: state_dir/logs
-    litestream_config: Path = Field(Path("litestream.yml"), json_schema_extra=env("EDGEHOST_LITESTREAM_CONFIG"))
+    data_dir: PathSetting = Field(Path("data"), json_schema_extra=env("EDGEHOST_DATA_DIR"))
+    state_dir: PathSetting = Field(Path("state"), json_schema_extra=env("EDGEHOST_STATE_DIR"))
+    log_dir: PathSetting | None = Field(None, json_schema_extra=env("EDGEHOST_LOG_DIR"))  # default: state_dir/logs
+    litestream_config: PathSetting = Field(Path("litestream.yml"), json_schema_extra=env("EDGEHOST_LITESTREAM_CONFIG"))
     env_file: Path | None = Field(None, json_schema_extra=env("EDGEHOST_ENV_FILE"))  # default: home/edgehost.env if present
     replica_url: StrictStr = Field("", json_schema_extra=env("EDGEHOST_REPLICA_URL"))  # default: file replica beside data
     s3_endpoint: StrictStr = Field("", json_schema_extra=env("EDGEHOST_S3_ENDPOINT"))
@@ -172,11 +191,11 @@ class Settings(BaseSettings):
     global_db_name: StrictStr = Field("honestcam-study.db", json_schema_extra=env("EDGEHOST_GLOBAL_DB_NAME"))
     property_db_name: StrictStr = Field("honestcam.db", json_schema_extra=env("EDGEHOST_PROPERTY_DB_NAME"))
     lag_alert_seconds: Seconds = Field(60.0, json_schema_extra=env("EDGEHOST_LAG_ALERT_SECONDS"))
-    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(9464, json_schema_extra=env("EDGEHOST_METRICS_PORT"))  # 0: off
+    metrics_port: Annotated[int, BeforeValidator(_number), Field(ge=0, le=65535)] = Field(9464, json_schema_extra=env("EDGEHOST_METRICS_PORT"))  # 0: off
     litestream_stop_timeout: Seconds = Field(45.0, json_schema_extra=env("EDGEHOST_LITESTREAM_STOP_TIMEOUT"))
     lease_renew_seconds: Seconds = Field(300.0, json_schema_extra=env("EDGEHOST_LEASE_RENEW_SECONDS"))  # one PUT each
     lease_ttl_seconds: Seconds = Field(900.0, json_schema_extra=env("EDGEHOST_LEASE_TTL_SECONDS"))  # then it may be taken
-    drill_keep_reports: Annotated[int, Field(ge=1)] = Field(12, json_schema_extra=env("EDGEHOST_DRILL_KEEP_REPORTS"))
+    drill_keep_reports: Count = Field(12, json_schema_extra=env("EDGEHOST_DRILL_KEEP_REPORTS"))
     portal: PortalSettings = PortalSettings()
     tunnel: TunnelSettings = TunnelSettings()
     restart: RestartPolicy = RestartPolicy()
@@ -313,8 +332,10 @@ def _replica(s: Settings, data_dir: Path, home: Path) -> dict[str, str]:
         region = region or "auto"
     if not url:
         url = (data_dir.parent / "replica").as_uri()
+    scheme = url.split("://", 1)[0] if "://" in url else ""
     url = url.rstrip("/")
-    if url.startswith("s3://"):
+    if scheme == "s3":
+        url = url if url.startswith("s3://") else "s3://"
         bucket = url[len("s3://"):].split("/", 1)[0]
         if len(bucket) < 3:
             raise ValueError(f"replica URL {url!r}: S3 bucket names need at least 3 characters")
@@ -322,9 +343,10 @@ def _replica(s: Settings, data_dir: Path, home: Path) -> dict[str, str]:
             raise ValueError(f"replica URL {url!r}: bucket {bucket!r} is not a valid S3 bucket name "
                              "(lowercase letters, digits, dots and hyphens)")
         region = region or "us-east-1"
-    elif url.startswith("file://"):
-        pass
-    elif "://" not in url:
+    elif scheme == "file":
+        if len(url) <= len("file://"):
+            raise ValueError(f"replica URL {url!r}: a file:// URL needs a path")
+    elif not scheme:
         url = _under(home, Path(url)).as_uri()
     else:
         raise ValueError(f"replica URL {url!r}: only file:// and s3:// (R2 and any S3 endpoint) are supported")
