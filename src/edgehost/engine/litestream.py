@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -361,19 +362,45 @@ class ControlSocket:
     def __init__(self, path: Path, timeout: float = 10.0):
         self.path = Path(path)
         self.timeout = timeout
+        # One client, kept: building one loads the CA bundle (~20 ms), and the supervisor asks every
+        # database's state every few seconds. httpx clients are safe to share between threads.
+        self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
 
-    def _client(self, timeout: float | None = None) -> httpx.Client:
-        return httpx.Client(transport=httpx.HTTPTransport(uds=str(self.path)), base_url="http://litestream",
-                            timeout=timeout or self.timeout)
+    def _client(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.path)),
+                                          base_url="http://litestream", timeout=self.timeout)
+            return self._http
+
+    def _drop_client(self, client: httpx.Client) -> None:
+        with self._lock:
+            if self._http is client:
+                self._http = None
+        client.close()
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._http = self._http, None
+        if client is not None:
+            client.close()
 
     def _call(self, method: str, url: str, timeout: float | None = None, **kw: Any) -> dict[str, Any]:
         if not self.path.exists():
             raise EnvironmentProblem(f"{self.path}: litestream control socket not found (is it running?)")
-        try:
-            with self._client(timeout) as client:
-                resp = client.request(method, url, **kw)
-        except httpx.HTTPError as exc:
-            raise EnvironmentProblem(f"litestream control socket: {exc}") from None
+        for attempt in (1, 2):
+            client = self._client()
+            try:
+                resp = client.request(method, url, timeout=timeout or self.timeout, **kw)
+                break
+            except (httpx.RemoteProtocolError, httpx.ConnectError) as exc:
+                # A kept connection to a litestream that restarted: one fresh try before calling it down.
+                self._drop_client(client)
+                if attempt == 2:
+                    raise EnvironmentProblem(f"litestream control socket: {exc}") from None
+            except httpx.HTTPError as exc:
+                raise EnvironmentProblem(f"litestream control socket: {exc}") from None
         body = resp.json() if resp.content else {}
         if resp.status_code >= 400:
             raise EnvironmentProblem(f"litestream {url}: {body.get('error', resp.status_code)}")
