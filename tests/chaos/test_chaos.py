@@ -147,19 +147,21 @@ def test_s3_endpoint_gone_lag_alerts_and_drains(chaos, chaos_home, s3_proxy):
                     s3_proxy.set_mode("refuse")
                 exit_code, report = _status(chaos_home)
                 samples.append((round(time.monotonic() - t0, 1), _max_lag(report), exit_code, report["lagging"],
-                                report["litestream_error"]))
+                                report["litestream_error"], report["failing"]))
                 time.sleep(1.5)
             acked_during = sum(w.count() for w in run.writers) - acked_before
         t_back = time.monotonic()
-        print(f"[chaos] outage samples (t, max lag, exit, lagging, litestream error): {samples}")
+        print(f"[chaos] outage samples (t, max lag, exit, lagging, litestream error, failing): {samples}")
 
-        # Lag grew through the outage, status alerted (exit 1) once it passed the threshold, and only then.
+        # Lag grew through the outage; status alerted (exit 1) once it passed the threshold, or once
+        # litestream reported an upload error for a database (a status call during the outage can take
+        # seconds: its probe of a stalled database may find the error after the lag was read), and only then.
         lags = [s[1] for s in samples]
         assert max(lags) >= min(outage - 5, threshold + 5), samples
         assert lags[-1] >= lags[len(lags) // 2] >= lags[0], samples
-        for t, lag, exit_code, lagging, error in samples:
+        for t, lag, exit_code, lagging, error, failing in samples:
             assert not error, (t, error)
-            assert (exit_code == 1) == (lag > threshold), (t, lag, exit_code, lagging)
+            assert (exit_code == 1) == (lag > threshold or bool(failing)), (t, lag, exit_code, lagging, failing)
         assert any(s[2] == 1 for s in samples)
         assert acked_during > 0, "writes must go on while the replica is unreachable"
 
