@@ -6,11 +6,13 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
 
 from edgehost.engine import layout, litestream
 from edgehost.errors import BadInput, ExitStatus
-from edgehost.ops.restore import RestorePlan, RestorePoint, RestoreReport, execute_in_place, execute_plan, format_time, human_duration, parse_time, parse_txid, resolve_plan, restore_plan
+from edgehost.ops.recovery import RestoreEngine
+from edgehost.ops.restore import (RestorePlan, RestorePoint, RestoreReport, execute_in_place, execute_plan, format_time,
+                                  human_duration, parse_time, parse_txid, resolve_plan, restore_plan)
 from edgehost.settings import load_settings
 from edgehost.cli import app
 from edgehost.cli.output import console, emit_json
@@ -45,7 +47,9 @@ def restore(
         None, "--txid", help="Restore exactly this point (hex txid from `edgehost points`); one database."),
     to: Optional[Path] = typer.Option(None, "--to", help="Write into this directory (data-dir layout); never overwrites."),
     in_place: bool = typer.Option(False, "--in-place", help="Replace the live databases; needs `edgehost up` running."),
-    parallel: int = typer.Option(8, "--parallel", help="Databases restored at once (each mostly waits on the network)."),
+    parallel: int = typer.Option(8, "--parallel", help="Databases applied at once by litestream (downloads run on 16 threads)."),
+    source: Optional[Path] = typer.Option(
+        None, "--from", help="Restore from a local mirror (`edgehost mirror --to DIR`) instead of the replica: no network needed."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and stop."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -69,26 +73,39 @@ def restore(
         raise BadInput("--at and --txid exclude each other: give one")
     ls = litestream.Litestream.from_settings(settings)
     repl = ls.replication
-    keys = select_keys(settings, repl, slugs or [], global_db, all_dbs)
-    plan = restore_plan(settings, repl, keys, to=to, in_place=in_place, at=when, txid=tx, parallel=parallel)
-    binary, env = ls.binary, ls.env
-    resolve_plan(plan, env)  # refuses a point some database does not have, before anything is written
-    if in_place:
-        from edgehost.supervisor import SupervisorClient
+    if source is not None and not source.is_dir():
+        raise BadInput(f"--from {source}: no such directory (make one with `edgehost mirror --to DIR`)")
+    with RestoreEngine(settings, ls, source=source) as engine:
+        where = f"the mirror at {source}" if source is not None else ""
+        keys = select_keys(settings, repl, slugs or [], global_db, all_dbs, available=engine.keys(), where=where)
+        plan = restore_plan(settings, repl, keys, to=to, in_place=in_place, at=when, txid=tx, parallel=parallel)
+        resolve_plan(plan, engine)  # refuses a point some database does not have, before anything is written
+        if in_place:
+            from edgehost.supervisor import SupervisorClient
 
-        SupervisorClient(settings.supervisor_socket).status()  # refuse now, before the plan, if none runs
-    _print_plan(plan)
-    if dry_run:
-        if as_json:
-            emit_json({"plan": plan, "dry_run": True})
-        return
+            SupervisorClient(settings.supervisor_socket).status()  # refuse now, before the plan, if none runs
+        _print_plan(plan)
+        if dry_run:
+            if as_json:
+                emit_json({"plan": plan, "dry_run": True})
+            return
+        total = sum(engine.planned_bytes(t.key, t.point) for t in plan.targets)
+        report = _run(settings, plan, engine, total, in_place)
+        stats = engine.refresh_stats()
+    _finish(report, as_json, stats)
 
-    with Progress(TextColumn("restoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=len(plan.targets) < 2) as progress:
-        task = progress.add_task("restore", total=len(plan.targets))
+
+def _run(settings, plan: RestorePlan, engine: RestoreEngine, total: int, in_place: bool) -> RestoreReport:
+    columns = ([TextColumn("restoring"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn()]
+               if total else [TextColumn("restoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()])
+    with Progress(*columns, console=console, transient=True, disable=len(plan.targets) < 2 and not total) as progress:
+        task = progress.add_task("restore", total=total or len(plan.targets))
+        if total:
+            engine.on_bytes = lambda n: progress.advance(task, n)
 
         def on_result(result) -> None:
-            progress.advance(task)
+            if not total:
+                progress.advance(task)
             if not result.ok:
                 progress.console.print(f"  {result.name:24s} [red]FAILED[/] {result.error}", highlight=False, soft_wrap=True)
                 return
@@ -101,19 +118,19 @@ def restore(
         if in_place:
             from edgehost.supervisor import SupervisorClient
 
-            report = execute_in_place(settings, plan, binary, env, SupervisorClient(settings.supervisor_socket), on_result)
-        else:
-            report = execute_plan(plan, binary, env, on_result)
-    _finish(report, as_json)
+            return execute_in_place(settings, plan, engine, SupervisorClient(settings.supervisor_socket), on_result)
+        return execute_plan(plan, engine, on_result)
 
 
-def _finish(report: RestoreReport, as_json: bool) -> None:
+def _finish(report: RestoreReport, as_json: bool, stats) -> None:
     failed = [r for r in report.results if not r.ok]
     if as_json:
         emit_json({"ok": report.ok, "root": report.plan.root, "mode": report.plan.mode, "point": report.plan.point,
-                   "seconds": report.seconds, "replaced_dir": report.replaced_dir, "results": report.results})
+                   "seconds": report.seconds, "replaced_dir": report.replaced_dir, "requests": stats,
+                   "results": report.results})
+    fetched = f", {stats.bytes / 1e6:.1f} MB in {stats.gets} GETs, {stats.list_pages} LIST page(s)" if stats.gets else ""
     console.print(f"{len(report.results) - len(failed)}/{len(report.results)} restored in {report.seconds:.2f}s "
-                  f"into {report.plan.root}")
+                  f"into {report.plan.root}{fetched}")
     # results come in the order of the plan's targets
     restored = [(t, r) for t, r in zip(report.plan.targets, report.results) if r.ok and r.seconds_before_at is not None]
     behind = [(t, r) for t, r in restored if not r.newest]

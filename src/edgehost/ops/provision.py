@@ -15,7 +15,7 @@ from edgehost.engine import layout, litestream
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem
 from edgehost.engine.replica import replica_keys
 from edgehost.engine.schema import ensure_data_dir, ensure_global
-from edgehost.ops.restore import RestoreResult, latest_by_key, restore_latest_or_point
+from edgehost.ops.restore import RestoreResult
 from edgehost.settings import Settings
 
 Log = Callable[[str], None]
@@ -41,17 +41,20 @@ def restore_missing(settings: Settings, ls: litestream.Litestream, log: Log,
         log("restore: every database in the replica is on disk")
         return []
     log(f"restore: {len(refs)} database(s) in the replica are missing on disk: {', '.join(r.label for r in refs)}")
-    latest = latest_by_key(settings, repl, [r.key for r in refs]) if len(refs) >= 4 else {}
+    from edgehost.ops.recovery import RestoreEngine
 
-    def one(ref: layout.DatabaseRef) -> RestoreResult:
-        result = restore_latest_or_point(ls.binary, ls.env, repl.restore_url(ref), ref.path, name=ref.label,
-                                         txid=None, timestamp=None, latest=latest.get(ref.key))
-        log(f"restore: {ref.label}: " + (f"ok txid {result.txid} in {result.seconds:.2f}s" if result.ok
-                                         else f"FAILED: {result.error}"))
-        return result
+    with RestoreEngine(settings, ls) as engine:  # one listing of the replica for all of them
+        def one(ref: layout.DatabaseRef) -> RestoreResult:
+            result = engine.restore(ref.key, ref.path)
+            log(f"restore: {ref.label}: " + (f"ok txid {result.txid} in {result.seconds:.2f}s" if result.ok
+                                             else f"FAILED: {result.error}"))
+            return result
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        results = list(pool.map(one, refs))
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            results = list(pool.map(one, refs))
+        stats = engine.refresh_stats()
+    if stats.gets:
+        log(f"restore: fetched {stats.bytes / 1e6:.1f} MB in {stats.gets} GETs after {stats.list_pages} LIST page(s)")
     failed = [r.name for r in results if not r.ok]
     if failed:
         # Going on would let something create empty databases over a replica that has data.

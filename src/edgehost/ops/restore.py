@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from edgehost.engine import layout, litestream
+from edgehost.engine.bucket import SNAPSHOT_LEVEL, LtxFile, list_root
 from edgehost.engine.sqlite import integrity
 from edgehost.errors import BadInput, EdgehostError
 from edgehost.settings import Settings
@@ -236,10 +237,6 @@ def restore_window(binary: Path, env: Mapping[str, str], url: str, name: str) ->
 #   until snapshot retention removes the snapshot below them. Points older than the oldest kept
 #   snapshot are gone even where compacted files remain (no chain starts there).
 
-SNAPSHOT_LEVEL = 9
-# Litestream's layouts: ltx/<level>/<min>-<max>.ltx on a file replica, <level as %04x>/<min>-<max>.ltx on S3.
-_FILE_LTX_KEY = re.compile(r"^ltx/(\d+)/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
-_S3_LTX_KEY = re.compile(r"^([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _TIMESTAMP_META = "litestream-timestamp"  # S3 metadata Litestream writes with every LTX file
 
@@ -271,18 +268,6 @@ def human_duration(seconds: float) -> str:
     if s < 86400:
         return f"{sign}{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
     return f"{sign}{int(s // 86400)} d {int(s % 86400 // 3600)} h"
-
-
-@dataclass(frozen=True)
-class LtxFile:
-    """One LTX file of a database's replica."""
-
-    level: int
-    min_txid: int
-    max_txid: int
-    size: int
-    key: str  # relative to the database's replica root
-    listed_at: datetime  # file replica: mtime, which Litestream sets to the LTX timestamp; S3: upload time
 
 
 @dataclass
@@ -331,15 +316,8 @@ def replica_store_for(url: str, env: Mapping[str, str]):
 
 
 def list_ltx_files(store) -> list[LtxFile]:
-    """Every LTX file of one database (one paginated LIST on S3)."""
-    pattern, base = (_FILE_LTX_KEY, 10) if store.scheme == "file" else (_S3_LTX_KEY, 16)
-    files = []
-    for obj in store.walk("ltx" if store.scheme == "file" else ""):
-        m = pattern.match(obj.key.replace(os.sep, "/"))
-        if m:
-            files.append(LtxFile(int(m.group(1), base), int(m.group(2), 16), int(m.group(3), 16), obj.size, m.group(0),
-                                 obj.modified))
-    return files
+    """Every LTX file of one database whose replica URL the store has (one paginated LIST on S3)."""
+    return list_root(store).files("")
 
 
 class PointIndex:
@@ -350,8 +328,9 @@ class PointIndex:
     only for the points a question needs), which are what Litestream itself compares.
     """
 
-    def __init__(self, files: list[LtxFile], store=None, name: str = "", cli_ref: str = ""):
+    def __init__(self, files: list[LtxFile], store=None, name: str = "", cli_ref: str = "", prefix: str = ""):
         self.name = name
+        self.prefix = prefix  # the database's path under the store's root, when the store is a whole replica root
         self.cli_ref = cli_ref  # how `edgehost points` names it: a slug or --global
         self.store = store
         self.files = files
@@ -374,7 +353,7 @@ class PointIndex:
         if f.key not in self._times:
             when = f.listed_at
             if self.store is not None and self.store.scheme == "s3":
-                when = _s3_ltx_timestamp(self.store, f.key) or when
+                when = _s3_ltx_timestamp(self.store, f"{self.prefix}/{f.key}" if self.prefix else f.key) or when
             self._times[f.key] = _to_ms(when)
         return self._times[f.key]
 
@@ -556,46 +535,6 @@ def restore_points(url: str, env: Mapping[str, str], name: str, *, replica: str 
     return report
 
 
-def restore_point(binary: Path, env: Mapping[str, str], url: str, out: Path, *, name: str,
-                  txid: int | None = None, at: datetime | None = None,
-                  point: RestorePoint | None = None, cli_ref: str = "") -> RestoreResult:
-    """Restore one database to an exact point and say which: `txid`, the newest point synced before
-    `at` (what `litestream restore -timestamp` picks), or the latest.
-
-    The point comes from one listing of the replica (or `point`, already resolved) and litestream
-    restores exactly that txid, so the report names the state the file holds. When the point's file
-    expired between the listing and the restore (an L0 file past l0-retention), the replica is
-    listed once more and the point chosen again.
-    """
-    first = point
-    result = RestoreResult(name=name or Path(out).name, target=str(out), ok=False)
-    for attempt in range(2):
-        if point is None:
-            try:
-                index = PointIndex.from_url(url, env, name, cli_ref)
-                if not len(index) and txid is None and at is None:
-                    return restore_db(binary, env, url, out, name=name)  # nothing listed: litestream's own latest
-                point = index.resolve(at=at, txid=txid)
-            except EdgehostError as exc:
-                result.error = str(exc)
-                return result
-        result = restore_db(binary, env, url, out, name=name, txid=int(point.txid, 16))
-        if result.ok or attempt or "no matching backup files" not in result.error:
-            break
-        point = None
-    if result.ok and point is not None:
-        result.txid, result.synced_at, result.levels, result.newest = point.txid, point.synced_at, point.levels, point.newest
-        notes = []
-        if at is not None:
-            result.seconds_before_at = round((at - parse_rfc3339(point.synced_at)).total_seconds(), 3)
-            if point.newest:
-                notes.append("the newest point in the replica: nothing later was replicated")
-        if first is not None and first.txid != point.txid:
-            notes.append(f"txid {first.txid} was compacted away before the restore ran; restored {point.txid}")
-        result.note = "; ".join(notes)
-    return result
-
-
 @dataclass
 class RestoreTarget:
     key: str  # slug or layout.GLOBAL
@@ -660,55 +599,33 @@ def restore_plan(settings: Settings, repl: litestream.Replication, keys: list[st
     return plan
 
 
-def restore_latest_or_point(binary: Path, env: Mapping[str, str], url: str, out: Path, *, name: str,
-                            txid: int | None, timestamp: datetime | None, latest: int | None) -> RestoreResult:
-    """restore_db, handing litestream the latest txid when a listing found it (fewer LISTs);
-    if that txid is gone by now (compaction), the plain latest restore runs instead."""
-    if txid is None and timestamp is None and latest:
-        result = restore_db(binary, env, url, out, name=name, txid=latest)
-        if result.ok or "no matching backup files" not in result.error:
-            return result
-    return restore_db(binary, env, url, out, name=name, txid=txid, timestamp=timestamp)
-
-
-def _cli_ref(key: str) -> str:
-    return "--global" if key == layout.GLOBAL else key
-
-
-def resolve_plan(plan: RestorePlan, env: Mapping[str, str]) -> None:
-    """Find the point each target of an --at or --txid plan lands on (one listing per database), in
-    parallel; raise PointUnavailable, before anything is written, when one has none."""
+def resolve_plan(plan: RestorePlan, engine) -> None:
+    """Find the point each target of an --at or --txid plan lands on (from the engine's one listing);
+    raise PointUnavailable, before anything is written, when one has none."""
     if plan.at is None and plan.txid is None:
         return
-
-    def one(target: RestoreTarget) -> None:
-        index = PointIndex.from_url(target.url, env, target.name, _cli_ref(target.key))
-        target.point = index.resolve(at=plan.at, txid=plan.txid)
-
-    with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
-        list(pool.map(one, plan.targets))
+    for target in plan.targets:
+        target.point = engine.resolve(target.key, at=plan.at, txid=plan.txid)
 
 
-def execute_plan(plan: RestorePlan, binary: Path, env: Mapping[str, str],
-                 on_result: Callable[[RestoreResult], None] | None = None,
-                 latest: Mapping[str, int] | None = None) -> RestoreReport:
-    """Restore every target of a scratch or --to plan in parallel; one failure does not stop the rest.
-
-    Each result names the exact point restored (see restore_point). `latest` is no longer needed
-    (each database's own listing names its latest point) and is accepted for older callers.
-    """
-    report = RestoreReport(plan)
-    started = time.monotonic()
-
+def _restore_all(plan: RestorePlan, engine, out_for: Callable[[RestoreTarget], Path],
+                 on_result: Callable[[RestoreResult], None] | None) -> list[RestoreResult]:
     def one(target: RestoreTarget) -> RestoreResult:
-        result = restore_point(binary, env, target.url, Path(target.out), name=target.name, txid=plan.txid,
-                               at=plan.at, point=target.point, cli_ref=_cli_ref(target.key))
+        result = engine.restore(target.key, out_for(target), at=plan.at, txid=plan.txid, point=target.point)
         if on_result:
             on_result(result)
         return result
 
     with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
-        report.results = list(pool.map(one, plan.targets))
+        return list(pool.map(one, plan.targets))
+
+
+def execute_plan(plan: RestorePlan, engine, on_result: Callable[[RestoreResult], None] | None = None) -> RestoreReport:
+    """Restore every target of a scratch or --to plan in parallel (ops.recovery.RestoreEngine); one
+    failure does not stop the rest. Each result names the exact point restored."""
+    report = RestoreReport(plan)
+    started = time.monotonic()
+    report.results = _restore_all(plan, engine, lambda t: Path(t.out), on_result)
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -718,7 +635,7 @@ def litestream_meta_dir(db: Path) -> Path:
     return db.parent / f".{db.name}-litestream"
 
 
-def execute_in_place(settings: Settings, plan: RestorePlan, binary: Path, env: Mapping[str, str], supervisor,
+def execute_in_place(settings: Settings, plan: RestorePlan, engine, supervisor,
                      on_result: Callable[[RestoreResult], None] | None = None) -> RestoreReport:
     """Swap restored copies into the live data dir while the supervisor holds the portal and litestream.
 
@@ -731,21 +648,14 @@ def execute_in_place(settings: Settings, plan: RestorePlan, binary: Path, env: M
     started = time.monotonic()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     replaced = settings.data_dir / "_replaced" / stamp
-    staged: dict[str, Path] = {}
+    staged = {t.key: Path(t.out).parent / f".edgehost-restored-{secrets.token_hex(6)}.db" for t in plan.targets}
     supervisor.hold("portal")  # raises, before anything is written, if no supervisor runs
     try:
-        def one(target: RestoreTarget) -> RestoreResult:
-            live = Path(target.out)
-            tmp = live.parent / f".edgehost-restored-{secrets.token_hex(6)}.db"
-            result = restore_point(binary, env, target.url, tmp, name=target.name, txid=plan.txid, at=plan.at,
-                                   point=target.point, cli_ref=_cli_ref(target.key))
-            result.target = str(live)
-            if result.ok:
-                staged[target.key] = tmp
-            return result
-
-        with ThreadPoolExecutor(max_workers=plan.parallel) as pool:
-            report.results = list(pool.map(one, plan.targets))
+        report.results = _restore_all(plan, engine, lambda t: staged[t.key], None)
+        for target, result in zip(plan.targets, report.results):
+            result.target = target.out
+            if not result.ok:
+                staged.pop(target.key)
         if staged:
             supervisor.hold("litestream")  # its final sync puts the current state in the replica too
             try:
@@ -778,19 +688,3 @@ def _swap(live: Path, restored: Path, keep: Path) -> None:
     if meta.exists():
         os.rename(meta, keep.parent / meta.name)
     os.rename(restored, live)
-
-
-def latest_by_key(settings: Settings, repl: litestream.Replication, keys: list[str]) -> dict[str, int]:
-    """Each database's newest txid, from one listing per replica root; worth it for many databases."""
-    from edgehost.engine.replica import ReplicaStore, latest_txids
-
-    wanted: dict[str, list[tuple[str, str]]] = {}
-    for key in keys:
-        ref = layout.ref_for(settings, key)
-        root, _, rel = repl.replica_url(ref).rpartition("/") if ref.is_global else (repl.tenants_root, "", ref.relpath)
-        wanted.setdefault(root, []).append((key, rel))
-    out: dict[str, int] = {}
-    for root, pairs in wanted.items():
-        newest = latest_txids(ReplicaStore.from_settings(settings, root))
-        out.update({key: newest[rel] for key, rel in pairs if rel in newest})
-    return out

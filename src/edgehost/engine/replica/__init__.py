@@ -42,6 +42,7 @@ class ReplicaObject:
     key: str  # relative to the replica root, '/'-separated
     size: int
     modified: datetime
+    etag: str = ""  # S3: the listing's ETag (an MD5 of the content for a single-part upload)
 
 
 def s3_client(endpoint: str, region: str, environ: dict[str, str] | None = None):
@@ -61,6 +62,7 @@ def s3_client(endpoint: str, region: str, environ: dict[str, str] | None = None)
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         retries={"max_attempts": 3, "mode": "standard"},
+        max_pool_connections=32,  # the restore engine GETs on 16 threads
         connect_timeout=5,
         read_timeout=30,
     )
@@ -101,6 +103,10 @@ class ReplicaStore:
         raise NotImplementedError
 
     def read(self, rel: str) -> bytes:
+        raise NotImplementedError
+
+    def get(self, rel: str) -> bytes:
+        """One object's bytes; raises bucket.ObjectGone when it is not there (any more)."""
         raise NotImplementedError
 
     def write(self, rel: str, data: bytes) -> None:

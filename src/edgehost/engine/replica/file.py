@@ -40,6 +40,14 @@ class FileStore(ReplicaStore):
     def read(self, rel: str) -> bytes:
         return (self.root / rel).read_bytes()
 
+    def get(self, rel: str) -> bytes:
+        try:
+            return (self.root / rel).read_bytes()
+        except FileNotFoundError:
+            from edgehost.engine.bucket import ObjectGone
+
+            raise ObjectGone(f"replica {self.url}: {rel} is gone") from None
+
     def write(self, rel: str, data: bytes) -> None:
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ class S3Store(ReplicaStore):
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
         self._client = s3_client(endpoint, region, environ)
+        self.list_pages = 0  # LIST requests made, for the reports that count them
 
     def _key(self, rel: str) -> str:
         rel = rel.strip("/")
@@ -45,6 +46,7 @@ class S3Store(ReplicaStore):
         while True:
             page = self._call("list", self._client.list_objects_v2, Bucket=self.bucket,
                               **kw, **({"ContinuationToken": token} if token else {}))
+            self.list_pages += 1
             yield page
             if not page.get("IsTruncated"):
                 return
@@ -62,10 +64,22 @@ class S3Store(ReplicaStore):
         strip = f"{self.prefix}/" if self.prefix else ""
         for page in self._pages(Prefix=prefix):
             for obj in page.get("Contents", []):
-                yield ReplicaObject(obj["Key"][len(strip):], obj["Size"], obj["LastModified"])
+                yield ReplicaObject(obj["Key"][len(strip):], obj["Size"], obj["LastModified"], obj.get("ETag", ""))
 
     def read(self, rel: str) -> bytes:
         return self._call("get", self._client.get_object, Bucket=self.bucket, Key=self._key(rel))["Body"].read()
+
+    def get(self, rel: str) -> bytes:
+        try:
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                from edgehost.engine.bucket import ObjectGone
+
+                raise ObjectGone(f"replica {self.url}: {rel} is gone") from None
+            raise self._problem("get", exc) from None
+        except BotoCoreError as exc:
+            raise self._problem("get", exc) from None
 
     def write(self, rel: str, data: bytes) -> None:
         self._call("put", self._client.put_object, Bucket=self.bucket, Key=self._key(rel), Body=data)

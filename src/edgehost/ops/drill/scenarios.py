@@ -21,7 +21,8 @@ from edgehost.errors import EdgehostError, EnvironmentProblem
 from edgehost.ops.drill.compare import LivePin, SOCKET_TIMEOUT, Tables, _fresh_check, compare_content, measure_staleness, pin_live
 from edgehost.ops.drill.portal import _log_tail, _smoke, boot_portal, stop_portal
 from edgehost.ops.drill.report import DrillDatabase, DrillReport, KEPT_MARKER, Progress, STALE_SCRATCH_SECONDS, _drill_root, _now
-from edgehost.ops.restore import execute_plan, latest_by_key, restore_db, restore_plan
+from edgehost.ops.recovery import RestoreEngine
+from edgehost.ops.restore import execute_plan, restore_db, restore_plan
 from edgehost.settings import Settings
 
 
@@ -63,6 +64,18 @@ def _pin_all(settings: Settings, keys: list[str], sock: litestream.ControlSocket
         return dict(pool.map(one, keys))
 
 
+def _latest_points(engine: RestoreEngine, keys: list[str]) -> dict:
+    """Each database's latest point in the engine's listing (none where it has no restorable point:
+    its restore then fails with the reason)."""
+    points = {}
+    for key in keys:
+        try:
+            points[key] = engine.resolve(key)
+        except EdgehostError:
+            pass
+    return points
+
+
 def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False,
               progress: Progress = lambda _m: None) -> DrillReport:
     """Rehearse a disaster recovery end to end; never raises for a failed check, only records it."""
@@ -70,10 +83,10 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
                          lag_alert_seconds=settings.lag_alert_seconds)
     work = _scratch(settings, "drill-", keep)
     report.scratch_dir = str(work) if keep else ""
-    portal = None
+    portal = engine = None
     try:
         ls = litestream.Litestream.from_settings(settings)
-        repl, binary, env = ls.replication, ls.binary, ls.env
+        repl = ls.replication
         keys = replica_keys(settings, repl.tenants_root, repl.global_entry.replica_url)
         if not keys:
             raise EnvironmentProblem(f"the replica at {settings.replica_url} holds no databases")
@@ -86,7 +99,9 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
             report.notes.append(f"litestream did not answer its control socket within {SOCKET_TIMEOUT:g}s: "
                                 "live txids unknown; staleness measured from the rows")
         progress(f"deciding the restore point of {len(keys)} database(s) and reading live at that instant")
-        latest = None if at else latest_by_key(settings, repl, keys)  # the one listing that fixes each txid
+        engine = RestoreEngine(settings, ls)
+        engine.keys()  # the one listing of the replica: it fixes each database's latest point
+        latest = {} if at else _latest_points(engine, keys)
         pins = _pin_all(settings, keys, sock)
         read_at = [p.at for p in pins.values() if isinstance(p, LivePin)]
         if read_at:
@@ -96,7 +111,9 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
         progress(f"restoring {len(keys)} database(s) into {work / 'data'}")
         t_restore = time.monotonic()
         plan = restore_plan(settings, repl, keys, to=work / "data", at=at, parallel=8)
-        restored = execute_plan(plan, binary, env, latest=latest)
+        for target in plan.targets:
+            target.point = latest.get(target.key)
+        restored = execute_plan(plan, engine)
         report.restore_seconds = round(time.monotonic() - t_restore, 3)
         for key, result in zip(keys, restored.results):
             ref = layout.ref_for(settings, key)
@@ -139,6 +156,8 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
     finally:
         if portal is not None:
             stop_portal(portal)
+        if engine is not None:
+            engine.close()
         report.finished_at = _now()
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
