@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,3 +237,73 @@ def sync_db(settings, ref) -> dict:
     result = sock.sync(ref.path, wait=True)
     assert result["replicated_txid"] >= result["txid"], result
     return result
+
+
+class CountingProxy:
+    """A TCP proxy on 127.0.0.1 in front of the S3 endpoint that records each request line the
+    clients send ("GET /bucket?list-type=2&prefix=... HTTP/1.1"): the endpoint's own count of what
+    a command asked, with no trust in the command's report of itself."""
+
+    _REQUEST = re.compile(rb"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/1\.1\r\n")
+
+    def __init__(self, upstream: str):
+        host, port = upstream.rsplit("//", 1)[-1].rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.requests: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def lists(self) -> int:
+        return sum(1 for method, target in self.requests if method == "GET" and "list-type=2" in target)
+
+    def gets(self) -> int:
+        return sum(1 for method, target in self.requests if method == "GET" and "list-type=2" not in target)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.upstream, timeout=30)
+        except OSError:
+            client.close()
+            return
+        threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+        self._pump(client, upstream, True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        buf = b""
+        try:
+            while data := src.recv(65536):
+                if count:
+                    buf += data
+                    last = 0
+                    for m in self._REQUEST.finditer(buf):
+                        with self._lock:
+                            self.requests.append((m.group(1).decode(), m.group(2).decode()))
+                        last = m.end()
+                    buf = buf[last:][-8192:]  # a request line split between reads completes next time
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self) -> None:
+        self._listener.close()

@@ -46,7 +46,7 @@ def _root(
 
 # Each module registers its verbs on `app` when imported.
 from edgehost.cli import (  # noqa: E402,F401
-    config_cmd, doctor_cmd, drill_cmd, launchd_cmd, migrate_cmd, points_cmd, portal_cmd, property_cmd, restore_cmd,
+    config_cmd, doctor_cmd, drill_cmd, launchd_cmd, migrate_cmd, mirror_cmd, points_cmd, portal_cmd, property_cmd, restore_cmd,
     status_cmd, systemd_cmd, tunnel_cmd, up_cmd, verify_cmd,
 )
 

@@ -173,9 +173,9 @@ def write_ltx(path: Path, data: bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        when = ltx_timestamp(data[:_HEADER.size])
-        if when is not None:
-            os.utime(tmp, (when.timestamp(), when.timestamp()))
+        if data[:4] == _LTX_MAGIC:
+            ns = _HEADER.unpack_from(data)[6] * 1_000_000
+            os.utime(tmp, ns=(ns, ns))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

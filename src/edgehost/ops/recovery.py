@@ -37,6 +37,14 @@ from edgehost.settings import Settings
 GLOBAL_ROOT_DIR = "_global"  # in a mirror: the global DB's root, when it is not the tenants' root
 
 
+def mirror_roots(repl: litestream.Replication, mirror: Path) -> dict[str, Path]:
+    """Each replica root and its directory in a local mirror: the tenants' root is the mirror itself;
+    the global DB's root, when it is elsewhere, is `_global/` in it."""
+    tenants = repl.tenants_root.rstrip("/")
+    glob = repl.global_entry.replica_url.rstrip("/").rpartition("/")[0]
+    return {tenants: mirror, **({} if glob == tenants else {glob: mirror / GLOBAL_ROOT_DIR})}
+
+
 def _cli_ref(key: str) -> str:
     return "--global" if key == layout.GLOBAL else key
 
@@ -82,10 +90,7 @@ class RestoreEngine:
         return self._root(parent), leaf
 
     def _root(self, remote: str) -> str:
-        if self.source is None:
-            return remote
-        sub = self.source if remote == self.repl.tenants_root.rstrip("/") else self.source / GLOBAL_ROOT_DIR
-        return sub.as_uri()
+        return remote if self.source is None else mirror_roots(self.repl, self.source)[remote].as_uri()
 
     def store(self, root: str) -> ReplicaStore:
         with self._lock:

@@ -167,6 +167,17 @@ _RELATIVE_RE = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
 _RELATIVE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")
+
+
+def parse_duration(text: str, option: str = "duration") -> float:
+    """Seconds from '90', '30s', '5m', '1h', '2d' or '1w'."""
+    m = _DURATION_RE.match((text or "").strip())
+    if not m:
+        raise BadInput(f"{option} {text!r}: give a duration like 30s, 5m, 1h or 2d")
+    return float(m.group(1)) * _RELATIVE_UNITS[m.group(2) or "s"]
+
+
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """RFC 3339 ('2026-11-21T14:03:00Z') or relative to now ('-15m', '-2h', '-1d'); never in the future."""
     now = now or datetime.now(timezone.utc)

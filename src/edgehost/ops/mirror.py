@@ -1,0 +1,156 @@
+"""`edgehost mirror`: a second, local copy of the replica that `restore --from DIR` restores from.
+
+The mirror is a file replica: every LTX file of every database under `DIR/<db>/ltx/<level>/`,
+with its mtime set to the LTX timestamp, as Litestream's own file replica keeps them, so
+`litestream restore file://DIR/<db>` and `edgehost restore --from DIR` work with no network
+(3-2-1: the Mac's disk, the bucket, a USB disk or NAS). A round lists the replica root once,
+GETs only the files the mirror lacks (checked against the listed size and ETag) and deletes a file
+the bucket no longer lists only after it has been missing for `grace` seconds, so a bucket emptied
+by mistake or malice does not empty the mirror with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgehost.engine import litestream
+from edgehost.engine.bucket import Fetcher, list_root
+from edgehost.engine.replica import ReplicaStore
+from edgehost.errors import BadInput
+from edgehost.ops.recovery import mirror_roots
+from edgehost.settings import Settings
+
+STATE_FILE = ".edgehost-mirror.json"
+
+
+@dataclass
+class MirrorReport:
+    to: str
+    source: str
+    listed: int = 0  # LTX files the replica lists
+    fetched: int = 0
+    fetched_bytes: int = 0
+    deleted: int = 0
+    pending_delete: int = 0  # gone from the bucket, kept until the grace period ends
+    list_pages: int = 0
+    seconds: float = 0.0
+    databases: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def check_target(settings: Settings, to: Path) -> Path:
+    """Refuse a mirror directory that would mix with live data or with the replica itself."""
+    to = Path(to).resolve()
+    data = settings.data_dir.resolve()
+    if to == data or data in to.parents or to in data.parents:
+        raise BadInput(f"--to {to}: the mirror must be outside the data dir {data}")
+    if settings.replica_url.startswith("file://"):
+        replica = Path(settings.replica_url.removeprefix("file://")).resolve()
+        if to == replica or replica in to.parents or to in replica.parents:
+            raise BadInput(f"--to {to}: that is the replica itself ({replica}); give another disk's directory")
+    if to.exists() and not to.is_dir():
+        raise BadInput(f"--to {to}: not a directory")
+    return to
+
+
+def _load_state(to: Path, source: str) -> dict:
+    path = to / STATE_FILE
+    if not path.exists():
+        if to.exists() and any(p.name != STATE_FILE for p in to.iterdir()):
+            raise BadInput(f"--to {to}: not empty and not an edgehost mirror; give an empty directory or an existing mirror")
+        return {"source": source, "gone": {}}
+    try:
+        state = json.loads(path.read_text())
+    except ValueError as exc:
+        raise BadInput(f"{path}: unreadable ({exc}); move it away to start the mirror again") from None
+    if state.get("source") != source:
+        raise BadInput(f"--to {to} mirrors {state.get('source')}, not {source}: give another directory")
+    state.setdefault("gone", {})
+    return state
+
+
+def _save_state(to: Path, state: dict) -> None:
+    tmp = to / f".{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    os.replace(tmp, to / STATE_FILE)
+
+
+def _local_files(root: Path) -> dict[str, int]:
+    """Every LTX file in a mirror directory: its path relative to `root` -> size."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "_global" or Path(dirpath) != root]
+        for name in files:
+            if name.endswith(".ltx") and not name.startswith("."):
+                p = Path(dirpath) / name
+                out[str(p.relative_to(root))] = p.stat().st_size
+    return out
+
+
+def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grace: float = 3600,
+                parallel: int = 16, now: float | None = None) -> MirrorReport:
+    """One round: list the replica once per root, fetch what is new, delete what is long gone."""
+    started = time.monotonic()
+    now = time.time() if now is None else now
+    to = check_target(settings, to)
+    report = MirrorReport(str(to), settings.replica_url)
+    to.mkdir(parents=True, exist_ok=True)
+    state = _load_state(to, settings.replica_url)
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mirror") as pool:
+        for remote, local in mirror_roots(ls.replication, to).items():
+            store = ReplicaStore.from_settings(settings, remote)
+            listing = list_root(store)
+            report.list_pages += getattr(store, "list_pages", 0)
+            have = _local_files(local)
+            fetcher = Fetcher(store, pool, listing)
+            wanted: set[str] = set()
+            for db, files in listing.dbs.items():
+                report.databases += 1
+                report.listed += len(files)
+                new = []
+                for f in files:
+                    rel = f"{db}/{f.file_key}"
+                    wanted.add(rel)
+                    if have.get(rel) != f.size:
+                        new.append(f)
+                if new:
+                    try:
+                        fetcher.fetch(db, new, local / db)
+                    except Exception as exc:  # noqa: BLE001 - one database's failure is reported, the rest go on
+                        report.errors.append(f"{db}: {exc}")
+            report.fetched += fetcher.stats.gets
+            report.fetched_bytes += fetcher.stats.bytes
+            _expire(local, have, wanted, state, grace, now, report, prefix=str(local.relative_to(to)))
+    state["last_round"] = datetime.fromtimestamp(now, timezone.utc).isoformat()
+    _save_state(to, state)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+def _expire(local: Path, have: dict[str, int], wanted: set[str], state: dict, grace: float, now: float,
+            report: MirrorReport, prefix: str) -> None:
+    gone: dict[str, float] = state["gone"]
+    tag = "" if prefix == "." else f"{prefix}/"
+    for rel in list(gone):
+        if rel.startswith(tag) and (rel[len(tag):] in wanted or rel[len(tag):] not in have):
+            del gone[rel]  # back in the bucket, or no longer in the mirror
+    for rel in have:
+        if rel in wanted:
+            continue
+        since = gone.setdefault(f"{tag}{rel}", now)
+        if now - since >= grace:
+            (local / rel).unlink(missing_ok=True)
+            del gone[f"{tag}{rel}"]
+            report.deleted += 1
+        else:
+            report.pending_delete += 1
