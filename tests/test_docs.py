@@ -7,13 +7,14 @@ import click
 import pytest
 import typer
 
-from edgehost.cli import app, main
+from edgehost.cli import app, load_commands, main
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
 def _commands() -> list[str]:
+    load_commands()
     root = typer.main.get_command(app)
     names = []
     for name, cmd in root.commands.items():

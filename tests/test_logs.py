@@ -1,6 +1,7 @@
 """The supervisor's log hub: prefixes, masking, and a full disk reported once instead of per line."""
 
 import io
+import time
 
 from edgehost.supervisor.logs import LogHub
 
@@ -41,3 +42,33 @@ def test_a_full_disk_is_reported_once_and_its_end_once(tmp_path, capsys):
     assert text.count("cannot write") == 1 and text.count("writing") == 1
     assert text.count("[svc]") == 202  # stdout kept every line
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_stop_signal_that_lands_while_the_supervisor_logs_still_stops_it(kit_home):
+    """A signal handler runs on the main thread between two bytecodes, so it can land while that
+    thread holds the log hub's lock. It used to log from the handler and deadlock: `up` then never
+    stopped (seen as a hung `kill -TERM`)."""
+    import signal
+    import threading
+
+    from edgehost.supervisor.run import Supervisor
+
+    out = io.StringIO()
+    sup = Supervisor(kit_home.settings(), stream=out)
+    threading.Thread(target=sup._signal_worker, daemon=True).start()
+    handled = threading.Event()
+
+    def main_thread_mid_line() -> None:
+        with sup.hub._lock:  # inside hub.line when the signals arrive
+            sup._on_stop_signal(signal.SIGTERM, None)
+            sup._on_stop_signal(signal.SIGINT, None)
+        handled.set()
+
+    threading.Thread(target=main_thread_mid_line, daemon=True).start()
+    assert handled.wait(5), "the signal handler blocked on the log lock: the supervisor would never stop"
+    assert sup.stopping.is_set() and sup.hurry.is_set()
+    deadline = time.monotonic() + 5
+    while "hurrying" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "SIGTERM: stopping in reverse order" in out.getvalue() and "SIGINT again: hurrying the stop" in out.getvalue()
+    sup.hub.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -44,11 +45,34 @@ def _root(
         os.environ["EDGEHOST_HOME"] = str(home.resolve())
 
 
-# Each module registers its verbs on `app` when imported.
-from edgehost.cli import (  # noqa: E402,F401
-    config_cmd, doctor_cmd, drill_cmd, launchd_cmd, migrate_cmd, mirror_cmd, points_cmd, portal_cmd, property_cmd, restore_cmd,
-    status_cmd, systemd_cmd, tunnel_cmd, up_cmd, verify_cmd,
-)
+# Each module registers its verbs on `app` when imported; `main` imports only the one a command line
+# names (the others pull in what they need: pydantic models, boto3, Starlette...), all of them for
+# `--help` or an unknown verb.
+COMMANDS = {
+    "config": "config_cmd", "doctor": "doctor_cmd", "drill": "drill_cmd", "launchd": "launchd_cmd",
+    "migrate": "migrate_cmd", "mirror": "mirror_cmd", "points": "points_cmd", "portal": "portal_cmd",
+    "property": "property_cmd", "restore": "restore_cmd", "status": "status_cmd", "systemd": "systemd_cmd",
+    "tunnel": "tunnel_cmd", "up": "up_cmd", "verify": "verify_cmd",
+}
+
+
+def _verb(args: list[str]) -> str:
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--home":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return ""
+
+
+def load_commands(args: list[str] | None = None) -> None:
+    """Register the verb `args` names, or every verb (no args, --help, a verb not known here)."""
+    verb = _verb(args or [])
+    for module in [COMMANDS[verb]] if verb in COMMANDS else COMMANDS.values():
+        importlib.import_module(f"edgehost.cli.{module}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = sys.argv[1:] if argv is None else argv
     wants_json = "--json" in args
+    load_commands(args)
     try:
         rv = app(args=args, prog_name="edgehost", standalone_mode=False)
     except EdgehostError as exc:

@@ -135,6 +135,7 @@ class Supervisor:
     """Runs the services in order and keeps them up until told to stop."""
 
     TICK = 0.1
+    START_TICK = 0.01
     STATUS_EVERY = 5.0
 
     def __init__(self, settings: Settings, stream: TextIO | None = None, take_over: bool = False):
@@ -145,6 +146,7 @@ class Supervisor:
         self.hub = LogHub(settings.log_dir, secrets=secrets, stream=stream or sys.stdout)
         self.services: list[Service] = []
         self.stopping = threading.Event()
+        self._signal_work: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.hurry = threading.Event()
         self.exit_status = ExitStatus.OK
         self.started_wall = time.time()
@@ -162,17 +164,27 @@ class Supervisor:
 
     # --- signals ----------------------------------------------------------------------------
 
+    # A handler runs on the main thread between two bytecodes, possibly while that thread holds the
+    # log hub's lock: it only sets events and hands its work to the `signals` thread through a
+    # SimpleQueue, whose put is safe there. (Logging here directly deadlocked a stop.)
+
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         if self.stopping.is_set():
             self.hurry.set()
-            self.log(f"{signal.Signals(signum).name} again: hurrying the stop")
+            self._signal_work.put(("log", f"{signal.Signals(signum).name} again: hurrying the stop"))
         else:
             self.stopping.set()
-            self.log(f"{signal.Signals(signum).name}: stopping in reverse order")
+            self._signal_work.put(("log", f"{signal.Signals(signum).name}: stopping in reverse order"))
 
     def _on_hup(self, _signum: int, _frame: Any) -> None:
-        self.hub.reopen()
-        self.log("SIGHUP: log files reopened")
+        self._signal_work.put(("reopen", "SIGHUP: log files reopened"))
+
+    def _signal_worker(self) -> None:
+        while True:
+            what, text = self._signal_work.get()
+            if what == "reopen":
+                self.hub.reopen()
+            self.log(text)
 
     # --- the run ----------------------------------------------------------------------------
 
@@ -181,6 +193,7 @@ class Supervisor:
         s.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(s.state_dir, 0o700)
         self._claim_pid_file()
+        threading.Thread(target=self._signal_worker, daemon=True, name="signals").start()
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -340,7 +353,9 @@ class Supervisor:
             self._run_commands()
             for i, svc in enumerate(self.services):
                 self._tend(svc, now, gate_open=all(prev.ready_once for prev in self.services[:i]))
-            time.sleep(self.TICK)
+            # While a service starts, look often: each readiness step would otherwise wait a tick.
+            starting = any(svc.state == Service.STARTING for svc in self.services)
+            time.sleep(self.START_TICK if starting else self.TICK)
 
     def _tend(self, svc: Service, now: float, gate_open: bool) -> None:
         if svc.state == Service.STOPPED and gate_open:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from edgehost.supervisor import guard
 from edgehost.supervisor.guard import PID_MARKER
 from edgehost.supervisor.logs import LogHub
 from edgehost.supervisor.policy import Backoff
@@ -64,7 +65,9 @@ class Service:
         return self.child_pid
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "edgehost.supervisor.guard", str(self.spec.stop_timeout), "--", *self.spec.argv]
+        # The guard runs as a plain script in isolated mode without site-packages: it needs only the
+        # standard library, and `-m edgehost.supervisor.guard` would import the kit first (~0.3 s).
+        argv = [sys.executable, "-I", "-S", guard.__file__, str(self.spec.stop_timeout), "--", *self.spec.argv]
         self.proc = subprocess.Popen(
             argv,
             env=self.spec.env,

@@ -41,6 +41,14 @@ class S3Store(ReplicaStore):
             return EnvironmentProblem(f"replica {self.url}: {what} failed: {err.get('Code')} {err.get('Message', '')}".strip())
         return EnvironmentProblem(f"replica {self.url}: {what} failed: {exc}")
 
+    def _gone(self, rel: str, exc: ClientError) -> Exception | None:
+        """ObjectGone when the error says the key is not there (any more)."""
+        from edgehost.engine.bucket import ObjectGone
+
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return ObjectGone(f"replica {self.url}: {rel} is gone")
+        return None
+
     def _pages(self, **kw: Any) -> Iterator[dict[str, Any]]:
         token = None
         while True:
@@ -73,11 +81,7 @@ class S3Store(ReplicaStore):
         try:
             return self._client.get_object(Bucket=self.bucket, Key=self._key(rel))["Body"].read()
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                from edgehost.engine.bucket import ObjectGone
-
-                raise ObjectGone(f"replica {self.url}: {rel} is gone") from None
-            raise self._problem("get", exc) from None
+            raise self._gone(rel, exc) or self._problem("get", exc) from None
         except BotoCoreError as exc:
             raise self._problem("get", exc) from None
 
@@ -88,7 +92,12 @@ class S3Store(ReplicaStore):
         self._call("delete", self._client.delete_object, Bucket=self.bucket, Key=self._key(rel))
 
     def head(self, rel: str) -> dict[str, Any]:
-        resp = self._call("head", self._client.head_object, Bucket=self.bucket, Key=self._key(rel))
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=self._key(rel))
+        except ClientError as exc:
+            raise self._gone(rel, exc) or self._problem("head", exc) from None
+        except BotoCoreError as exc:
+            raise self._problem("head", exc) from None
         return {"metadata": {k.lower(): v for k, v in (resp.get("Metadata") or {}).items()},
                 "last_modified": resp.get("LastModified")}
 
