@@ -163,16 +163,17 @@ def check_object(f: LtxFile, data: bytes, etag: str = "") -> str:
     return ""
 
 
-def write_ltx(path: Path, data: bytes) -> None:
-    """Write one LTX file whole (temp file, fsync, rename) with its mtime set to the LTX timestamp,
-    which is what a file replica's reader takes as the file's time."""
+def write_ltx(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write one LTX file whole (temp file, fsync unless `durable` is off, rename) with its mtime set
+    to the LTX timestamp, which is what a file replica's reader takes as the file's time."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         if data[:4] == _LTX_MAGIC:
             ns = _HEADER.unpack_from(data)[6] * 1_000_000
             os.utime(tmp, ns=(ns, ns))
@@ -190,12 +191,13 @@ class Fetcher:
     """
 
     def __init__(self, store, pool, listing: Listing | None = None, attempts: int = 3,
-                 on_bytes: Callable[[int], None] | None = None):
+                 on_bytes: Callable[[int], None] | None = None, durable: bool = True):
         self.store = store
         self.pool = pool
         self.etags = listing.etags if listing else {}
         self.attempts = attempts
         self.on_bytes = on_bytes
+        self.durable = durable  # a mirror keeps its files; a restore's fetch cache lives for seconds
         self.stats = FetchStats()
 
     def _one(self, db: str, f: LtxFile, into: Path) -> None:
@@ -206,7 +208,7 @@ class Fetcher:
             self.stats.add(len(data))
             problem = check_object(f, data, self.etags.get(key, ""))
             if not problem:
-                write_ltx(into / f.file_key, data)
+                write_ltx(into / f.file_key, data, self.durable)
                 if self.on_bytes:
                     self.on_bytes(len(data))
                 return

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgehost.engine import layout, litestream
-from edgehost.engine.bucket import Fetcher, Listing, ObjectGone, list_root, plan_files
+from edgehost.engine.bucket import Fetcher, Listing, ObjectGone, list_root, ltx_timestamp, plan_files
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import EdgehostError
 from edgehost.ops.restore import PointIndex, RestorePoint, RestoreResult, parse_rfc3339, restore_db
@@ -75,6 +75,7 @@ class RestoreEngine:
         self._stores: dict[str, ReplicaStore] = {}
         self._listings: dict[str, Listing] = {}
         self._fetchers: dict[str, Fetcher] = {}
+        self._indexes: dict[str, PointIndex] = {}
         self._pool = ThreadPoolExecutor(max_workers=fetch_parallel, thread_name_prefix="fetch")
         self._cache = settings.state_dir / "fetch" / f"{secrets.token_hex(4)}"
 
@@ -119,6 +120,7 @@ class RestoreEngine:
             self.stats.relists += 1
             listing.dbs[rel] = fresh.files(rel)
             listing.etags.update(fresh.etags)
+            self._indexes.pop(key, None)
 
     def keys(self) -> list[str]:
         """Every database the replica holds: the global DB first, then tenant slugs. A database
@@ -137,9 +139,20 @@ class RestoreEngine:
         return out
 
     def index(self, key: str) -> PointIndex:
+        """The database's restorable points from the listing (one per engine: its HEADs are cached)."""
+        with self._lock:
+            if key in self._indexes:
+                return self._indexes[key]
         root, rel = self.locate(key)
         ref = layout.ref_for(self.settings, key)
-        return PointIndex(self.listing(root).files(rel), self.store(root), ref.label, _cli_ref(key), prefix=rel)
+        index = PointIndex(self.listing(root).files(rel), self.store(root), ref.label, _cli_ref(key), prefix=rel)
+        with self._lock:
+            return self._indexes.setdefault(key, index)
+
+    def latest_txid(self, key: str) -> int | None:
+        """The newest restorable txid in the listing, without asking the bucket for its time."""
+        index = self.index(key)
+        return index.points[-1].txid if len(index) else None
 
     def resolve(self, key: str, *, at: datetime | None = None, txid: int | None = None) -> RestorePoint:
         """The point a restore of `key` lands on; raises PointUnavailable naming the nearest ones."""
@@ -148,13 +161,10 @@ class RestoreEngine:
     def planned_bytes(self, key: str, point: RestorePoint | None = None) -> int:
         """What a restore of `key` at `point` (else the latest) downloads: 0 from a file replica or mirror."""
         root, rel = self.locate(key)
-        if self.store(root).scheme == "file":
+        txid = int(point.txid, 16) if point is not None else self.latest_txid(key)
+        if self.store(root).scheme == "file" or txid is None:
             return 0
-        try:
-            point = point or self.resolve(key)
-        except EdgehostError:
-            return 0
-        plan = plan_files(self.listing(root).files(rel), int(point.txid, 16))
+        plan = plan_files(self.listing(root).files(rel), txid)
         return sum(f.size for f in plan or [])
 
     # restoring
@@ -170,9 +180,18 @@ class RestoreEngine:
         note = ""
         for attempt in range(2):
             try:
-                if point is None:
-                    point = self.resolve(key, at=at, txid=txid)
-                result, note = self._restore_at(key, out, int(point.txid, 16))
+                index = self.index(key)
+                latest = point is None and at is None and txid is None and len(index) > 0
+                if latest:  # its time comes from the downloaded file, not from a HEAD
+                    target = index.points[-1].txid
+                else:
+                    point = point or index.resolve(at=at, txid=txid)
+                    target = int(point.txid, 16)
+                result, note, stamp = self._restore_at(key, out, target)
+                if latest:
+                    if stamp is not None:
+                        index.learn_time(target, stamp)
+                    point = index.point(len(index) - 1) if result.ok else None
                 break
             except ObjectGone:
                 if attempt:
@@ -187,23 +206,26 @@ class RestoreEngine:
             _describe(result, point, first, at, note)
         return result
 
-    def _restore_at(self, key: str, out: Path, txid: int) -> tuple[RestoreResult, str]:
+    def _restore_at(self, key: str, out: Path, txid: int) -> tuple[RestoreResult, str, datetime | None]:
+        """Restore exactly `txid`: (the result, a note, the point's LTX timestamp when a file was read)."""
         root, rel = self.locate(key)
         ref = layout.ref_for(self.settings, key)
         store = self.store(root)
         if store.scheme == "file":
-            return restore_db(self.binary, self.env, f"{root}/{rel}", out, name=ref.label, txid=txid), ""
+            return restore_db(self.binary, self.env, f"{root}/{rel}", out, name=ref.label, txid=txid), "", None
         listing = self.listing(root)
         plan = plan_files(listing.files(rel), txid)
         if plan is None:
             with self._lock:
                 self.stats.fallbacks += 1
             result = restore_db(self.binary, self.env, self.repl.restore_url(ref), out, name=ref.label, txid=txid)
-            return result, "restored straight from the bucket: the listing held no contiguous chain to that point"
+            return result, "restored straight from the bucket: the listing held no contiguous chain to that point", None
         work = self._cache / secrets.token_hex(4)
         try:
             self._fetcher(root).fetch(rel, plan, work / rel)
-            return restore_db(self.binary, self.env, (work / rel).as_uri(), out, name=ref.label, txid=txid), ""
+            with open(work / rel / plan[-1].file_key, "rb") as f:  # the file ending at txid: its stamp
+                stamp = ltx_timestamp(f.read(100))
+            return restore_db(self.binary, self.env, (work / rel).as_uri(), out, name=ref.label, txid=txid), "", stamp
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -211,7 +233,7 @@ class RestoreEngine:
         with self._lock:
             if root not in self._fetchers:
                 self._fetchers[root] = Fetcher(self.store(root), self._pool, self._listings.get(root),
-                                               on_bytes=self._count_bytes)
+                                               on_bytes=self._count_bytes, durable=False)
             return self._fetchers[root]
 
     def _count_bytes(self, n: int) -> None:

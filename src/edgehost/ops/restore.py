@@ -372,6 +372,12 @@ class PointIndex:
         """When point `i` was synced: the stamp of the finest file ending there."""
         return self._file_time(self.points[i].files[0])
 
+    def learn_time(self, txid: int, when: datetime) -> None:
+        """The point's LTX timestamp, read from a file already downloaded: spares its HEAD."""
+        i = self.index_of(txid)
+        if i is not None:
+            self._times.setdefault(self.points[i].files[0].key, _to_ms(when))
+
     def point(self, i: int, relative_to: datetime | None = None) -> RestorePoint:
         p = self.points[i]
         when = self.time(i)

@@ -64,18 +64,6 @@ def _pin_all(settings: Settings, keys: list[str], sock: litestream.ControlSocket
         return dict(pool.map(one, keys))
 
 
-def _latest_points(engine: RestoreEngine, keys: list[str]) -> dict:
-    """Each database's latest point in the engine's listing (none where it has no restorable point:
-    its restore then fails with the reason)."""
-    points = {}
-    for key in keys:
-        try:
-            points[key] = engine.resolve(key)
-        except EdgehostError:
-            pass
-    return points
-
-
 def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False,
               progress: Progress = lambda _m: None) -> DrillReport:
     """Rehearse a disaster recovery end to end; never raises for a failed check, only records it."""
@@ -101,7 +89,6 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
         progress(f"deciding the restore point of {len(keys)} database(s) and reading live at that instant")
         engine = RestoreEngine(settings, ls)
         engine.keys()  # the one listing of the replica: it fixes each database's latest point
-        latest = {} if at else _latest_points(engine, keys)
         pins = _pin_all(settings, keys, sock)
         read_at = [p.at for p in pins.values() if isinstance(p, LivePin)]
         if read_at:
@@ -111,8 +98,6 @@ def run_drill(settings: Settings, at: datetime | None = None, keep: bool = False
         progress(f"restoring {len(keys)} database(s) into {work / 'data'}")
         t_restore = time.monotonic()
         plan = restore_plan(settings, repl, keys, to=work / "data", at=at, parallel=8)
-        for target in plan.targets:
-            target.point = latest.get(target.key)
         restored = execute_plan(plan, engine)
         report.restore_seconds = round(time.monotonic() - t_restore, 3)
         for key, result in zip(keys, restored.results):
