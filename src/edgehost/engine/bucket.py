@@ -75,6 +75,7 @@ class Listing:
     objects: int = 0
     bytes: int = 0
     etags: dict[str, str] = field(default_factory=dict)  # key relative to the root -> ETag (S3)
+    whole: bool = True  # False: only some databases were listed (one at a time)
 
     def files(self, db: str) -> list[LtxFile]:
         return self.dbs.get(db, [])

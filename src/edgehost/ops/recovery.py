@@ -102,21 +102,25 @@ class RestoreEngine:
     def listing(self, root: str) -> Listing:
         """The root's one listing, taken on first use."""
         with self._lock:
-            if root in self._listings:
+            if root in self._listings and self._listings[root].whole:
                 return self._listings[root]
         store = self.store(root)
         listing = list_root(store)
         with self._lock:
             self.stats.listings += 1
             self.stats.list_pages = sum(getattr(s, "list_pages", 0) for s in self._stores.values())
+            if not self._listings.get(root, listing).whole:
+                self._listings[root] = listing  # only some databases were listed so far
+                self._indexes.clear()
             return self._listings.setdefault(root, listing)
 
     def relist(self, key: str) -> None:
-        """List one database again (after a file it needed was compacted away)."""
+        """List one database (again): after a file it needed was compacted away, or after a sync
+        (verify), without listing the whole root."""
         root, rel = self.locate(key)
         fresh = list_root(self.store(root), rel)
-        listing = self.listing(root)
         with self._lock:
+            listing = self._listings.setdefault(root, Listing(root, whole=False))
             self.stats.relists += 1
             listing.dbs[rel] = fresh.files(rel)
             listing.etags.update(fresh.etags)
@@ -148,6 +152,11 @@ class RestoreEngine:
         index = PointIndex(self.listing(root).files(rel), self.store(root), ref.label, _cli_ref(key), prefix=rel)
         with self._lock:
             return self._indexes.setdefault(key, index)
+
+    def files(self, key: str) -> list:
+        """The database's LTX files in the listing."""
+        root, rel = self.locate(key)
+        return self.listing(root).files(rel)
 
     def latest_txid(self, key: str) -> int | None:
         """The newest restorable txid in the listing, without asking the bucket for its time."""
@@ -181,17 +190,19 @@ class RestoreEngine:
         for attempt in range(2):
             try:
                 index = self.index(key)
-                latest = point is None and at is None and txid is None and len(index) > 0
-                if latest:  # its time comes from the downloaded file, not from a HEAD
-                    target = index.points[-1].txid
+                # The latest point or a txid the listing holds: its time comes from the downloaded
+                # file's header afterwards, not from a HEAD now.
+                known = point is None and at is None and len(index) > 0 and (txid is None or index.index_of(txid) is not None)
+                if known:
+                    target = txid if txid is not None else index.points[-1].txid
                 else:
                     point = point or index.resolve(at=at, txid=txid)
                     target = int(point.txid, 16)
                 result, note, stamp = self._restore_at(key, out, target)
-                if latest:
+                if known:
                     if stamp is not None:
                         index.learn_time(target, stamp)
-                    point = index.point(len(index) - 1) if result.ok else None
+                    point = index.point(index.index_of(target)) if result.ok else None
                 break
             except ObjectGone:
                 if attempt:

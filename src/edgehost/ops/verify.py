@@ -136,7 +136,7 @@ def _foreign_key_problems(conn: sqlite3.Connection) -> list[tuple]:
 
 def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication, binary: Path,
               env: Mapping[str, str], sock: litestream.ControlSocket | None, scratch: Path,
-              sync_timeout: int = 30) -> VerifyResult:
+              sync_timeout: int = 30, engine=None) -> VerifyResult:
     """Verify one database; every failure is a check in the result, never an exception."""
     res = VerifyResult(ref.label, str(ref.path))
     if not ref.path.exists():
@@ -171,10 +171,19 @@ def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication
         reader.rollback()
         reader.close()
         reader = None
-        _check_history(res, ref, repl, env)  # a failure here still lets the restore below be judged
-
         out = scratch / ref.relpath
-        restored = restore_db(binary, env, url, out, name=ref.label, txid=txid)
+        if engine is not None:
+            # One LIST of this database, after its sync: the files that hold txid, for the history
+            # check and the restore plan (litestream's own restore would LIST it ~20 times).
+            try:
+                engine.relist(ref.key)
+                _check_history(res, ref, repl, env, files=engine.files(ref.key))
+            except EdgehostError as exc:
+                res.record("history", False, f"could not list the replica: {exc}")
+            restored = engine.restore(ref.key, out, txid=txid)
+        else:
+            _check_history(res, ref, repl, env)  # a failure here still lets the restore below be judged
+            restored = restore_db(binary, env, url, out, name=ref.label, txid=txid)
         res.restore_seconds = restored.seconds
         if not restored.ok:
             res.record("restore", False, restored.error)
@@ -242,10 +251,13 @@ def _replica_listing(ref: DatabaseRef, repl: litestream.Replication, env: Mappin
     return list(store.walk())
 
 
-def _check_history(res: VerifyResult, ref: DatabaseRef, repl: litestream.Replication, env: Mapping[str, str]) -> None:
-    """The replica must hold one history of the database: see history.py."""
+def _check_history(res: VerifyResult, ref: DatabaseRef, repl: litestream.Replication, env: Mapping[str, str],
+                   files: list | None = None) -> None:
+    """The replica must hold one history of the database: see history.py. `files`: its LTX files
+    when already listed."""
     try:
-        ranges = [r for r in (ltx_range(o) for o in _replica_listing(ref, repl, env)) if r is not None]
+        listed = files if files is not None else _replica_listing(ref, repl, env)
+        ranges = [r for r in (ltx_range(o) for o in listed) if r is not None]
     except (EdgehostError, OSError, ValueError) as exc:
         res.record("history", False, f"could not list the replica: {exc}")
         return
@@ -293,9 +305,12 @@ def verify_all(settings: Settings, refs: list[DatabaseRef], *, parallel: int = 8
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="verify-", dir=settings.state_dir))
     started = time.monotonic()
+    from edgehost.ops.recovery import RestoreEngine
+
+    engine = RestoreEngine(settings, ls)
     try:
         def one(ref: DatabaseRef) -> VerifyResult:
-            result = verify_db(settings, ref, repl, binary, env, sock, scratch)
+            result = verify_db(settings, ref, repl, binary, env, sock, scratch, engine=engine)
             if on_result:
                 on_result(result)
             return result
@@ -303,6 +318,7 @@ def verify_all(settings: Settings, refs: list[DatabaseRef], *, parallel: int = 8
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             results = list(pool.map(one, refs))
     finally:
+        engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return results, round(time.monotonic() - started, 3)
 
