@@ -67,14 +67,43 @@ def lag_seconds(local_txid: int, replicated_txid: int, last_sync: float | None, 
     return max(0.0, now - (last_sync if last_sync is not None else since))
 
 
-def _sync_errors(sock: ControlSocket) -> dict[str, str]:
-    """Each database's last WAL-to-LTX sync or checkpoint error, from one `/debug/sync-status` call."""
+def _sync_diagnostics(sock: ControlSocket) -> tuple[dict[str, str], dict[str, int]]:
+    """Each database's last WAL-to-LTX sync or checkpoint error and its local txid, from one
+    `/debug/sync-status` call."""
     try:
         diagnostics = sock.sync_status()
     except EnvironmentProblem:
-        return {}  # an older litestream without the endpoint: the other checks still run
-    return {d["path"]: f"{d.get('operation') or 'sync'}: {d['error']}" for d in diagnostics
-            if d.get("path") and d.get("error")}
+        return {}, {}  # an older litestream without the endpoint: the other checks still run
+    errors = {d["path"]: f"{d.get('operation') or 'sync'}: {d['error']}" for d in diagnostics
+              if d.get("path") and d.get("error")}
+    txids = {d["path"]: int(d["txid"]) for d in diagnostics if d.get("path") and isinstance(d.get("txid"), int)}
+    return errors, txids
+
+
+class PositionCache:
+    """What the supervisor's status poll learned per database, so an idle database costs no call.
+
+    A database's local and replicated txids are read with one control-socket call each. Once the
+    replica has caught up, they are reused while litestream's `/debug/sync-status` (one call for
+    all databases) shows the same local txid, for at most `refresh` seconds: a write changes that
+    txid within a second (litestream's sync interval) and brings the per-database call back.
+    """
+
+    def __init__(self, refresh: float = 60.0):
+        self.refresh = refresh
+        self._known: dict[str, tuple[int, int, float]] = {}
+
+    def reuse(self, path: str, txid: int | None, now: float) -> tuple[int, int] | None:
+        known = self._known.get(path)
+        if known is None or txid is None or not (known[0] == known[1] == txid) or now - known[2] >= self.refresh:
+            return None
+        return known[0], known[1]
+
+    def remember(self, path: str, local: int, replicated: int, now: float) -> None:
+        self._known[path] = (local, replicated, now)
+
+    def forget(self, path: str) -> None:
+        self._known.pop(path, None)
 
 
 def _socket_error(exc: EnvironmentProblem) -> str:
@@ -107,18 +136,19 @@ def _probe(sock: ControlSocket, st: DatabaseStatus, now: float, started: float) 
 
 
 def replication_status(settings: Settings, sock: ControlSocket | None = None, now: float | None = None,
-                       probe: bool = True) -> list[DatabaseStatus]:
+                       probe: bool = True, cache: PositionCache | None = None) -> list[DatabaseStatus]:
     """Ask the running litestream about every database on disk.
 
     With `probe`, a database that is behind and has not synced for a few seconds gets one waited
-    sync, the only call that returns the replica's error.
+    sync, the only call that returns the replica's error. With `cache` (the supervisor's poll), an
+    idle database that had caught up costs no call of its own.
     """
     sock = sock or ControlSocket(settings.litestream_socket)
     now = time.time() if now is None else now
     info = sock.info()
     started = _parse_time(info.get("started_at")) or now
     listed = {d["path"]: d for d in sock.list()}
-    sync_errors = _sync_errors(sock)  # before our own syncs below reset litestream's record
+    sync_errors, synced_txids = _sync_diagnostics(sock)  # before our own syncs below reset litestream's record
     out: list[DatabaseStatus] = []
     for ref in layout.local_databases(settings):
         wal = Path(f"{ref.path}-wal")
@@ -126,13 +156,21 @@ def replication_status(settings: Settings, sock: ControlSocket | None = None, no
         entry = listed.get(str(ref.path))
         if entry is not None:
             st.last_sync_at = entry.get("last_sync_at")
+            key = str(ref.path)
+            known = cache.reuse(key, synced_txids.get(key), now) if cache and not sync_errors.get(key) else None
             try:
-                # A local-only sync: cheap, and it returns both the local and the replica position.
-                result = sock.sync(ref.path, wait=False, timeout=5)
-                _set_positions(st, int(result["txid"]), int(result["replicated_txid"]), now, started)
+                if known is None:
+                    # A local-only sync: cheap, and it returns both the local and the replica position.
+                    result = sock.sync(ref.path, wait=False, timeout=5)
+                    known = int(result["txid"]), int(result["replicated_txid"])
+                    if cache:
+                        cache.remember(key, *known, now)
+                _set_positions(st, *known, now, started)
                 st.state = "replicating" if entry.get("status") == "replicating" else entry.get("status", "?")
             except EnvironmentProblem as exc:
                 st.state, st.error = "error", _socket_error(exc)
+                if cache:
+                    cache.forget(key)
             if not st.error and sync_errors.get(str(ref.path)):
                 st.state, st.error = "error", sync_errors[str(ref.path)]
         out.append(st)

@@ -152,6 +152,8 @@ class Supervisor:
         self.started_wall = time.time()
         self.phase = "starting"
         self.db_status: list[status.DatabaseStatus] = []
+        self._positions = status.PositionCache()  # an idle database costs the status poll no call
+        self._status_sock = litestream.ControlSocket(settings.litestream_socket)  # one kept connection for the poll
         self._alerting: set[str] = set()
         self._commands: queue.Queue[tuple[str, str, threading.Event, dict]] = queue.Queue()
         self._control: ControlServer | None = None
@@ -571,7 +573,7 @@ class Supervisor:
             ls = next((s for s in self.services if s.name == "litestream"), None)
             if ls is not None and ls.state == Service.RUNNING:
                 try:
-                    self.db_status = status.replication_status(self.settings)
+                    self.db_status = status.replication_status(self.settings, self._status_sock, cache=self._positions)
                 except EdgehostError:
                     pass
                 self._alert()
