@@ -75,6 +75,10 @@ GRID: dict[str, dict] = {
     "C": {"levels": [{"interval": "15m"}, {"interval": "6h"}], "l0-retention": "15m", "l0-retention-check-interval": "15m"},
     "D": {"levels": [{"interval": "1h"}, {"interval": "24h"}], "l0-retention": "1h", "l0-retention-check-interval": "1h"},
     "E": {},
+    # The shipped levels with a rarer retention check: the check is the only steady idle cost (2 LISTs
+    # per database each time), and the plan a restore needs does not depend on it.
+    "F": {"levels": [{"interval": "5m"}, {"interval": "1h"}], "l0-retention": "10m", "l0-retention-check-interval": "15m"},
+    "G": {"levels": [{"interval": "5m"}, {"interval": "1h"}], "l0-retention": "10m", "l0-retention-check-interval": "30m"},
 }
 NOTES = {"A": "shipped today", "E": "litestream defaults"}
 KINDS = ("LIST", "PUT", "DELETE", "GET", "HEAD")

@@ -293,3 +293,15 @@ def _restore_all(home: KitHome, out: Path) -> Path:
     proc = edgehost(home, "restore", "--all", "--to", str(out), "--json")
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+def test_a_plan_the_listing_cannot_make_falls_back_to_litestreams_own_restore_and_says_so(bucket, tmp_path, monkeypatch):
+    home, settings, _, _ = bucket
+    import edgehost.ops.recovery as recovery
+
+    monkeypatch.setattr(recovery, "plan_files", lambda files, txid: None)  # as if the chain had a gap
+    with RestoreEngine(settings, litestream.Litestream.from_settings(settings)) as engine:
+        result = engine.restore("delta", tmp_path / "delta.db")
+        assert result.ok, result.error
+        assert "straight from the bucket" in result.note and engine.stats.fallbacks == 1 and engine.stats.gets == 0
+    assert content_hash(sqlite3.connect(tmp_path / "delta.db")) == _plain(settings, "delta", tmp_path / "plain.db")

@@ -69,7 +69,18 @@ def integrity(conn: sqlite3.Connection) -> str:
 
 
 def journal_mode(path: Path) -> str:
-    """The journal mode recorded in a database file, without changing it."""
+    """The journal mode recorded in a database file, without changing it.
+
+    A WAL database says so in its header (bytes 18-19, the file format versions, are 2): read those
+    100 bytes instead of opening it, which matters with a thousand databases at every start.
+    """
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+        if len(header) == 100 and header.startswith(b"SQLite format 3\x00") and header[18] == header[19] == 2:
+            return "wal"
+    except OSError:
+        pass
     conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
     try:
         return conn.execute("PRAGMA journal_mode").fetchone()[0]

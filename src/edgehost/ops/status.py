@@ -105,6 +105,20 @@ class PositionCache:
     def forget(self, path: str) -> None:
         self._known.pop(path, None)
 
+    def export(self) -> dict[str, list]:
+        """What the supervisor hands `edgehost status`: path -> [local txid, replicated txid, read at (epoch s)]."""
+        return {path: list(known) for path, known in dict(self._known).items()}
+
+    @classmethod
+    def load(cls, data: dict, refresh: float = 60.0) -> "PositionCache":
+        cache = cls(refresh)
+        for path, known in (data or {}).items():
+            try:
+                cache._known[str(path)] = (int(known[0]), int(known[1]), float(known[2]))
+            except (TypeError, ValueError, IndexError):
+                continue
+        return cache
+
 
 def _socket_error(exc: EnvironmentProblem) -> str:
     return re.sub(r"^litestream /\S+: ", "", str(exc))

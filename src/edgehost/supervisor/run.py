@@ -480,7 +480,8 @@ class Supervisor:
 
     def _handle_control(self, method: str, path: str) -> tuple[int, Any]:
         if method == "GET" and path == "/status":
-            return 200, self.describe()
+            # The positions the status poll read: `edgehost status` reuses those of idle databases.
+            return 200, {**self.describe(), "positions": self._positions.export()}
         parts = path.strip("/").split("/")
         if method == "POST" and len(parts) == 3 and parts[0] == "services" and parts[2] in ("hold", "release"):
             if parts[1] not in {s.name for s in self.services}:
