@@ -4,6 +4,7 @@ writer wait while verify pins its snapshots (a writer runs throughout), and the 
 Runs `edgehost up` against a moto S3 server on loopback with the real litestream binary.
 
     .venv/bin/python bench/verify_drill.py --tenants 20 200
+    VERIFY_PARALLEL=32 .venv/bin/python bench/verify_drill.py --tenants 200     # verify --parallel 32
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def run(n: int, endpoint: str) -> dict:
 
         t = threading.Thread(target=writer, daemon=True)
         t.start()
-        verify, verify_s = edgehost(env, "verify", "--all", "--json")
+        verify, verify_s = edgehost(env, "verify", "--all", "--json",
+                                    *(["--parallel", os.environ["VERIFY_PARALLEL"]] if "VERIFY_PARALLEL" in os.environ else []))
         stop.set()
         t.join()
         vr = json.loads(verify.stdout)
