@@ -26,7 +26,7 @@ from edgehost.engine import layout, litestream
 from edgehost.errors import EdgehostError
 from edgehost.engine.history import Span, history, ltx_range
 from edgehost.engine.layout import DatabaseRef
-from edgehost.ops.restore import restore_db, restore_window
+from edgehost.ops.restore import restore_window
 from edgehost.settings import Settings
 from edgehost.checks import Check, Level
 from edgehost.engine.sqlite import connect, content_hash, integrity, schema_sql
@@ -134,22 +134,33 @@ def _foreign_key_problems(conn: sqlite3.Connection) -> list[tuple]:
     return conn.execute("PRAGMA foreign_key_check").fetchall()
 
 
-def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication, binary: Path,
-              env: Mapping[str, str], sock: litestream.ControlSocket | None, scratch: Path,
-              sync_timeout: int = 30, engine=None) -> VerifyResult:
-    """Verify one database; every failure is a check in the result, never an exception."""
+@dataclass
+class _Live:
+    """What verify read of a live database at its pinned txid, for the restore to be judged against."""
+
+    txid: int
+    token: str
+    content: str
+    schema: list
+
+
+def verify_live(settings: Settings, ref: DatabaseRef, repl: litestream.Replication, binary: Path,
+                env: Mapping[str, str], sock: litestream.ControlSocket | None,
+                sync_timeout: int = 30) -> tuple[VerifyResult, _Live | None]:
+    """The first half: write the sentinel, pin that txid, make litestream upload it, and read the
+    live content there. Returns the result so far and, when the replica holds the txid, what the
+    restore must show (None: the result is complete)."""
     res = VerifyResult(ref.label, str(ref.path))
     if not ref.path.exists():
         res.record("exists", False, f"{ref.path} not on disk")
-        return res
+        return _done(res), None
     res.record("exists", True, f"{ref.path} on disk ({ref.path.stat().st_size} bytes)")
-    url = repl.restore_url(ref)
     reader = None
     try:
         if sock is None or not sock.alive():
-            _verify_stale(res, ref, url, binary, env)
+            _verify_stale(res, ref, repl.restore_url(ref), binary, env)
             _check_history(res, ref, repl, env)
-            return res
+            return _done(res), None
         pinned = pin_after_sentinel(ref.path, sock)
         reader, txid, token = pinned.reader, pinned.txid, pinned.token
         res.writer_wait_ms = pinned.writer_wait_ms
@@ -158,38 +169,17 @@ def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication
             synced = sock.sync(ref.path, wait=True, timeout=sync_timeout)
         except EdgehostError as exc:
             res.record("fresh", False, f"stale: could not replicate txid {res.txid} within {sync_timeout}s ({exc})")
-            return res
+            return _done(res), None
         replicated = int(synced["replicated_txid"])
         if replicated < txid:
             res.record("fresh", False, f"stale: replica at txid {replicated:016x}, behind live txid {res.txid}")
-            return res
+            return _done(res), None
         res.record("fresh", True, f"replica at txid {replicated:016x}"
                    + (" = live txid" if replicated == txid else f", past live txid {res.txid}"))
         res.rpo_seconds = round(time.monotonic() - pinned.committed, 3)
-        live_hash = content_hash(reader)
-        live_schema = schema_sql(reader)
+        live = _Live(txid, token, content_hash(reader), schema_sql(reader))
         reader.rollback()
-        reader.close()
-        reader = None
-        out = scratch / ref.relpath
-        if engine is not None:
-            # One LIST of this database, after its sync: the files that hold txid, for the history
-            # check and the restore plan (litestream's own restore would LIST it ~20 times).
-            try:
-                engine.relist(ref.key)
-                _check_history(res, ref, repl, env, files=engine.files(ref.key))
-            except EdgehostError as exc:
-                res.record("history", False, f"could not list the replica: {exc}")
-            restored = engine.restore(ref.key, out, txid=txid)
-        else:
-            _check_history(res, ref, repl, env)  # a failure here still lets the restore below be judged
-            restored = restore_db(binary, env, url, out, name=ref.label, txid=txid)
-        res.restore_seconds = restored.seconds
-        if not restored.ok:
-            res.record("restore", False, restored.error)
-            return res
-        res.record("restore", True, f"restored txid {restored.txid or res.txid} in {restored.seconds:.2f}s")
-        _compare(res, out, token, live_hash, live_schema)
+        return res, live
     except EdgehostError as exc:
         res.record("run", False, str(exc))
     except sqlite3.DatabaseError as exc:
@@ -197,6 +187,34 @@ def verify_db(settings: Settings, ref: DatabaseRef, repl: litestream.Replication
     finally:
         if reader is not None:
             reader.close()
+    return _done(res), None
+
+
+def verify_restore(res: VerifyResult, live: _Live, ref: DatabaseRef, repl: litestream.Replication,
+                   env: Mapping[str, str], engine, scratch: Path) -> VerifyResult:
+    """The second half: from the engine's listing (taken after the syncs), check the replica holds
+    one history, restore exactly the pinned txid and compare it with what was read live."""
+    out = scratch / ref.relpath
+    try:
+        try:
+            _check_history(res, ref, repl, env, files=engine.files(ref.key))
+        except EdgehostError as exc:
+            res.record("history", False, f"could not list the replica: {exc}")
+        restored = engine.restore(ref.key, out, txid=live.txid)
+        res.restore_seconds = restored.seconds
+        if not restored.ok:
+            res.record("restore", False, restored.error)
+            return _done(res)
+        res.record("restore", True, f"restored txid {restored.txid or res.txid} in {restored.seconds:.2f}s")
+        _compare(res, out, live.token, live.content, live.schema)
+    except EdgehostError as exc:
+        res.record("run", False, str(exc))
+    except sqlite3.DatabaseError as exc:
+        res.record("run", False, f"sqlite: {exc}")
+    return _done(res)
+
+
+def _done(res: VerifyResult) -> VerifyResult:
     res.ok = not res.failed_check
     return res
 
@@ -309,14 +327,22 @@ def verify_all(settings: Settings, refs: list[DatabaseRef], *, parallel: int = 8
 
     engine = RestoreEngine(settings, ls)
     try:
-        def one(ref: DatabaseRef) -> VerifyResult:
-            result = verify_db(settings, ref, repl, binary, env, sock, scratch, engine=engine)
+        # Every database's sentinel replicated first, then one listing of the replica for all of
+        # their restores (a LIST per database would cost as much as the restores themselves).
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            live = list(pool.map(lambda ref: verify_live(settings, ref, repl, binary, env, sock), refs))
+        if any(lv is not None for _, lv in live):
+            engine.keys()
+
+        def finish(ref: DatabaseRef, pair: tuple[VerifyResult, _Live | None]) -> VerifyResult:
+            res, lv = pair
+            result = res if lv is None else verify_restore(res, lv, ref, repl, env, engine, scratch)
             if on_result:
                 on_result(result)
             return result
 
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            results = list(pool.map(one, refs))
+            results = list(pool.map(finish, refs, live))
     finally:
         engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
