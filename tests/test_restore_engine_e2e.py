@@ -305,3 +305,30 @@ def test_a_plan_the_listing_cannot_make_falls_back_to_litestreams_own_restore_an
         assert result.ok, result.error
         assert "straight from the bucket" in result.note and engine.stats.fallbacks == 1 and engine.stats.gets == 0
     assert content_hash(sqlite3.connect(tmp_path / "delta.db")) == _plain(settings, "delta", tmp_path / "plain.db")
+
+
+def test_mirror_watch_follows_new_tenants_and_stops_cleanly(kit_home, tmp_path):
+    import httpx
+
+    from procs import Proc, edgehost_argv, start_supervisor, sync_db
+
+    up = start_supervisor(kit_home)
+    mirror = tmp_path / "nas" / "mirror"
+    watch = Proc(edgehost_argv("mirror", "--to", str(mirror), "--watch", "--interval", "1s"), kit_home.environ(),
+                 tmp_path / "mirror.log")
+    try:
+        settings = kit_home.settings()
+        httpx.post(f"{settings.portal_url}/properties", json={"slug": "late"}).raise_for_status()
+        httpx.post(f"{settings.portal_url}/properties/late/events", json={"kind": "k"}).raise_for_status()
+        txid = sync_db(settings, layout.property_db(settings, "late"))["txid"]
+        wait_until(lambda: any(int(p.name.split("-")[1][:16], 16) >= txid
+                               for p in (mirror / "late" / "honestcam.db" / "ltx" / "0").glob("*.ltx")),
+                   30, interval=0.2, what="the watching mirror to fetch the new tenant's latest file")
+        assert watch.alive()
+    finally:
+        code = watch.stop(20)
+        assert up.stop() == 0
+    assert code == 0, watch.output()
+    proc = edgehost(kit_home, "restore", "late", "--from", str(mirror), "--to", str(tmp_path / "r"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["results"][0]["txid"] == f"{txid:016x}"
