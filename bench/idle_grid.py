@@ -7,7 +7,7 @@ Each cell of the grid is the repo's litestream.yml with only `levels:`, `l0-rete
 `l0-retention-check-interval` changed (sync-interval stays Litestream's default 1 s, so the RPO is
 the same in every cell):
 
-  A  levels 5m,1h; l0-retention 10m; check 5m     (shipped today)
+  A  levels 5m,1h; l0-retention 10m; check 5m     (shipped until 2026-12-06; F since)
   B  levels 1h;    l0-retention 10m; check 10m
   C  levels 15m,6h; l0-retention 15m; check 15m
   D  levels 1h,24h; l0-retention 1h;  check 1h
@@ -75,12 +75,12 @@ GRID: dict[str, dict] = {
     "C": {"levels": [{"interval": "15m"}, {"interval": "6h"}], "l0-retention": "15m", "l0-retention-check-interval": "15m"},
     "D": {"levels": [{"interval": "1h"}, {"interval": "24h"}], "l0-retention": "1h", "l0-retention-check-interval": "1h"},
     "E": {},
-    # The shipped levels with a rarer retention check: the check is the only steady idle cost (2 LISTs
+    # F is what litestream.yml ships since 2026-12-06 (A before). The shipped levels with a rarer retention check: the check is the only steady idle cost (2 LISTs
     # per database each time), and the plan a restore needs does not depend on it.
     "F": {"levels": [{"interval": "5m"}, {"interval": "1h"}], "l0-retention": "10m", "l0-retention-check-interval": "15m"},
     "G": {"levels": [{"interval": "5m"}, {"interval": "1h"}], "l0-retention": "10m", "l0-retention-check-interval": "30m"},
 }
-NOTES = {"A": "shipped today", "E": "litestream defaults"}
+NOTES = {"A": "shipped until 2026-12-06", "F": "shipped", "E": "litestream defaults"}
 KINDS = ("LIST", "PUT", "DELETE", "GET", "HEAD")
 REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) (\S+)')
 

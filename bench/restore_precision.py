@@ -34,7 +34,7 @@ from edgehost.ops.restore import PointIndex, format_time  # noqa: E402
 from edgehost.settings import load_settings  # noqa: E402
 
 SHORT = {
-    "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 5m":
+    "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m":
         "levels:\n  - interval: 2s\n  - interval: 6s\nl0-retention: 3s\nl0-retention-check-interval: 1s",
     "snapshot:\n  interval: 24h\n  retention: 168h": "snapshot:\n  interval: 10s\n  retention: 20s",
 }

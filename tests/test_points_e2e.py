@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 # As with the shipped file, every sync stays restorable back to the L1 boundary after the L0
 # deletion threshold (here 4-6 s), then only L1 boundaries back to the oldest snapshot (10-16 s).
 SHORT = {
-    "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 5m":
+    "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m":
         "levels:\n  - interval: 2s\n  - interval: 6s\nl0-retention: 6s\nl0-retention-check-interval: 1s",
     "snapshot:\n  interval: 24h\n  retention: 168h": "snapshot:\n  interval: 6s\n  retention: 16s",
 }

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.e2e
 
 SLUGS = ["acme", "beta", "gamma", "delta"]
 SHORT = {
-    "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 5m":
+    "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m":
         "levels:\n  - interval: 2s\n  - interval: 6s\nl0-retention: 6s\nl0-retention-check-interval: 1s",
     "snapshot:\n  interval: 24h\n  retention: 168h": "snapshot:\n  interval: 8s\n  retention: 1h",
 }
