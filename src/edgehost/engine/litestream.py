@@ -415,9 +415,10 @@ class ControlSocket:
     def txid(self, db: Path) -> int:
         return int(self._call("GET", "/txid", params={"path": str(db)})["txid"])
 
-    def sync(self, db: Path, wait: bool = True, timeout: int = 30) -> dict[str, Any]:
+    def sync(self, db: Path, wait: bool = True, timeout: int = 30, http_timeout: float | None = None) -> dict[str, Any]:
+        """`http_timeout`: give up on the answer sooner than litestream's own `timeout` + 5 s."""
         return self._call("POST", "/sync", json={"path": str(db), "wait": wait, "timeout": timeout},
-                          timeout=timeout + 5)
+                          timeout=http_timeout or timeout + 5)
 
     def sync_status(self) -> list[dict[str, Any]]:
         return self._call("GET", "/debug/sync-status").get("databases", [])

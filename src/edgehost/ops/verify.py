@@ -97,7 +97,6 @@ def pin_after_sentinel(db: Path, sock: litestream.ControlSocket) -> Pinned:
     A sync slower than PAUSE_LIMIT releases the writers and tries again, so no writer waits long
     enough to hit its busy_timeout.
     """
-    quick = litestream.ControlSocket(sock.path, timeout=PAUSE_LIMIT)
     writer = connect(db)
     reader = connect(db, readonly=True)
     try:
@@ -108,7 +107,9 @@ def pin_after_sentinel(db: Path, sock: litestream.ControlSocket) -> Pinned:
             writer.execute("BEGIN IMMEDIATE")  # right after a commit, so the WAL is never empty here
             paused = time.monotonic()
             try:
-                txid = int(quick.sync(db, wait=False, timeout=int(PAUSE_LIMIT))["txid"])
+                # The shared client (a new one per database loads the CA bundle, ~20 ms of CPU), with
+                # an answer expected within PAUSE_LIMIT.
+                txid = int(sock.sync(db, wait=False, timeout=int(PAUSE_LIMIT), http_timeout=PAUSE_LIMIT)["txid"])
                 reader.execute("BEGIN")
                 reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
                 break
