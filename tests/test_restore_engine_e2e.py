@@ -182,7 +182,7 @@ def test_restore_all_equals_plain_litestream_at_latest_and_at_a_time_with_one_li
 
 def test_restore_at_a_txid_equals_plain_litestream(bucket, tmp_path):
     home, settings, _, proxy = bucket
-    for key in ("beta", layout.GLOBAL):
+    for key in [layout.GLOBAL, *SLUGS]:
         engine = RestoreEngine(settings, litestream.Litestream.from_settings(settings))
         index = engine.index(key)
         engine.close()
