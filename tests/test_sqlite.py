@@ -64,3 +64,37 @@ def test_content_hash_sees_any_change_and_ignores_row_storage_order(tmp_path):
     b.execute("UPDATE t SET v = '1' WHERE k = 'k1'")  # same text, other type
     assert content_hash(a).digest != content_hash(b).digest
 
+
+
+def test_a_replaced_or_behind_database_is_migrated_even_when_the_last_start_found_it_current(kit_home, tmp_path):
+    """migrate_all skips a database whose file is the one the last run found current: a file
+    swapped in (a restore, a copy) or a new migration must still be applied."""
+    import os
+    import shutil
+    import sqlite3
+
+    from edgehost.engine import layout
+    from edgehost.engine.schema import create_property, ensure_global, migrate_all
+    from edgehost.engine.sqlite import schema_version
+
+    settings = kit_home.settings()
+    ensure_global(settings)
+    for slug in ("a1", "b2"):
+        create_property(settings, slug)
+    assert all(applied == [] for _, applied in migrate_all(settings))  # current, and now stamped
+    a1 = layout.property_db(settings, "a1").path
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    os.replace(old, a1)  # an empty database moved into place: a new inode
+    applied = dict(migrate_all(settings))
+    assert applied["a1"] and applied["b2"] == []
+    # A new migration: every database gets it, stamps or not.
+    folder = tmp_path / "migrations"
+    shutil.copytree(settings.app.migrations_dir, folder)
+    (folder / "property" / "0099_extra.sql").write_text("CREATE TABLE extra(x);")
+    settings = settings.with_changes(app__migrations_dir=folder)
+    assert dict(migrate_all(settings))["b2"] == ["0099_extra.sql"]
+    with sqlite3.connect(layout.property_db(settings, "b2").path) as conn:
+        assert schema_version(conn) == 99
