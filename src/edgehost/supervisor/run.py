@@ -153,6 +153,7 @@ class Supervisor:
         self.phase = "starting"
         self.db_status: list[status.DatabaseStatus] = []
         self._positions = status.PositionCache()  # an idle database costs the status poll no call
+        self._born = time.monotonic()
         self._status_sock = litestream.ControlSocket(settings.litestream_socket)  # one kept connection for the poll
         self._alerting: set[str] = set()
         self._commands: queue.Queue[tuple[str, str, threading.Event, dict]] = queue.Queue()
@@ -572,7 +573,11 @@ class Supervisor:
     def _watch_replication(self) -> None:
         while not self.stopping.is_set():
             ls = next((s for s in self.services if s.name == "litestream"), None)
-            if ls is not None and ls.state == Service.RUNNING:
+            # Not while a service makes its first start (for at most a minute): the first poll of a
+            # thousand databases would take the CPU (and the GIL) the portal's start needs.
+            starting = (time.monotonic() - self._born < 60
+                        and any(s.state == Service.STARTING and not s.ready_once for s in self.services))
+            if ls is not None and ls.state == Service.RUNNING and not starting:
                 try:
                     self.db_status = status.replication_status(self.settings, self._status_sock, cache=self._positions)
                 except EdgehostError:
