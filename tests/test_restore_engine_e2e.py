@@ -332,3 +332,14 @@ def test_mirror_watch_follows_new_tenants_and_stops_cleanly(kit_home, tmp_path):
     proc = edgehost(kit_home, "restore", "late", "--from", str(mirror), "--to", str(tmp_path / "r"), "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"][0]["txid"] == f"{txid:016x}"
+
+
+def test_a_mirror_round_with_the_bucket_unreachable_fails_and_deletes_nothing(bucket, tmp_path):
+    home, settings, _, _ = bucket
+    mirror = tmp_path / "m"
+    assert edgehost(home, "mirror", "--to", str(mirror)).returncode == 0
+    files = sorted(p for p in mirror.rglob("*.ltx"))
+    offline = KitHome(home.path, {**home.env, "EDGEHOST_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}"})
+    proc = edgehost(offline, "mirror", "--to", str(mirror), "--grace", "0s", "--json")
+    assert proc.returncode == 1 and "list failed" in json.loads(proc.stdout)["errors"][0]
+    assert sorted(p for p in mirror.rglob("*.ltx")) == files

@@ -22,7 +22,7 @@ from pathlib import Path
 from edgehost.engine import litestream
 from edgehost.engine.bucket import Fetcher, list_root
 from edgehost.engine.replica import ReplicaStore
-from edgehost.errors import BadInput
+from edgehost.errors import BadInput, EdgehostError
 from edgehost.ops.recovery import mirror_roots
 from edgehost.settings import Settings
 
@@ -109,7 +109,11 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mirror") as pool:
         for remote, local in mirror_roots(ls.replication, to).items():
             store = ReplicaStore.from_settings(settings, remote)
-            listing = list_root(store)
+            try:
+                listing = list_root(store)
+            except EdgehostError as exc:  # the replica did not answer: nothing is deleted, next round retries
+                report.errors.append(str(exc))
+                continue
             report.list_pages += getattr(store, "list_pages", 0)
             have = _local_files(local)
             fetcher = Fetcher(store, pool, listing)
