@@ -201,7 +201,7 @@ class RestoreEngine:
                 result, note, stamp = self._restore_at(key, out, target)
                 if known:
                     if stamp is not None:
-                        index.learn_time(target, stamp)
+                        index.learn_time(target, *stamp)
                     point = index.point(index.index_of(target)) if result.ok else None
                 break
             except ObjectGone:
@@ -217,8 +217,9 @@ class RestoreEngine:
             _describe(result, point, first, at, note)
         return result
 
-    def _restore_at(self, key: str, out: Path, txid: int) -> tuple[RestoreResult, str, datetime | None]:
-        """Restore exactly `txid`: (the result, a note, the point's LTX timestamp when a file was read)."""
+    def _restore_at(self, key: str, out: Path, txid: int) -> tuple[RestoreResult, str, tuple[datetime, str] | None]:
+        """Restore exactly `txid`: (the result, a note, the LTX timestamp and key of the downloaded
+        file ending at txid)."""
         root, rel = self.locate(key)
         ref = layout.ref_for(self.settings, key)
         store = self.store(root)
@@ -235,7 +236,8 @@ class RestoreEngine:
         try:
             self._fetcher(root).fetch(rel, plan, work / rel)
             with open(work / rel / plan[-1].file_key, "rb") as f:  # the file ending at txid: its stamp
-                stamp = ltx_timestamp(f.read(100))
+                when = ltx_timestamp(f.read(100))
+            stamp = (when, plan[-1].key) if when is not None else None
             return restore_db(self.binary, self.env, (work / rel).as_uri(), out, name=ref.label, txid=txid), "", stamp
         finally:
             shutil.rmtree(work, ignore_errors=True)

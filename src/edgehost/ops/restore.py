@@ -372,11 +372,13 @@ class PointIndex:
         """When point `i` was synced: the stamp of the finest file ending there."""
         return self._file_time(self.points[i].files[0])
 
-    def learn_time(self, txid: int, when: datetime) -> None:
-        """The point's LTX timestamp, read from a file already downloaded: spares its HEAD."""
+    def learn_time(self, txid: int, when: datetime, key: str) -> None:
+        """The LTX timestamp of file `key`, read from its downloaded header: spares a HEAD when it is
+        the file that dates point `txid` (the finest ending there); another level's file may be
+        stamped differently, so it teaches nothing."""
         i = self.index_of(txid)
-        if i is not None:
-            self._times.setdefault(self.points[i].files[0].key, _to_ms(when))
+        if i is not None and self.points[i].files[0].key == key:
+            self._times.setdefault(key, _to_ms(when))
 
     def point(self, i: int, relative_to: datetime | None = None) -> RestorePoint:
         p = self.points[i]
