@@ -130,6 +130,12 @@ def _set_positions(st: DatabaseStatus, local: int, replicated: int, now: float, 
     st.lag_seconds = round(lag_seconds(local, replicated, _parse_time(st.last_sync_at), now, started), 1)
 
 
+def _set_state(st: DatabaseStatus, entry: dict, sync_errors: dict[str, str]) -> None:
+    st.state = "replicating" if entry.get("status") == "replicating" else entry.get("status", "?")
+    if sync_errors.get(st.path):
+        st.state, st.error = "error", sync_errors[st.path]
+
+
 def _stalled(st: DatabaseStatus, now: float) -> bool:
     if st.error or st.local_txid is None or st.replicated_txid is None or st.replicated_txid >= st.local_txid:
         return False
@@ -158,40 +164,62 @@ def replication_status(settings: Settings, sock: ControlSocket | None = None, no
     idle database that had caught up costs no call of its own.
     """
     sock = sock or ControlSocket(settings.litestream_socket)
+    fixed_now = now is not None
     now = time.time() if now is None else now
     info = sock.info()
     started = _parse_time(info.get("started_at")) or now
     listed = {d["path"]: d for d in sock.list()}
     sync_errors, synced_txids = _sync_diagnostics(sock)  # before our own syncs below reset litestream's record
     out: list[DatabaseStatus] = []
+    asks: list[tuple[DatabaseStatus, dict]] = []
     for ref in layout.local_databases(settings):
         wal = Path(f"{ref.path}-wal")
         st = DatabaseStatus(ref.label, str(ref.path), "not replicated", wal_bytes=wal.stat().st_size if wal.exists() else 0)
-        entry = listed.get(str(ref.path))
-        if entry is not None:
-            st.last_sync_at = entry.get("last_sync_at")
-            key = str(ref.path)
-            known = cache.reuse(key, synced_txids.get(key), now) if cache and not sync_errors.get(key) else None
-            try:
-                if known is None:
-                    # A local-only sync: cheap, and it returns both the local and the replica position.
-                    result = sock.sync(ref.path, wait=False, timeout=5)
-                    known = int(result["txid"]), int(result["replicated_txid"])
-                    if cache:
-                        cache.remember(key, *known, now)
-                _set_positions(st, *known, now, started)
-                st.state = "replicating" if entry.get("status") == "replicating" else entry.get("status", "?")
-            except EnvironmentProblem as exc:
-                st.state, st.error = "error", _socket_error(exc)
-                if cache:
-                    cache.forget(key)
-            if not st.error and sync_errors.get(str(ref.path)):
-                st.state, st.error = "error", sync_errors[str(ref.path)]
         out.append(st)
+        entry = listed.get(str(ref.path))
+        if entry is None:
+            continue
+        st.last_sync_at = entry.get("last_sync_at")
+        known = cache.reuse(st.path, synced_txids.get(st.path), now) if cache and not sync_errors.get(st.path) else None
+        if known is None:
+            asks.append((st, entry))
+        else:
+            _set_positions(st, *known, now, started)
+            _set_state(st, entry, sync_errors)
+
+    def ask(item: tuple[DatabaseStatus, dict]) -> None:
+        st, entry = item
+        try:
+            # A local-only sync: cheap, and it returns both the local and the replica position. It can
+            # wait seconds when litestream is stuck uploading that database: the others are asked meanwhile.
+            result = sock.sync(Path(st.path), wait=False, timeout=5)
+            known = int(result["txid"]), int(result["replicated_txid"])
+            if cache:
+                cache.remember(st.path, *known, now)
+            _set_positions(st, *known, now, started)
+            _set_state(st, entry, sync_errors)
+        except EnvironmentProblem as exc:
+            st.state, st.error = "error", _socket_error(exc)
+            if cache:
+                cache.forget(st.path)
+
+    if len(asks) > 1:
+        with ThreadPoolExecutor(max_workers=min(8, len(asks))) as pool:
+            list(pool.map(ask, asks))
+    elif asks:
+        ask(asks[0])
     stalled = [st for st in out if _stalled(st, now)] if probe else []
     if stalled:
         with ThreadPoolExecutor(max_workers=min(4, len(stalled))) as pool:
             list(pool.map(lambda st: _probe(sock, st, now, started), stalled))
+    if not fixed_now:
+        # A call can take seconds when the replica hangs (a sync waits on an upload): a lag is as of
+        # the answer, not of the question.
+        end = time.time()
+        for st in out:
+            if st.lag_seconds and st.local_txid is not None and st.replicated_txid is not None:
+                st.lag_seconds = round(lag_seconds(st.local_txid, st.replicated_txid, _parse_time(st.last_sync_at),
+                                                   end, started), 1)
     for st in out:
         if not st.error and st.local_txid is not None and (st.replicated_txid or 0) > st.local_txid:
             # Litestream uploads nothing until the local txid passes the replica's, then stacks this
