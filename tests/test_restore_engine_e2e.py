@@ -303,7 +303,7 @@ def test_a_plan_the_listing_cannot_make_falls_back_to_litestreams_own_restore_an
     with RestoreEngine(settings, litestream.Litestream.from_settings(settings)) as engine:
         result = engine.restore("delta", tmp_path / "delta.db")
         assert result.ok, result.error
-        assert "straight from the bucket" in result.note and engine.stats.fallbacks == 1 and engine.stats.gets == 0
+        assert "straight from the bucket" in result.note and engine.stats.fallbacks == 1 and engine.refresh_stats().gets == 0
     assert content_hash(sqlite3.connect(tmp_path / "delta.db")) == _plain(settings, "delta", tmp_path / "plain.db")
 
 

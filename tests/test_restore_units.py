@@ -22,25 +22,33 @@ def test_a_restore_onto_a_filesystem_without_hard_links_still_never_overwrites(t
     assert (tmp_path / "out.db").read_bytes() == b"restored"
 
 
-def test_latest_txids_reads_every_database_from_one_listing(tmp_path):
-    from edgehost.engine.replica import ReplicaStore, latest_txids
+def _newest(listing) -> dict[str, int]:
+    return {db: max(f.max_txid for f in files) for db, files in listing.dbs.items()}
 
+
+def test_one_listing_reads_every_database_in_the_s3_layout(tmp_path):
+    from edgehost.engine.bucket import Listing, parse_key
+
+    listing = Listing("s3://b/x")
     for rel in ("acme/honestcam.db/0000/0000000000000003-0000000000000003.ltx",
                 "acme/honestcam.db/0001/0000000000000001-0000000000000002.ltx",
                 "acme/honestcam.db/0009/0000000000000001-0000000000000001.ltx",
                 "honestcam-study.db/0000/000000000000000a-000000000000000b.ltx",
                 "_edgehost/doctor/probe", "beta/honestcam.db/0000/garbage.ltx"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes(b"x")
-    assert latest_txids(ReplicaStore(tmp_path.as_uri())) == {"acme/honestcam.db": 3, "honestcam-study.db": 11}
+        parsed = parse_key(rel, "s3")
+        if parsed is not None:
+            listing.dbs.setdefault(parsed[0], []).append(parsed[1])
+    assert _newest(listing) == {"acme/honestcam.db": 3, "honestcam-study.db": 11}
+    assert {f.level for f in listing.files("acme/honestcam.db")} == {0, 1, 9}
 
 
-def test_latest_txids_reads_a_file_replicas_layout_too(tmp_path):
-    from edgehost.engine.replica import ReplicaStore, latest_txids
+def test_one_listing_reads_a_file_replicas_layout_too(tmp_path):
+    from edgehost.engine.bucket import list_root
+    from edgehost.engine.replica import ReplicaStore
 
     for rel in ("acme/honestcam.db/ltx/0/0000000000000005-0000000000000007.ltx",
                 "acme/honestcam.db/ltx/1/0000000000000001-0000000000000004.ltx",
                 "honestcam-study.db/ltx/0/0000000000000001-0000000000000002.ltx"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
-    assert latest_txids(ReplicaStore(tmp_path.as_uri())) == {"acme/honestcam.db": 7, "honestcam-study.db": 2}
+    assert _newest(list_root(ReplicaStore(tmp_path.as_uri()))) == {"acme/honestcam.db": 7, "honestcam-study.db": 2}

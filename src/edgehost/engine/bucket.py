@@ -10,8 +10,8 @@ and then GETs them one after another.
 Here one paginated listing of the replica root serves every database: `plan_files` picks the same
 files from it, `Fetcher` downloads just those in parallel (sizes and MD5 ETags checked) into a
 directory laid out as a file replica, and `litestream restore file://...` applies them there, so
-Litestream still decides what is applied. `mirror_key` maps an S3 key to that layout, which is also
-what `edgehost mirror` keeps on a USB disk or NAS.
+Litestream still decides what is applied. `LtxFile.file_key` is a file's place in that layout, which
+is also what `edgehost mirror` keeps on a USB disk or NAS.
 """
 
 from __future__ import annotations
@@ -191,33 +191,35 @@ class Fetcher:
     `attempts` times. A file that is gone raises ObjectGone (the caller lists again).
     """
 
-    def __init__(self, store, pool, listing: Listing | None = None, attempts: int = 3,
-                 on_bytes: Callable[[int], None] | None = None, durable: bool = True):
+    def __init__(self, store, pool, attempts: int = 3, on_bytes: Callable[[int], None] | None = None,
+                 durable: bool = True):
         self.store = store
         self.pool = pool
-        self.etags = listing.etags if listing else {}
         self.attempts = attempts
         self.on_bytes = on_bytes
         self.durable = durable  # a mirror keeps its files; a restore's fetch cache lives for seconds
         self.stats = FetchStats()
 
-    def _one(self, db: str, f: LtxFile, into: Path) -> None:
+    def _one(self, db: str, f: LtxFile, into: Path, etag: str) -> None:
         key = f"{db}/{f.key}" if db else f.key
         problem = ""
         for _ in range(self.attempts):
             data = self.store.get(key)  # ObjectGone propagates: no retry brings it back
             self.stats.add(len(data))
-            problem = check_object(f, data, self.etags.get(key, ""))
+            problem = check_object(f, data, etag)
             if not problem:
                 write_ltx(into / f.file_key, data, self.durable)
                 if self.on_bytes:
                     self.on_bytes(len(data))
                 return
-            self.stats.retries += 1
+            with self.stats._lock:
+                self.stats.retries += 1
         raise EnvironmentProblem(f"replica {self.store.url}: {key}: {problem} (after {self.attempts} attempts)")
 
-    def fetch(self, db: str, files: list[LtxFile], into: Path) -> None:
-        futures = [self.pool.submit(self._one, db, f, into) for f in files]
+    def fetch(self, db: str, files: list[LtxFile], into: Path, listing: Listing) -> None:
+        """Download `files` of database `db`, checked against the ETags of `listing` (the one they come from)."""
+        futures = [self.pool.submit(self._one, db, f, into, listing.etags.get(f"{db}/{f.key}" if db else f.key, ""))
+                   for f in files]
         errors = []
         for fut in futures:
             try:

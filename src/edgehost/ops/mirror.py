@@ -23,7 +23,7 @@ from edgehost.engine import litestream
 from edgehost.engine.bucket import Fetcher, list_root
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError
-from edgehost.ops.recovery import mirror_roots
+from edgehost.ops.recovery import GLOBAL_ROOT_DIR, mirror_roots
 from edgehost.settings import Settings
 
 STATE_FILE = ".edgehost-mirror.json"
@@ -89,7 +89,7 @@ def _local_files(root: Path) -> dict[str, int]:
     """Every LTX file in a mirror directory: its path relative to `root` -> size."""
     out = {}
     for dirpath, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d != "_global" or Path(dirpath) != root]
+        dirs[:] = [d for d in dirs if d != GLOBAL_ROOT_DIR or Path(dirpath) != root]  # another root's mirror
         for name in files:
             if name.endswith(".ltx") and not name.startswith("."):
                 p = Path(dirpath) / name
@@ -116,7 +116,7 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
                 continue
             report.list_pages += getattr(store, "list_pages", 0)
             have = _local_files(local)
-            fetcher = Fetcher(store, pool, listing)
+            fetcher = Fetcher(store, pool)
             wanted: set[str] = set()
             for db, files in listing.dbs.items():
                 report.databases += 1
@@ -129,7 +129,7 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
                         new.append(f)
                 if new:
                     try:
-                        fetcher.fetch(db, new, local / db)
+                        fetcher.fetch(db, new, local / db, listing)
                     except Exception as exc:  # noqa: BLE001 - one database's failure is reported, the rest go on
                         report.errors.append(f"{db}: {exc}")
             report.fetched += fetcher.stats.gets

@@ -108,7 +108,6 @@ class RestoreEngine:
         listing = list_root(store)
         with self._lock:
             self.stats.listings += 1
-            self.stats.list_pages = sum(getattr(s, "list_pages", 0) for s in self._stores.values())
             if not self._listings.get(root, listing).whole:
                 self._listings[root] = listing  # only some databases were listed so far
                 self._indexes.clear()
@@ -234,7 +233,7 @@ class RestoreEngine:
             return result, "restored straight from the bucket: the listing held no contiguous chain to that point", None
         work = self._cache / secrets.token_hex(4)
         try:
-            self._fetcher(root).fetch(rel, plan, work / rel)
+            self._fetcher(root).fetch(rel, plan, work / rel, listing)
             with open(work / rel / plan[-1].file_key, "rb") as f:  # the file ending at txid: its stamp
                 when = ltx_timestamp(f.read(100))
             stamp = (when, plan[-1].key) if when is not None else None
@@ -245,20 +244,16 @@ class RestoreEngine:
     def _fetcher(self, root: str) -> Fetcher:
         with self._lock:
             if root not in self._fetchers:
-                self._fetchers[root] = Fetcher(self.store(root), self._pool, self._listings.get(root),
-                                               on_bytes=self._count_bytes, durable=False)
+                self._fetchers[root] = Fetcher(self.store(root), self._pool, durable=False,
+                                               on_bytes=lambda n: self.on_bytes and self.on_bytes(n))
             return self._fetchers[root]
 
-    def _count_bytes(self, n: int) -> None:
-        with self._lock:
-            self.stats.gets += 1
-            self.stats.bytes += n
-        if self.on_bytes:
-            self.on_bytes(n)
-
     def refresh_stats(self) -> EngineStats:
+        """The counters, summed from the stores (LIST pages) and the fetchers (GETs, bytes)."""
         with self._lock:
             self.stats.list_pages = sum(getattr(s, "list_pages", 0) for s in self._stores.values())
+            self.stats.gets = sum(f.stats.gets for f in self._fetchers.values())
+            self.stats.bytes = sum(f.stats.bytes for f in self._fetchers.values())
             return self.stats
 
     def close(self) -> None:

@@ -161,27 +161,6 @@ def replica_keys(settings: Settings, tenants_root: str, global_url: str) -> list
     return ([GLOBAL] if leaf in holder else []) + keys
 
 
-def latest_txids(store: ReplicaStore) -> dict[str, int]:
-    """The newest txid of every database under a replica root, from one listing of its LTX files.
-
-    Keys are the databases' paths relative to the root (`acme/honestcam.db`). Handing this txid to
-    `litestream restore` spares it about half of the ~42 LISTs it makes to find the latest point.
-    """
-    newest: dict[str, int] = {}
-    for obj in store.walk():
-        rel, _, leaf = obj.key.rpartition("/")
-        db, _, level = rel.rpartition("/")
-        db = db.removesuffix("/ltx")  # a file replica keeps <db>/ltx/<level>/, S3 <db>/<level as %04x>/
-        if not (db and level.isdigit() and leaf.endswith(".ltx") and "-" in leaf):
-            continue
-        try:
-            txid = int(leaf[:-4].split("-")[1], 16)
-        except ValueError:
-            continue
-        newest[db] = max(newest.get(db, 0), txid)
-    return newest
-
-
 def __getattr__(name: str):
     # The implementations import this module; hand them out lazily to avoid an import cycle.
     if name == "FileStore":
