@@ -200,8 +200,7 @@ class Fetcher:
         self.durable = durable  # a mirror keeps its files; a restore's fetch cache lives for seconds
         self.stats = FetchStats()
 
-    def _one(self, db: str, f: LtxFile, into: Path, etag: str) -> None:
-        key = f"{db}/{f.key}" if db else f.key
+    def _one(self, key: str, f: LtxFile, into: Path, etag: str) -> None:
         problem = ""
         for _ in range(self.attempts):
             data = self.store.get(key)  # ObjectGone propagates: no retry brings it back
@@ -218,8 +217,8 @@ class Fetcher:
 
     def fetch(self, db: str, files: list[LtxFile], into: Path, listing: Listing) -> None:
         """Download `files` of database `db`, checked against the ETags of `listing` (the one they come from)."""
-        futures = [self.pool.submit(self._one, db, f, into, listing.etags.get(f"{db}/{f.key}" if db else f.key, ""))
-                   for f in files]
+        keys = [f"{db}/{f.key}" if db else f.key for f in files]  # relative to the store's root
+        futures = [self.pool.submit(self._one, key, f, into, listing.etags.get(key, "")) for key, f in zip(keys, files)]
         errors = []
         for fut in futures:
             try:

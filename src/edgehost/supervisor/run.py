@@ -153,7 +153,6 @@ class Supervisor:
         self.phase = "starting"
         self.db_status: list[status.DatabaseStatus] = []
         self._positions = status.PositionCache()  # an idle database costs the status poll no call
-        self._born = time.monotonic()
         self._status_sock = litestream.ControlSocket(settings.litestream_socket)  # one kept connection for the poll
         self._alerting: set[str] = set()
         self._commands: queue.Queue[tuple[str, str, threading.Event, dict]] = queue.Queue()
@@ -575,7 +574,7 @@ class Supervisor:
             ls = next((s for s in self.services if s.name == "litestream"), None)
             # Not while a service makes its first start (for at most a minute): the first poll of a
             # thousand databases would take the CPU (and the GIL) the portal's start needs.
-            starting = (time.monotonic() - self._born < 60
+            starting = (time.time() - self.started_wall < 60
                         and any(s.state == Service.STARTING and not s.ready_once for s in self.services))
             if ls is not None and ls.state == Service.RUNNING and not starting:
                 try:
