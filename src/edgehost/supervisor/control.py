@@ -6,6 +6,7 @@ import json
 import os
 import socketserver
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +15,15 @@ import httpx
 
 from edgehost.errors import EnvironmentProblem
 
-Handler = Callable[[str, str], tuple[int, Any]]  # (method, path) -> (status, json body)
+Handler = Callable[[str, str], tuple[int, Any]]  # (method, path) -> (status, json body | text | Page)
+
+
+@dataclass(frozen=True)
+class Page:
+    """A body that is neither JSON nor Prometheus text (the status page's HTML)."""
+
+    body: str | bytes
+    content_type: str = "text/html; charset=utf-8"
 
 
 class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -25,9 +34,15 @@ def _handler_class(handle: Handler, content_type: str = "application/json"):
     class _H(BaseHTTPRequestHandler):
         def _reply(self, method: str) -> None:
             status, body = handle(method, self.path)
-            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            if isinstance(body, Page):
+                data = body.body.encode() if isinstance(body.body, str) else body.body
+                kind = body.content_type
+            elif isinstance(body, str):
+                data, kind = body.encode(), "text/plain; version=0.0.4"
+            else:
+                data, kind = json.dumps(body).encode(), content_type
             self.send_response(status)
-            self.send_header("Content-Type", "text/plain; version=0.0.4" if isinstance(body, str) else content_type)
+            self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

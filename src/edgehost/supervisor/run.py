@@ -160,6 +160,7 @@ class Supervisor:
         self._metrics: MetricsServer | None = None
         self._store: ReplicaStore | None = None
         self.fenced = False  # another machine took the writer lease: never write to the replica again
+        self.cost_summary: dict[str, Any] | None = None  # the month's estimated bill (edgehost cost), when known
 
     def log(self, text: str) -> None:
         self.hub.line("edgehost", text)
@@ -553,6 +554,10 @@ class Supervisor:
         if not reply["ok"]:
             reply["error"] = f"{svc.name} did not come back (state {svc.state})"
         done.set()
+
+    def recent_alerts(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest alerts and recoveries sent, newest first."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         return {
