@@ -307,3 +307,53 @@ class CountingProxy:
 
     def close(self) -> None:
         self._listener.close()
+
+
+class Receiver:
+    """A local HTTP endpoint standing in for ntfy, a webhook and healthchecks: records every request;
+    `fail_next` answers that many requests with 500 first."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        self.fail_next = 0
+        self._lock = threading.Lock()
+        receiver = self
+
+        class _H(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    failing = receiver.fail_next > 0
+                    receiver.fail_next -= 1 if failing else 0
+                    receiver.requests.append({"path": self.path, "headers": dict(self.headers), "body": body,
+                                              "failed": failing, "at": time.time()})
+                self.send_response(500 if failing else 200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            do_GET = do_POST  # noqa: N815
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _H)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def got(self, path: str) -> list[dict]:
+        """The requests that reached `path` and were answered 200."""
+        with self._lock:
+            return [r for r in self.requests if r["path"] == path and not r["failed"]]
+
+    def notices(self, path: str = "/hook") -> list[dict]:
+        """The webhook notices received (JSON bodies), in order."""
+        import json
+
+        return [json.loads(r["body"]) for r in self.got(path)]

@@ -45,6 +45,11 @@ SECRET_NAMES = frozenset(
         "LITESTREAM_SECRET_ACCESS_KEY",
         "TUNNEL_TOKEN",
         "CLOUDFLARE_API_TOKEN",
+        # Alert channels: a topic URL, a webhook URL or a ping URL is as good as a key to whoever holds it.
+        "EDGEHOST_NTFY_URL",
+        "EDGEHOST_NTFY_TOKEN",
+        "EDGEHOST_WEBHOOK_URL",
+        "EDGEHOST_HEALTHCHECKS_URL",
     }
 )
 
@@ -127,6 +132,34 @@ class TunnelSettings(_Section):
     metrics_port: Port = Field(20241, json_schema_extra=env("EDGEHOST_TUNNEL_METRICS_PORT"))
 
 
+class AlertSettings(_Section):
+    """Where alerts go and when they fire (docs/alerts.md). The channel URLs and the token are secrets:
+    set them in the env file (0600) or the environment."""
+
+    ntfy_url: StrictStr = Field("", json_schema_extra=env("EDGEHOST_NTFY_URL"))  # https://ntfy.sh/<topic>
+    ntfy_token: StrictStr = Field("", json_schema_extra=env("EDGEHOST_NTFY_TOKEN"))
+    webhook_url: StrictStr = Field("", json_schema_extra=env("EDGEHOST_WEBHOOK_URL"))  # JSON POST per notice
+    healthchecks_url: StrictStr = Field("", json_schema_extra=env("EDGEHOST_HEALTHCHECKS_URL"))  # dead-man's switch
+    healthchecks_every: Seconds = 60.0  # a ping (or /fail) this often
+    cooldown_seconds: Annotated[float, BeforeValidator(_number), Field(ge=0, allow_inf_nan=False)] = 600.0
+    check_every: Seconds = 60.0  # disk, drill and verify checks
+    drill_overdue_days: Seconds = 35.0
+    disk_free_min_mb: Annotated[int, BeforeValidator(_number), Field(ge=0)] = 1024  # on the data volume; 0: off
+    pitr_check_every: Seconds = 3600.0  # one listing of the replica each time
+    attempts: Count = 3  # tries per notice and channel
+    retry_backoff_seconds: Seconds = 2.0  # doubled after each failed try
+
+    @field_validator("ntfy_url", "webhook_url", "healthchecks_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL")  # never echo the value: it is a secret
+        return value
+
+
+SECRET_KEYS = frozenset({"alerts.ntfy_url", "alerts.ntfy_token", "alerts.webhook_url", "alerts.healthchecks_url"})
+
+
 class AccessSettings(_Section):
     """Cloudflare Access at the origin: both team and aud, or neither (then the portal is unguarded)."""
 
@@ -200,6 +233,7 @@ class Settings(BaseSettings):
     tunnel: TunnelSettings = TunnelSettings()
     restart: RestartPolicy = RestartPolicy()
     access: AccessSettings = AccessSettings()
+    alerts: AlertSettings = AlertSettings()
     app: AppContract = AppContract()
 
     # The merged environment for children (process env over the env file) and where each value came
@@ -514,7 +548,8 @@ _PHRASES = {  # pydantic's error types in the words the rest of the kit uses
 
 def _message(err: dict[str, Any], layers: _Layers) -> str:
     loc = ".".join(str(p) for p in err["loc"])
-    text = _PHRASES.get(err["type"], err["msg"].removeprefix("Value error, ")).format(**err.get("ctx") or {})
+    phrase = _PHRASES.get(err["type"])  # only our own phrases are templates: a message may quote "{HOME}"
+    text = phrase.format(**err.get("ctx") or {}) if phrase else err["msg"].removeprefix("Value error, ")
     if not loc:  # a model-level check
         return " ".join(text.split())
     won = layers.winner(".".join(str(p) for p in err["loc"][:2] if isinstance(p, str)))
@@ -527,7 +562,8 @@ def _message(err: dict[str, Any], layers: _Layers) -> str:
         known = ", ".join(sorted(model.model_fields) if model is not Settings else
                           sorted(k for k in Settings.model_fields if k != "home"))
         return f"{where}: unknown key '{loc}' (known: {known})"
-    return " ".join(f"{where}: {name}: {text} (got {err.get('input')!r})".split())
+    got = "" if loc in SECRET_KEYS else f" (got {err.get('input')!r})"  # a secret is never echoed
+    return " ".join(f"{where}: {name}: {text}{got}".split())
 
 
 def _validate(build, sources) -> Settings:

@@ -42,18 +42,39 @@ def drill(
     settings = load_settings()
     drill_lib.keep_reports(settings)  # a bad setting stops here, before anything runs
     when = parse_time(at) if at else None
+    if scenario not in ("full", "accidental-delete"):
+        raise BadInput(f"unknown scenario {scenario!r}: use full or accidental-delete")
+    check = _healthchecks(settings)
+    check("start", f"edgehost drill ({scenario}) started")
     if scenario == "full":
         report = drill_lib.run_drill(settings, at=when, keep=keep, progress=lambda m: console.print(f"[dim]{m}[/]"))
     elif scenario == "accidental-delete":
         if when is not None:
             raise BadInput("--at does not apply to the accidental-delete scenario")
         report = drill_lib.accidental_delete(settings, slug, keep=keep, progress=lambda m: console.print(f"[dim]{m}[/]"))
-    else:
-        raise BadInput(f"unknown scenario {scenario!r}: use full or accidental-delete")
     md, js = drill_lib.save(settings, report, report_path)
+    check("" if report.status == "pass" else "fail", f"edgehost drill ({scenario}): {report.status}")
     if as_json:
         emit_json(report.as_dict())
     console.print(drill_lib.render_markdown(report), markup=False, highlight=False)
     console.print(f"report: {md} and {js}")
     code = {"pass": ExitStatus.OK, "fail": ExitStatus.CHECK_FAILED, "error": ExitStatus.ENVIRONMENT}[report.status]
     raise typer.Exit(int(code))
+
+
+def _healthchecks(settings):
+    """The dead-man's switch's /start before a drill and its success or /fail after; a failing ping
+    is one line on stderr and never changes the drill's outcome."""
+    from edgehost.ops import alerts
+
+    hc = alerts.healthchecks(settings)
+
+    def ping(signal: str, body: str) -> None:
+        if hc is None:
+            return
+        try:
+            hc.ping(signal, body)
+        except Exception as exc:
+            console.print(f"[yellow]warning:[/] healthchecks ping {signal or 'success'} failed: {alerts.reason(exc)}")
+
+    return ping

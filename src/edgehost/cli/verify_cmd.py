@@ -44,6 +44,9 @@ def verify(
         results, seconds = verify_lib.verify_all(settings, refs, parallel=parallel,
                                                  on_result=lambda _r: progress.advance(task))
     failed = [r for r in results if not r.ok]
+    from edgehost.ops.state import record_verify
+
+    record_verify(settings, len(results), [f"{r.name}: {r.failed_check}: {r.detail}" for r in failed])
     if as_json:
         emit_json({"ok": not failed, "seconds": seconds, "results": results})
     else:

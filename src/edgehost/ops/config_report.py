@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import re
 
 from edgehost.engine import layout, litestream
-from edgehost.settings import DEFAULT, SECRET_NAMES, Settings, keys, load_settings
+from edgehost.settings import DEFAULT, SECRET_KEYS, SECRET_NAMES, Settings, keys, load_settings
 
 # Values left from an example file or a placeholder: the replica would fail at the first upload.
 EXAMPLE_VALUES = {"0123456789abcdef0123456789abcdef", "my-portal-backups", "changeme", "change-me", "xxx", "todo"}
@@ -81,6 +81,8 @@ def setting_lines(settings: Settings) -> list[SettingLine]:
         if key in ("replica_url", "s3_endpoint", "s3_region") and source == DEFAULT and settings.environ.get("R2_BUCKET"):
             source = "R2_* variables"
         text = " ".join(value) if isinstance(value, tuple) and key == "portal.command" else str(value if value is not None else "")
+        if key in SECRET_KEYS and text:
+            text = "(a secret)"
         lines.append(SettingLine(key, text, source))
     return lines
 

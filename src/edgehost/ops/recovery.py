@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgehost.engine import layout, litestream
-from edgehost.engine.bucket import Fetcher, Listing, ObjectGone, list_root, ltx_timestamp, plan_files
+from edgehost.engine.bucket import SNAPSHOT_LEVEL, Fetcher, Listing, ObjectGone, list_root, ltx_timestamp, plan_files
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import EdgehostError
 from edgehost.ops.restore import PointIndex, RestorePoint, RestoreResult, parse_rfc3339, restore_db
@@ -283,3 +283,21 @@ def _describe(result: RestoreResult, point: RestorePoint, first: RestorePoint | 
     if first is not None and first.txid != point.txid:
         notes.append(f"txid {first.txid} was compacted away before the restore ran; restored {point.txid}")
     result.note = "; ".join(notes)
+
+
+def oldest_point(files: list) -> datetime | None:
+    """When the oldest restorable point of a database was written: its oldest snapshot, or a file
+    that starts the chain at txid 1 (before the first snapshot). None when the replica holds neither."""
+    starts = [f.listed_at for f in files if f.level == SNAPSHOT_LEVEL or f.min_txid == 1]
+    return min(starts) if starts else None
+
+
+def pitr_windows(settings: Settings, ls: litestream.Litestream, refs: list, now: datetime) -> dict[str, float | None]:
+    """Each database's point-in-time window in seconds (how far back `restore --at` reaches), from
+    one listing of each replica root."""
+    out: dict[str, float | None] = {}
+    with RestoreEngine(settings, ls, fetch_parallel=1) as engine:
+        for ref in refs:
+            oldest = oldest_point(engine.files(ref.key))
+            out[ref.label] = None if oldest is None else max(0.0, (now - oldest).total_seconds())
+    return out

@@ -34,6 +34,16 @@ _MIGRATIONS = [
             report      TEXT NOT NULL    -- the JSON report
         );
     """),
+    Migration(2, "0002_verifies.sql", """
+        CREATE TABLE verifies (
+            id          INTEGER PRIMARY KEY,
+            finished_at TEXT NOT NULL,
+            status      TEXT NOT NULL,   -- pass | fail
+            databases   INTEGER NOT NULL,
+            failed      INTEGER NOT NULL,
+            summary     TEXT NOT NULL    -- the failures, one per line
+        );
+    """),
 ]
 
 _SUMMARY_KEYS = ("id", "started_at", "finished_at", "scenario", "status", "rto_seconds", "databases", "failed",
@@ -61,6 +71,34 @@ def record_drill(settings: Settings, report: dict[str, Any], keep: int | None = 
             conn.execute("DELETE FROM drills WHERE id NOT IN (SELECT id FROM drills ORDER BY id DESC LIMIT ?)",
                          (max(1, keep),))
         return int(cur.lastrowid)
+
+
+def record_verify(settings: Settings, databases: int, failures: list[str], keep: int = 100) -> int:
+    """Add a verify run to this machine's history (the supervisor alerts on a failed one)."""
+    with closing(_open(settings)) as conn:
+        cur = conn.execute(
+            "INSERT INTO verifies(finished_at, status, databases, failed, summary) VALUES (?, ?, ?, ?, ?)",
+            (datetime.now(timezone.utc).isoformat(timespec="seconds"), "fail" if failures else "pass",
+             databases, len(failures), "\n".join(failures)))
+        conn.execute("DELETE FROM verifies WHERE id NOT IN (SELECT id FROM verifies ORDER BY id DESC LIMIT ?)", (keep,))
+        return int(cur.lastrowid)
+
+
+def last_checks(settings: Settings) -> dict[str, Any]:
+    """The newest drill and verify on this machine, and when each last passed (ISO times, or None)."""
+    out: dict[str, Any] = {"drill": None, "drill_passed_at": None, "verify": None, "verify_passed_at": None}
+    if not settings.kit_db.exists():
+        return out
+    with closing(_open(settings)) as conn:
+        row = conn.execute("SELECT id, finished_at, status, failed, scenario FROM drills ORDER BY id DESC LIMIT 1").fetchone()
+        if row:
+            out["drill"] = {"id": row[0], "finished_at": row[1], "status": row[2], "failed": row[3], "scenario": row[4]}
+        out["drill_passed_at"] = conn.execute("SELECT max(finished_at) FROM drills WHERE status = 'pass'").fetchone()[0]
+        row = conn.execute("SELECT id, finished_at, status, failed, summary FROM verifies ORDER BY id DESC LIMIT 1").fetchone()
+        if row:
+            out["verify"] = {"id": row[0], "finished_at": row[1], "status": row[2], "failed": row[3], "summary": row[4]}
+        out["verify_passed_at"] = conn.execute("SELECT max(finished_at) FROM verifies WHERE status = 'pass'").fetchone()[0]
+    return out
 
 
 def replica_key(report: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import socket
+import shutil
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ import httpx
 
 from edgehost.engine import layout, litestream
 
-from edgehost.ops import provision, status
+from edgehost.ops import alerts as alerts_lib, provision, state, status
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.engine.schema import ensure_data_dir
 from edgehost.engine.replica import ReplicaStore
@@ -143,6 +144,8 @@ class Supervisor:
         self.take_over = take_over
         self.lease: WriterLease | None = None
         secrets = [v for k, v in settings.environ.items() if k in SECRET_NAMES]
+        a = settings.alerts
+        secrets += [v for v in (a.ntfy_url, a.ntfy_token, a.webhook_url, a.healthchecks_url) if v]
         self.hub = LogHub(settings.log_dir, secrets=secrets, stream=stream or sys.stdout)
         self.services: list[Service] = []
         self.stopping = threading.Event()
@@ -154,7 +157,11 @@ class Supervisor:
         self.db_status: list[status.DatabaseStatus] = []
         self._positions = status.PositionCache()  # an idle database costs the status poll no call
         self._status_sock = litestream.ControlSocket(settings.litestream_socket)  # one kept connection for the poll
-        self._alerting: set[str] = set()
+        self.alerts = alerts_lib.Alerter(settings, self.log, state_path=settings.state_dir / "alerts.json")
+        self.deadman = alerts_lib.DeadMansSwitch(alerts_lib.healthchecks(settings), self.alerts.delivery,
+                                                 settings.alerts.healthchecks_every)
+        self.pitr: dict[str, float | None] = {}  # seconds `restore --at` reaches back, per database
+        self.checks: dict[str, Any] = {}  # the newest drill and verify (state.last_checks)
         self._commands: queue.Queue[tuple[str, str, threading.Event, dict]] = queue.Queue()
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
@@ -227,12 +234,16 @@ class Supervisor:
         except EdgehostError as exc:
             self.exit_status = exc.status
             self.log(f"error: {exc}")
+            if isinstance(exc, LeaseHeld):
+                self.alerts.raise_("lease", "lease", f"not started: {exc}")
             raise
         finally:
             self.phase = "stopping"
             self._stop_all()
             self._release_lease()
             self._close_servers()
+            if not self.alerts.flush(10.0):
+                self.log("warning: some alerts were still being sent when the supervisor stopped")
             self.log(f"stopped (exit {int(self.exit_status)})")
             s.pid_file.unlink(missing_ok=True)
             self.hub.close()
@@ -281,6 +292,7 @@ class Supervisor:
             self.log(f"writer lease taken over from {previous.describe()}; waiting {wait:.0f}s for it to stop writing")
             self.stopping.wait(wait)
         self.log(f"writer lease held by this machine (renewed every {s.lease_renew_seconds:.0f}s)")
+        self.alerts.clear("lease", "this machine holds the writer lease")
 
     def _keep_lease(self) -> None:
         """Renew the lease on a slow timer; a machine that lost it stops writing at once."""
@@ -314,6 +326,7 @@ class Supervisor:
         self.log(f"!!! {why}")
         self.log("!!! this machine no longer writes to the replica: litestream stopped, portal read-only. "
                  "Writes made here since the last upload stay on this disk only")
+        self.alerts.raise_("lease", "lease", f"writer lease lost: {why}; this machine stopped writing to the replica")
         done = threading.Event()
         self._commands.put(("fence", why, done, {}))
         done.wait(self.settings.litestream_stop_timeout + 30)
@@ -344,6 +357,7 @@ class Supervisor:
                 self.log(f"metrics endpoint disabled: port {self.settings.metrics_port}: {exc.strerror}")
         threading.Thread(target=self._watch_replication, daemon=True, name="lag").start()
         threading.Thread(target=self._keep_lease, daemon=True, name="lease").start()
+        threading.Thread(target=self._watch_health, daemon=True, name="health").start()
 
     def _close_servers(self) -> None:
         for server in (self._control, self._metrics):
@@ -392,15 +406,16 @@ class Supervisor:
             was_failed = svc.state == Service.FAILED
             svc.state = Service.FAILED
             p = self.settings.restart
+            why = f"{svc.name} FAILED: {p.crash_loop_failures} exits within {p.crash_loop_window:.0f}s (last exit code {code})"
+            if not was_failed:
+                self.alerts.raise_(f"service:{svc.name}", "service_failed", why)
             if svc.name != "litestream":
                 # Replication is the core: a crash-looping portal or tunnel never takes litestream down.
                 svc.next_start_at = now + p.max_backoff
                 if not was_failed:
-                    self.log(f"!!! {svc.name} FAILED: {p.crash_loop_failures} exits within {p.crash_loop_window:.0f}s "
-                             f"(last exit code {code}); retrying every {p.max_backoff:.0f}s, litestream keeps replicating")
+                    self.log(f"!!! {why}; retrying every {p.max_backoff:.0f}s, litestream keeps replicating")
                 return
-            self.log(f"!!! {svc.name} FAILED: {p.crash_loop_failures} exits within {p.crash_loop_window:.0f}s "
-                     f"(last exit code {code}); not restarting it")
+            self.log(f"!!! {why}; not restarting it")
             if p.exit_on_failure:
                 self.exit_status = ExitStatus.SERVICE_FAILED
                 self.stopping.set()
@@ -473,6 +488,10 @@ class Supervisor:
                 self.log(f"!!! final sync did not land for {r.describe()}; its newest writes are only on this disk")
             self.log(f"!!! final sync: {len(missing)} of {len(results)} database(s) not replicated "
                      f"(exit {int(ExitStatus.FINAL_SYNC_FAILED)}); start `edgehost up` again to push them")
+            names = ", ".join(r.describe() for r in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            self.alerts.raise_("final_sync", "final_sync",
+                               f"final sync at stop did not land for {len(missing)} database(s): {names}; "
+                               f"their newest writes are only on this disk until `edgehost up` runs again")
         else:
             self.log(f"final sync: {len(results)} database(s) replicated up to their local txid in {took:.2f}s")
         return took
@@ -557,7 +576,7 @@ class Supervisor:
 
     def recent_alerts(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest alerts and recoveries sent, newest first."""
-        return []
+        return self.alerts.recent_notices(limit)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -567,7 +586,8 @@ class Supervisor:
             "uptime_seconds": round(time.time() - self.started_wall, 1),
             "services": [s.describe() for s in self.services],
             "lag_alert_seconds": self.settings.lag_alert_seconds,
-            "alerts": sorted(self._alerting),
+            "alerts": sorted({k.partition(":")[2] for k in self.alerts.keys("lag:") + self.alerts.keys("error:")}),
+            "incidents": sorted(self.alerts.keys()),
             "lease": {"held": bool(self.lease and self.lease.held), "fenced": self.fenced,
                       "machine_id": self.lease.machine_id if self.lease else None},
         }
@@ -616,19 +636,125 @@ class Supervisor:
 
     def _alert(self) -> None:
         limit = self.settings.lag_alert_seconds
+        names = set()
         for db in self.db_status:
-            behind = db.lag_seconds is not None and db.lag_seconds > limit
-            if (behind or db.error) and db.name not in self._alerting:
-                self._alerting.add(db.name)
-                why = f"litestream reports: {db.error}" if db.error else f"replica is {db.lag_seconds:.0f}s behind"
-                self.log(f"ALERT: {db.name} {why} (threshold {limit:.0f}s)")
-            elif db.name in self._alerting and _caught_up(db):
+            names.add(db.name)
+            if db.error:
+                self.alerts.raise_(f"error:{db.name}", "replication_error", f"{db.name}: litestream reports: {db.error}",
+                                   database=db.name)
+            if db.lag_seconds is not None and db.lag_seconds > limit:
+                self.alerts.raise_(f"lag:{db.name}", "lag",
+                                   f"{db.name}: replica is {db.lag_seconds:.0f}s behind (threshold {limit:.0f}s)",
+                                   database=db.name)
+            elif _caught_up(db):
                 # Only a replica at the local txid is caught up; a lag that merely stopped growing is not.
-                self._alerting.discard(db.name)
-                self.log(f"{db.name} replica caught up: replicated txid {db.replicated_txid:016x} = local txid")
+                for key in (f"lag:{db.name}", f"error:{db.name}"):
+                    self.alerts.clear(key, f"{db.name}: replica caught up, replicated txid "
+                                           f"{db.replicated_txid:016x} = local txid")
+        for key in self.alerts.keys("lag:") + self.alerts.keys("error:"):
+            if key.partition(":")[2] not in names:
+                self.alerts.clear(key, f"{key.partition(':')[2]}: no longer on this machine")
+        if self.db_status and all(_caught_up(db) for db in self.db_status):
+            self.alerts.clear("final_sync", "every database is replicated up to its local txid")
+
+    # --- health checks: services, disk, drills, the PITR window, the dead-man's switch ------------
+
+    def _watch_health(self) -> None:
+        a = self.settings.alerts
+        next_pitr = time.monotonic() + min(a.pitr_check_every, 300.0)  # not in the first minutes of a start
+        while not self.stopping.wait(min(a.check_every, 5.0)):
+            try:
+                self._check_services()
+                self._check_disk()
+                self._check_drills()
+                if time.monotonic() >= next_pitr:
+                    next_pitr = time.monotonic() + a.pitr_check_every
+                    self._check_pitr()
+                self.alerts.tick()
+                self.deadman.beat([i.summary for i in self.alerts.active.values() if i.severity == "critical"])
+            except Exception as exc:  # a check must never take the supervisor down; say it once a round
+                self.log(f"warning: health check failed: {type(exc).__name__}: {exc}")
+
+    def _check_services(self) -> None:
+        for svc in self.services:
+            if svc.state == Service.RUNNING and svc.uptime() >= self.settings.restart.healthy_after:
+                self.alerts.clear(f"service:{svc.name}", f"{svc.name} running again for {svc.uptime():.0f}s")
+
+    def _check_disk(self) -> None:
+        need = self.settings.alerts.disk_free_min_mb * (1 << 20)
+        if not need:
+            return
+        free = shutil.disk_usage(self.settings.data_dir).free
+        if free < need:
+            self.alerts.raise_("disk", "disk_low", f"{free / (1 << 20):.0f} MB free on the data volume "
+                                                   f"({self.settings.data_dir}), below {need >> 20} MB")
+        elif free >= need * 1.05:  # a margin, so a disk at the edge does not flap
+            self.alerts.clear("disk", f"{free / (1 << 20):.0f} MB free on the data volume")
+
+    def _check_drills(self) -> None:
+        self.checks = last = state.last_checks(self.settings)
+        for kind in ("drill", "verify"):
+            run = last[kind]
+            if run is not None and run["status"] != "pass":
+                self.alerts.raise_(f"{kind}", f"{kind}_failed",
+                                   f"the last {kind} ({run['finished_at']}) {run['status']}ed: {run['failed']} database(s) failed")
+            elif run is not None:
+                self.alerts.clear(kind, f"the last {kind} ({run['finished_at']}) passed")
+        days = self.settings.alerts.drill_overdue_days
+        since = last["drill_passed_at"] or self.alerts.first_seen("home")
+        age = time.time() - _epoch(since)
+        if age > days * 86400:
+            what = f"the last passing drill was {age / 86400:.0f} days ago" if last["drill_passed_at"] else \
+                f"no drill has passed since this machine started {age / 86400:.0f} days ago"
+            self.alerts.raise_("drill_overdue", "drill_overdue", f"{what} (drill_overdue_days {days:g}): run `edgehost drill`")
+        else:
+            self.alerts.clear("drill_overdue", "a drill passed")
+
+    def _check_pitr(self) -> None:
+        """Each database's point-in-time window against snapshot.retention (one listing)."""
+        from datetime import datetime, timezone
+        from edgehost.ops.recovery import pitr_windows
+
+        if self.fenced or not self.services:
+            return
+        ls = litestream.Litestream.from_settings(self.settings)
+        retention = ls.replication.config.snapshot_retention.total_seconds()
+        refs = layout.local_databases(self.settings)
+        try:
+            self.pitr = windows = pitr_windows(self.settings, ls, refs, datetime.now(timezone.utc))
+        except EdgehostError as exc:
+            self.log(f"PITR window not checked: {exc}")
+            return
+        now = time.time()
+        for ref in refs:
+            window = windows.get(ref.label)
+            # A database can only reach back as far as this machine has replicated it.
+            expected = min(retention, now - _epoch(self.alerts.first_seen(f"db:{ref.label}")))
+            short = window is not None and window < expected - max(60.0, 0.05 * expected)
+            if short:
+                self.alerts.raise_(f"pitr:{ref.label}", "pitr_window",
+                                   f"{ref.label}: point-in-time window is {_span(window)}, shorter than "
+                                   f"snapshot.retention ({_span(retention)})", database=ref.label)
+            elif window is not None:
+                self.alerts.clear(f"pitr:{ref.label}", f"{ref.label}: point-in-time window is {_span(window)}")
 
     def _handle_metrics(self, method: str, path: str) -> tuple[int, Any]:
         if method == "GET" and path == "/metrics":
             return 200, status.prometheus_text(self.db_status, [s.describe() for s in self.services])
         return 404, {"error": "try /metrics"}
 
+
+
+def _epoch(text: str | float | None) -> float:
+    from datetime import datetime, timezone
+
+    if text is None:
+        return time.time()
+    if isinstance(text, (int, float)):
+        return float(text)
+    when = datetime.fromisoformat(text)
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 3600:.1f}h" if seconds >= 3600 else f"{seconds / 60:.0f}min" if seconds >= 60 else f"{seconds:.0f}s"
