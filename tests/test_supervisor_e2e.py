@@ -191,7 +191,9 @@ def test_metrics_show_per_db_lag_and_sighup_reopens_logs(kit_home):
 
         text = wait_until(scraped, 30, interval=0.5, what="the lag gauge for acme")
         assert re.search(r'edgehost_replication_lag_seconds\{db="global"\} \d', text)
-        assert 'edgehost_service_up{service="portal"} 1' in text
+        assert 'edgehost_service_up{service="portal"} 1.0' in text
+        assert re.search(r'edgehost_lease_held\{machine_id="[0-9a-f]+"\} 1.0', text)
+        assert "# TYPE edgehost_alerts_total counter" in text and "# TYPE edgehost_service_restarts_total counter" in text
 
         # newsyslog moves the file away and sends SIGHUP: new lines must land in a new file
         log = settings.log_dir / "portal.log"

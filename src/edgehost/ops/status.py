@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from edgehost.engine import layout, litestream
@@ -155,6 +155,19 @@ def _probe(sock: ControlSocket, st: DatabaseStatus, now: float, started: float) 
     _set_positions(st, int(result["txid"]), int(result["replicated_txid"]), now, started)
 
 
+def aged(dbs: list[DatabaseStatus], now: float) -> list[DatabaseStatus]:
+    """The last answer, its lags brought up to `now` when litestream cannot be asked: a database
+    that was behind is still behind, by the time since its last upload (or since it was last asked)."""
+    out = []
+    for st in dbs:
+        st = replace(st)
+        if st.lag_seconds and st.local_txid is not None and st.replicated_txid is not None:
+            last = _parse_time(st.last_sync_at)
+            st.lag_seconds = round(max(st.lag_seconds, now - last if last is not None else 0.0), 1)
+        out.append(st)
+    return out
+
+
 def replication_status(settings: Settings, sock: ControlSocket | None = None, now: float | None = None,
                        probe: bool = True, cache: PositionCache | None = None) -> list[DatabaseStatus]:
     """Ask the running litestream about every database on disk.
@@ -231,30 +244,7 @@ def replication_status(settings: Settings, sock: ControlSocket | None = None, no
 
 
 def prometheus_text(dbs: list[DatabaseStatus], services: list[dict]) -> str:
-    """The metrics endpoint's body (Prometheus text format 0.0.4)."""
-    lines = [
-        "# HELP edgehost_replication_lag_seconds Seconds the replica has been behind the local database (0 = caught up).",
-        "# TYPE edgehost_replication_lag_seconds gauge",
-    ]
-    for db in dbs:
-        if db.lag_seconds is not None:
-            lines.append(f'edgehost_replication_lag_seconds{{db="{db.name}"}} {db.lag_seconds}')
-    lines += [("# HELP edgehost_replication_local_txid Latest local transaction id, as a number "
-               "(Prometheus needs one; litestream and edgehost status --json print it as 16 hex digits)."),
-              "# TYPE edgehost_replication_local_txid gauge"]
-    lines += [f'edgehost_replication_local_txid{{db="{d.name}"}} {d.local_txid}' for d in dbs if d.local_txid is not None]
-    lines += [("# HELP edgehost_replication_replicated_txid Latest transaction id in the replica, as a number "
-               "(litestream and edgehost status --json print it as 16 hex digits)."),
-              "# TYPE edgehost_replication_replicated_txid gauge"]
-    lines += [f'edgehost_replication_replicated_txid{{db="{d.name}"}} {d.replicated_txid}' for d in dbs if d.replicated_txid is not None]
-    lines += ["# HELP edgehost_replication_error 1 when litestream reports an error for the database.",
-              "# TYPE edgehost_replication_error gauge"]
-    lines += [f'edgehost_replication_error{{db="{d.name}"}} {1 if d.state == "error" else 0}' for d in dbs]
-    lines += ["# HELP edgehost_wal_bytes Size of the database's WAL file.", "# TYPE edgehost_wal_bytes gauge"]
-    lines += [f'edgehost_wal_bytes{{db="{d.name}"}} {d.wal_bytes}' for d in dbs]
-    lines += ["# HELP edgehost_service_up 1 when the service is running.", "# TYPE edgehost_service_up gauge"]
-    lines += [f'edgehost_service_up{{service="{s["name"]}"}} {1 if s["state"] == "running" else 0}' for s in services]
-    lines += ["# HELP edgehost_service_restarts_total Restarts since the supervisor started.",
-              "# TYPE edgehost_service_restarts_total counter"]
-    lines += [f'edgehost_service_restarts_total{{service="{s["name"]}"}} {s["restarts"]}' for s in services]
-    return "\n".join(lines) + "\n"
+    """The replication and service metrics alone (Prometheus text format 0.0.4)."""
+    from edgehost.ops import metrics
+
+    return metrics.render(metrics.families(dbs, services))

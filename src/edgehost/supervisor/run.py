@@ -595,6 +595,7 @@ class Supervisor:
     # --- replication lag --------------------------------------------------------------------
 
     def _watch_replication(self) -> None:
+        poll_failing = False
         while not self.stopping.is_set():
             ls = next((s for s in self.services if s.name == "litestream"), None)
             # Not while a service makes its first start (for at most a minute): the first poll of a
@@ -604,8 +605,14 @@ class Supervisor:
             if ls is not None and ls.state == Service.RUNNING and not starting:
                 try:
                     self.db_status = status.replication_status(self.settings, self._status_sock, cache=self._positions)
-                except EdgehostError:
-                    pass
+                    if poll_failing:
+                        self.log("status poll answers again")
+                    poll_failing = False
+                except EdgehostError as exc:
+                    if not poll_failing:
+                        self.log(f"warning: status poll failed ({exc}); lags are estimated from the last answer")
+                    poll_failing = True
+                    self.db_status = status.aged(self.db_status, time.time())
                 self._alert()
                 self._unstick(ls)
             self.stopping.wait(self.STATUS_EVERY)
@@ -646,15 +653,18 @@ class Supervisor:
                 self.alerts.raise_(f"lag:{db.name}", "lag",
                                    f"{db.name}: replica is {db.lag_seconds:.0f}s behind (threshold {limit:.0f}s)",
                                    database=db.name)
-            elif _caught_up(db):
-                # Only a replica at the local txid is caught up; a lag that merely stopped growing is not.
+            elif _caught_up(db) or (not db.error and db.lag_seconds is not None and db.lag_seconds <= limit / 2):
+                # Caught up, or uploading again: a busy database is a sync behind most of the time, but
+                # its last upload is recent. A lag that merely stopped growing is neither.
+                how = (f"replicated txid {db.replicated_txid:016x} = local txid" if _caught_up(db) else
+                       f"uploads land again, last {db.lag_seconds:.0f}s ago")
                 for key in (f"lag:{db.name}", f"error:{db.name}"):
-                    self.alerts.clear(key, f"{db.name}: replica caught up, replicated txid "
-                                           f"{db.replicated_txid:016x} = local txid")
+                    self.alerts.clear(key, f"{db.name}: replica caught up, {how}")
         for key in self.alerts.keys("lag:") + self.alerts.keys("error:"):
             if key.partition(":")[2] not in names:
                 self.alerts.clear(key, f"{key.partition(':')[2]}: no longer on this machine")
-        if self.db_status and all(_caught_up(db) for db in self.db_status):
+        if self.db_status and all(_caught_up(db) or (not db.error and db.lag_seconds is not None
+                                                     and db.lag_seconds <= limit / 2) for db in self.db_status):
             self.alerts.clear("final_sync", "every database is replicated up to its local txid")
 
     # --- health checks: services, disk, drills, the PITR window, the dead-man's switch ------------
@@ -740,7 +750,11 @@ class Supervisor:
 
     def _handle_metrics(self, method: str, path: str) -> tuple[int, Any]:
         if method == "GET" and path == "/metrics":
-            return 200, status.prometheus_text(self.db_status, [s.describe() for s in self.services])
+            from edgehost.ops import metrics
+
+            d = self.describe()
+            return 200, metrics.render(metrics.families(self.db_status, d["services"], checks=self.checks or None,
+                                                        alerts=self.alerts, lease=d["lease"], pitr=self.pitr or None))
         return 404, {"error": "try /metrics"}
 
 
