@@ -19,12 +19,14 @@ import httpx
 from edgehost.engine import layout, litestream
 
 from edgehost.ops import provision, status
+from edgehost.ops.state import drill_history
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.engine.schema import ensure_data_dir
 from edgehost.engine.replica import ReplicaStore
 from edgehost.settings import SECRET_NAMES, Settings
 from edgehost.engine.sqlite import journal_mode
-from edgehost.supervisor.control import ControlServer, MetricsServer
+from edgehost.supervisor import statuspage
+from edgehost.supervisor.control import ControlServer, MetricsServer, Page
 from edgehost.supervisor.final_sync import final_sync
 from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, machine_id
 from edgehost.supervisor.logs import LogHub
@@ -161,6 +163,8 @@ class Supervisor:
         self._store: ReplicaStore | None = None
         self.fenced = False  # another machine took the writer lease: never write to the replica again
         self.cost_summary: dict[str, Any] | None = None  # the month's estimated bill (edgehost cost), when known
+        self._drills = statuspage.CachedDrills(lambda: drill_history(settings, limit=statuspage.DRILLS_CHARTED,
+                                                                     replica=False))
 
     def log(self, text: str) -> None:
         self.hub.line("edgehost", text)
@@ -627,8 +631,16 @@ class Supervisor:
                 self._alerting.discard(db.name)
                 self.log(f"{db.name} replica caught up: replicated txid {db.replicated_txid:016x} = local txid")
 
+    def page_model(self) -> dict[str, Any]:
+        """What the status page shows: no settings or environment values, only what the supervisor observed."""
+        return statuspage.build_model(self.describe(), list(self.db_status), self._drills.get(), self.recent_alerts(),
+                                      self.cost_summary, socket.gethostname(), time.time())
+
     def _handle_metrics(self, method: str, path: str) -> tuple[int, Any]:
         if method == "GET" and path == "/metrics":
             return 200, status.prometheus_text(self.db_status, [s.describe() for s in self.services])
-        return 404, {"error": "try /metrics"}
+        route, _, query = path.partition("?")
+        if method == "GET" and route in ("/", "/status"):
+            return 200, Page(statuspage.render(self.page_model(), page=statuspage.page_number(query)))
+        return 404, {"error": "try /metrics or /status"}
 
