@@ -46,6 +46,17 @@ def span(seconds: float | None) -> str:
     return f"{s} s"
 
 
+def tick(seconds: float) -> str:
+    """A short axis label: "8.4 s", "97 s", "4.5 min", "2.0 h"."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def ago(when: float | None, now: float) -> str:
     """"3 s ago" from an epoch time; "—" when unknown."""
     if when is None:
@@ -143,7 +154,7 @@ def drill_chart(drills: list[dict[str, Any]], key: str, title: str, now: float) 
     head = f'<figure class="chart"><figcaption>{_e(title)}</figcaption>'
     if not points:
         return head + f'<p class="empty">No drill with a {_e(title.split()[0])} yet.</p></figure>'
-    w, h, left, right, top, bottom = 320, 140, 44, 10, 10, 26
+    w, h, left, right, top, bottom = 320, 140, 50, 10, 10, 26
     t0, t1 = points[0][0], points[-1][0]
     vmax = max(v for _, v, _ in points) or 1.0
     vmax *= 1.15
@@ -157,7 +168,7 @@ def drill_chart(drills: list[dict[str, Any]], key: str, title: str, now: float) 
     parts = [f'<svg viewBox="0 0 {w} {h}" role="img" aria-label="{_e(title)}" preserveAspectRatio="xMidYMid meet">',
              f'<line class="axis" x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}"/>',
              f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}"/>',
-             f'<text class="tick" x="{left - 4}" y="{top + 8}" text-anchor="end">{_e(span(vmax / 1.15))}</text>',
+             f'<text class="tick" x="{left - 4}" y="{top + 8}" text-anchor="end">{_e(tick(vmax / 1.15))}</text>',
              f'<line class="grid" x1="{left}" y1="{y(vmax / 1.15):.1f}" x2="{w - right}" y2="{y(vmax / 1.15):.1f}"/>',
              f'<text class="tick" x="{left - 4}" y="{h - bottom}" text-anchor="end">0</text>',
              f'<text class="tick" x="{left}" y="{h - 8}">{_e(_utc(t0, "%d %b"))}</text>']
@@ -195,7 +206,8 @@ padding-bottom:.2em}
 table{border-collapse:collapse;width:100%}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid var(--line);vertical-align:top}
 th{font-weight:600;color:var(--mute);font-size:.9em}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}td.num{white-space:nowrap}
+.charts+table{margin-top:10px}
 code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.92em}
 .name{overflow-wrap:anywhere}.err{color:var(--bad);overflow-wrap:anywhere;font-size:.9em}
 .ok{color:var(--ok)}.warn{color:var(--warn)}.bad{color:var(--bad);font-weight:600}
@@ -360,7 +372,7 @@ def _alerts(model: dict[str, Any], now: float) -> str:
                     + _td("database", _e(a.get("database") or "—"))
                     + _td("what", _e(a.get("summary") or a.get("event") or ""), "err" if kind != "recovery" else "")
                     + "</tr>")
-    return out + ('<table class="stack"><thead><tr><th>when</th><th>severity</th><th>database</th><th>what</th></tr>'
+    return out + ('<table class="stack" id="alert-list"><thead><tr><th>when</th><th>severity</th><th>database</th><th>what</th></tr>'
                   '</thead><tbody>' + "".join(rows) + "</tbody></table>")
 
 
