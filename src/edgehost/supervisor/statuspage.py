@@ -441,7 +441,8 @@ def build_model(described: dict[str, Any], databases: Iterable[Any], drills: lis
     """
     dbs = []
     for db in databases:
-        row = dataclasses.asdict(db) if dataclasses.is_dataclass(db) else dict(db)
+        # a shallow copy (its fields are plain values): asdict's deep copy was most of a page's cost
+        row = dict(vars(db)) if dataclasses.is_dataclass(db) else dict(db)
         row.setdefault("pitr_seconds", None)
         dbs.append(row)
     return {
