@@ -48,6 +48,7 @@ def _page_width(page) -> tuple[int, int]:
 
 
 def test_the_supervisor_serves_a_page_a_person_can_read_on_a_desktop_and_a_phone(kit_home, browser, tmp_path):
+    kit_home.env["AWS_SECRET_ACCESS_KEY"] = "never-on-the-page-4f1c"  # passed to litestream, never rendered
     settings = kit_home.settings()
     up = start_supervisor(kit_home)
     try:
@@ -82,6 +83,7 @@ def test_the_supervisor_serves_a_page_a_person_can_read_on_a_desktop_and_a_phone
         assert acme.locator('td[data-label="last sync"]').inner_text().endswith("ago")
         assert f"{len(names)} databases" in page.locator("#db-summary").inner_text()
         assert "No drill yet" in page.inner_text("body")
+        assert "never-on-the-page" not in page.content()
         page.close()
 
         # On a phone: every row is a card, nothing runs off the right edge.
