@@ -59,6 +59,9 @@ def test_a_replica_outage_alerts_lag_once_recovers_once_and_fails_the_dead_mans_
         httpx.post(f"{settings.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
         writer = Writer(settings.portal_url, "acme", pause=0.2).start()
         wait_until(lambda: len(receiver.got("/hc")) >= 2, 30, what="healthchecks success pings")
+        metrics = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        wait_until(lambda: 'edgehost_replication_lag_seconds{db="acme"}' in httpx.get(metrics).text, 30,
+                   what="the supervisor's first status poll")
         assert not [r for r in receiver.requests if r["path"] == "/hc/fail"]
 
         proxy.set_mode("refuse")

@@ -70,6 +70,42 @@ def test_render_guards_every_hostname_inside_its_rule(tmp_path):
     assert "TunnelSecret" not in text and "c2VjcmV0" not in text
 
 
+def test_render_publishes_the_status_page_on_its_own_hostname_behind_the_same_access(tmp_path):
+    import re
+
+    config = yaml.safe_load(tunnel.render_config(spec(tmp_path, status_hostname="status.example.com", status_port=9464)))
+    *rules, catch_all = config["ingress"]
+    assert [r["hostname"] for r in rules] == ["portal.example.com", "admin.example.com", "status.example.com"]
+    status = rules[-1]
+    assert status["service"] == "http://127.0.0.1:9464"
+    for rule in rules:  # Access inside every rule, the status page's too
+        assert rule["originRequest"]["access"] == {"required": True, "teamName": "acme", "audTag": [AUD]}
+    assert catch_all == {"service": "http_status:404"}
+    # the page (/, /status?page=2) reaches the supervisor; its /metrics falls through to the 404
+    paths = [p for p in ("/", "/status", "/metrics", "/status/x") if re.search(status["path"], p)]
+    assert paths == ["/", "/status"]
+    path = tmp_path / "config.yml"
+    tunnel.write_config(tunnel.render_config(spec(tmp_path, status_hostname="status.example.com", status_port=9464)),
+                        path)
+    assert tunnel.lint_file(path, cloudflared=None).findings == []
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"status_hostname": "portal.example.com"}, "also a portal hostname"),
+        ({"status_hostname": "https://status.example.com"}, "status hostname"),
+        ({"status_hostname": "*.example.com"}, "wildcard"),
+        ({"status_port": 0}, "status page is off"),
+        ({"status_port": 8080}, "also the portal"),
+    ],
+)
+def test_render_refuses_a_status_page_it_could_not_publish(tmp_path, change, words):
+    values = {"status_hostname": "status.example.com", "status_port": 9464, **change}
+    with pytest.raises(BadInput, match=words):
+        tunnel.render_config(spec(tmp_path, **values))
+
+
 def test_what_render_writes_passes_lint(tmp_path):
     path = tmp_path / "config.yml"
     tunnel.write_config(tunnel.render_config(spec(tmp_path)), path)
@@ -317,7 +353,8 @@ def home(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(home)
     monkeypatch.setenv("EDGEHOST_HOME", str(home))
     for name in ("EDGEHOST_ACCESS_TEAM", "EDGEHOST_ACCESS_AUD", "EDGEHOST_TUNNEL_ID", "EDGEHOST_TUNNEL_CONFIG",
-                 "EDGEHOST_TUNNEL_CREDENTIALS", "EDGEHOST_TUNNEL_HOSTNAMES", "EDGEHOST_PORTAL_PORT"):
+                 "EDGEHOST_TUNNEL_CREDENTIALS", "EDGEHOST_TUNNEL_HOSTNAMES", "EDGEHOST_PORTAL_PORT",
+                 "EDGEHOST_METRICS_PORT", "EDGEHOST_TUNNEL_STATUS_HOSTNAME"):
         monkeypatch.delenv(name, raising=False)
     return home
 
@@ -336,6 +373,19 @@ def test_cli_render_then_lint(home, capsys):
     assert main(["tunnel", "lint", str(out), "--json", "--skip-cloudflared"]) == ExitStatus.OK
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["errors"] == 0 and report["findings"] == []
+
+
+def test_cli_render_adds_the_status_page_on_the_kits_metrics_port(home, capsys, monkeypatch):
+    monkeypatch.setenv("EDGEHOST_METRICS_PORT", "9555")
+    assert main(render_args(home, "--status-hostname", "status.example.com")) == ExitStatus.OK
+    rules = yaml.safe_load(capsys.readouterr().out)["ingress"]
+    status = next(r for r in rules if r.get("hostname") == "status.example.com")
+    assert status["service"] == "http://127.0.0.1:9555"
+    assert all(r["originRequest"]["access"]["required"] is True for r in rules[:-1])
+    assert main(render_args(home)) == ExitStatus.OK
+    assert "status.example.com" not in capsys.readouterr().out  # off unless asked
+    monkeypatch.setenv("EDGEHOST_METRICS_PORT", "0")
+    assert main(render_args(home, "--status-hostname", "status.example.com")) == ExitStatus.BAD_INPUT
 
 
 def test_cli_render_refuses_to_overwrite_without_force(home):

@@ -49,10 +49,15 @@ def render(
         help="cloudflared metrics port on 127.0.0.1: must be tunnel.metrics_port, the port the supervisor probes "
              "(the default); change that setting in edgehost.toml instead."),
     protocol: str = typer.Option(tunnel.DEFAULT_PROTOCOL, "--protocol", help="Edge transport: auto, quic or http2."),
+    status_hostname: Optional[str] = typer.Option(
+        None, "--status-hostname",
+        help="Also publish the supervisor's status page (127.0.0.1:<metrics_port>) on this hostname, behind the "
+             "same Access application. Env: EDGEHOST_TUNNEL_STATUS_HOSTNAME."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write here instead of stdout."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
-    """Render a locally-managed tunnel config: one Access-guarded rule per hostname, then a 404 catch-all."""
+    """Render a locally-managed tunnel config: one Access-guarded rule per hostname (and the status page's
+    with --status-hostname), then a 404 catch-all."""
     settings = load_settings()
     env = dict(settings.environ)
     aud_value = str(_pick(aud, env, "EDGEHOST_ACCESS_AUD", "the Access AUD tag"))
@@ -71,6 +76,8 @@ def render(
         portal_port=portal_port or settings.portal.port,
         metrics_port=tunnel.render_metrics_port(metrics_port, settings.tunnel.metrics_port),
         protocol=protocol,
+        status_hostname=(status_hostname or env.get("EDGEHOST_TUNNEL_STATUS_HOSTNAME") or "").strip() or None,
+        status_port=settings.metrics_port,
     )
     text = tunnel.render_config(spec)
     if output is None:
@@ -78,7 +85,9 @@ def render(
         sys.stdout.flush()
         return
     tunnel.write_config(text, output, force=force)
-    console.print(f"wrote {output} ({len(spec.hostnames)} hostname(s)); check it with: edgehost tunnel lint {output}")
+    status = f", status page on {spec.status_hostname}" if spec.status_hostname else ""
+    console.print(f"wrote {output} ({len(spec.hostnames)} hostname(s){status}); "
+                  f"check it with: edgehost tunnel lint {output}")
 
 
 @tunnel_app.command("lint")

@@ -103,6 +103,9 @@ class TunnelSpec:
     portal_port: int
     metrics_port: int
     protocol: str = DEFAULT_PROTOCOL
+    # The supervisor's status page (edgehost's own metrics_port, not cloudflared's) on a hostname of its own.
+    status_hostname: str | None = None
+    status_port: int | None = None
 
     def validate(self) -> None:
         """Raise BadInput naming the first field cloudflared or Access would reject."""
@@ -128,6 +131,23 @@ class TunnelSpec:
             raise BadInput("the portal and cloudflared's metrics server need different ports")
         if self.protocol not in PROTOCOLS:
             raise BadInput(f"protocol {self.protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+        if self.status_hostname is not None:
+            self._validate_status()
+
+    def _validate_status(self) -> None:
+        host = self.status_hostname or ""
+        if not _HOSTNAME.match(host) or host.startswith("*."):
+            raise BadInput(f"status hostname {host!r}: must be a DNS name without scheme, port, path or wildcard "
+                           "(e.g. status.example.com)")
+        if host.lower() in (h.lower() for h in self.hostnames):
+            raise BadInput(f"status hostname {host!r} is also a portal hostname: give the status page its own")
+        if not self.status_port:
+            raise BadInput("the status page is off (metrics_port = 0 in edgehost.toml, EDGEHOST_METRICS_PORT): "
+                           "set a port to publish it")
+        if not 0 < self.status_port < 65536:
+            raise BadInput(f"status page port {self.status_port}: must be between 1 and 65535")
+        if self.status_port in (self.portal_port, self.metrics_port):
+            raise BadInput(f"status page port {self.status_port} is also the portal's or cloudflared's metrics port")
 
 
 def render_metrics_port(requested: int | None, setting: int) -> int:
@@ -146,6 +166,8 @@ def render_metrics_port(requested: int | None, setting: int) -> int:
     )
 
 
+STATUS_PATHS = r"^/(status)?$"  # cloudflared matches the path (a regex) without the query string
+
 _RENDER_HEADER = """\
 # cloudflared config for a locally-managed tunnel, rendered by `edgehost tunnel render`.
 # Check it with `edgehost tunnel lint`. Access is enforced INSIDE each ingress rule: cloudflared
@@ -154,17 +176,23 @@ _RENDER_HEADER = """\
 
 
 def tunnel_config(spec: TunnelSpec) -> dict[str, Any]:
-    """The config as data: one Access-guarded rule per hostname to the portal, then a 404 catch-all."""
+    """The config as data: one Access-guarded rule per hostname to the portal, the status page's own
+    Access-guarded rule when asked, then a 404 catch-all."""
     spec.validate()
-    origin = f"http://127.0.0.1:{spec.portal_port}"  # not localhost: it may resolve to ::1
-    rules: list[dict[str, Any]] = [
-        {
+
+    def guarded(host: str, port: int) -> dict[str, Any]:
+        # Access goes inside every rule: cloudflared ignores a top-level originRequest.access.
+        return {
             "hostname": host,
-            "service": origin,
+            "service": f"http://127.0.0.1:{port}",  # not localhost: it may resolve to ::1
             "originRequest": {"access": {"required": True, "teamName": spec.team_name, "audTag": [spec.aud_tag]}},
         }
-        for host in spec.hostnames
-    ]
+
+    rules = [guarded(host, spec.portal_port) for host in spec.hostnames]
+    if spec.status_hostname:
+        # Only the page: the same server's /metrics falls through to the 404 catch-all.
+        status = guarded(spec.status_hostname, int(spec.status_port or 0))
+        rules.append({"hostname": status.pop("hostname"), "path": STATUS_PATHS, **status})
     rules.append({"service": "http_status:404"})
     return {
         "tunnel": spec.tunnel_id,

@@ -155,15 +155,24 @@ def _probe(sock: ControlSocket, st: DatabaseStatus, now: float, started: float) 
     _set_positions(st, int(result["txid"]), int(result["replicated_txid"]), now, started)
 
 
-def aged(dbs: list[DatabaseStatus], now: float) -> list[DatabaseStatus]:
-    """The last answer, its lags brought up to `now` when litestream cannot be asked: a database
-    that was behind is still behind, by the time since its last upload (or since it was last asked)."""
+def aged(settings: Settings, dbs: list[DatabaseStatus], now: float, since: float) -> list[DatabaseStatus]:
+    """What can be known without litestream, when its control socket does not answer (it hangs while
+    uploads to an unreachable replica retry): every database on disk, with the last answer's positions,
+    behind when it was behind or its WAL changed after its last known upload (`since`, litestream's
+    start, when none is known), by the time since that upload."""
+    known = {st.path: st for st in dbs}
     out = []
-    for st in dbs:
-        st = replace(st)
-        if st.lag_seconds and st.local_txid is not None and st.replicated_txid is not None:
-            last = _parse_time(st.last_sync_at)
-            st.lag_seconds = round(max(st.lag_seconds, now - last if last is not None else 0.0), 1)
+    for ref in layout.local_databases(settings):
+        st = replace(known[str(ref.path)]) if str(ref.path) in known else DatabaseStatus(ref.label, str(ref.path), "?")
+        last = _parse_time(st.last_sync_at) or since
+        try:
+            wal = Path(f"{ref.path}-wal").stat()
+            st.wal_bytes, written = wal.st_size, wal.st_mtime
+        except OSError:
+            written = None
+        if (st.lag_seconds or (written is not None and written > last + 1.0)) and not st.error:
+            st.lag_seconds = round(max(st.lag_seconds or 0.0, now - last), 1)
+            st.caught_up = False
         out.append(st)
     return out
 

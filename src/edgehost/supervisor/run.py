@@ -20,12 +20,14 @@ import httpx
 from edgehost.engine import layout, litestream
 
 from edgehost.ops import alerts as alerts_lib, provision, state, status
+from edgehost.ops.state import drill_history
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.engine.schema import ensure_data_dir
 from edgehost.engine.replica import ReplicaStore
 from edgehost.settings import SECRET_NAMES, Settings
 from edgehost.engine.sqlite import journal_mode
-from edgehost.supervisor.control import ControlServer, MetricsServer
+from edgehost.supervisor import statuspage
+from edgehost.supervisor.control import ControlServer, MetricsServer, Page
 from edgehost.supervisor.final_sync import final_sync
 from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, machine_id
 from edgehost.supervisor.logs import LogHub
@@ -168,6 +170,8 @@ class Supervisor:
         self._store: ReplicaStore | None = None
         self.fenced = False  # another machine took the writer lease: never write to the replica again
         self.cost_summary: dict[str, Any] | None = None  # the month's estimated bill (edgehost cost), when known
+        self._drills = statuspage.CachedDrills(lambda: drill_history(settings, limit=statuspage.DRILLS_CHARTED,
+                                                                     replica=False))
 
     def log(self, text: str) -> None:
         self.hub.line("edgehost", text)
@@ -612,7 +616,8 @@ class Supervisor:
                     if not poll_failing:
                         self.log(f"warning: status poll failed ({exc}); lags are estimated from the last answer")
                     poll_failing = True
-                    self.db_status = status.aged(self.db_status, time.time())
+                    self.db_status = status.aged(self.settings, self.db_status, time.time(),
+                                                 since=time.time() - ls.uptime())
                 self._alert()
                 self._unstick(ls)
             self.stopping.wait(self.STATUS_EVERY)
@@ -729,6 +734,7 @@ class Supervisor:
             return
         ls = litestream.Litestream.from_settings(self.settings)
         retention = ls.replication.config.snapshot_retention.total_seconds()
+        interval = ls.replication.config.snapshot_interval.total_seconds()
         refs = layout.local_databases(self.settings)
         try:
             self.pitr = windows = pitr_windows(self.settings, ls, refs, datetime.now(timezone.utc))
@@ -740,13 +746,22 @@ class Supervisor:
             window = windows.get(ref.label)
             # A database can only reach back as far as this machine has replicated it.
             expected = min(retention, now - _epoch(self.alerts.first_seen(f"db:{ref.label}")))
-            short = window is not None and window < expected - max(60.0, 0.05 * expected)
+            # Litestream drops a snapshot once a newer one is past retention: allow one interval.
+            short = window is not None and window < expected - interval - max(5.0, 0.05 * expected)
             if short:
                 self.alerts.raise_(f"pitr:{ref.label}", "pitr_window",
                                    f"{ref.label}: point-in-time window is {_span(window)}, shorter than "
                                    f"snapshot.retention ({_span(retention)})", database=ref.label)
             elif window is not None:
                 self.alerts.clear(f"pitr:{ref.label}", f"{ref.label}: point-in-time window is {_span(window)}")
+
+    def page_model(self) -> dict[str, Any]:
+        """What the status page shows: no settings or environment values, only what the supervisor observed."""
+        model = statuspage.build_model(self.describe(), list(self.db_status), self._drills.get(), self.recent_alerts(),
+                                       self.cost_summary, socket.gethostname(), time.time())
+        for row in model["databases"]:
+            row["pitr_seconds"] = self.pitr.get(row["name"])  # from the last PITR check (alerts.pitr_check_every)
+        return model
 
     def _handle_metrics(self, method: str, path: str) -> tuple[int, Any]:
         if method == "GET" and path == "/metrics":
@@ -755,7 +770,10 @@ class Supervisor:
             d = self.describe()
             return 200, metrics.render(metrics.families(self.db_status, d["services"], checks=self.checks or None,
                                                         alerts=self.alerts, lease=d["lease"], pitr=self.pitr or None))
-        return 404, {"error": "try /metrics"}
+        route, _, query = path.partition("?")
+        if method == "GET" and route in ("/", "/status"):
+            return 200, Page(statuspage.render(self.page_model(), page=statuspage.page_number(query)))
+        return 404, {"error": "try /metrics or /status"}
 
 
 
