@@ -200,3 +200,29 @@ def test_a_take_over_alerts_the_fenced_machine(kit_home, receiver, tmp_path_fact
             up_b.stop()
         up_a.stop()
     assert _incidents(receiver, "lease") == ["alert"]
+
+
+def test_a_pitr_window_cut_short_in_the_replica_alerts_and_recovers(kit_home, receiver):
+    # Snapshots every 2 s kept 24 s: the window a user was promised. Then something outside the kit (a
+    # bucket lifecycle rule, a hand) deletes the older history: restore --at can no longer reach back.
+    yml = kit_home.path / "litestream.yml"
+    yml.write_text(yml.read_text().replace("interval: 24h\n  retention: 168h", "interval: 2s\n  retention: 24s"))
+    _wire(kit_home, receiver, "pitr_check_every = 1\n")
+    settings = kit_home.settings()
+    up = start_supervisor(kit_home)
+    try:
+        httpx.post(f"{settings.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        writer = Writer(settings.portal_url, "acme", pause=0.5).start()
+        time.sleep(14)
+        assert not _incidents(receiver, "pitr_window")
+        root = Path(settings.replica_url.removeprefix("file://")) / "acme" / settings.property_db_name / "ltx"
+        snapshots = sorted((root / "9").glob("*.ltx"))
+        for f in snapshots[:-1] + [f for f in root.rglob("0000000000000001-*.ltx") if f.parent.name != "9"]:
+            f.unlink(missing_ok=True)
+        wait_until(lambda: _incidents(receiver, "pitr_window", "acme") == ["alert"], 30, what="the PITR alert")
+        assert "shorter than snapshot.retention (24s)" in receiver.notices()[-1]["summary"]
+        wait_until(lambda: _incidents(receiver, "pitr_window", "acme") == ["alert", "recovery"], 60,
+                   what="the window to grow back")
+        writer.stop()
+    finally:
+        assert up.stop() == 0
