@@ -220,7 +220,7 @@ def test_a_pitr_window_cut_short_in_the_replica_alerts_and_recovers(kit_home, re
         for f in snapshots[:-1] + [f for f in root.rglob("0000000000000001-*.ltx") if f.parent.name != "9"]:
             f.unlink(missing_ok=True)
         wait_until(lambda: _incidents(receiver, "pitr_window", "acme") == ["alert"], 30, what="the PITR alert")
-        assert "shorter than snapshot.retention (24s)" in receiver.notices()[-1]["summary"]
+        assert "shorter than snapshot.retention (24 s)" in receiver.notices()[-1]["summary"]
         wait_until(lambda: _incidents(receiver, "pitr_window", "acme") == ["alert", "recovery"], 60,
                    what="the window to grow back")
         writer.stop()

@@ -20,6 +20,7 @@ import httpx
 from edgehost.engine import layout, litestream
 
 from edgehost.ops import alerts as alerts_lib, provision, state, status
+from edgehost.ops.restore import human_duration
 from edgehost.ops.state import drill_history
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.engine.schema import ensure_data_dir
@@ -750,10 +751,10 @@ class Supervisor:
             short = window is not None and window < expected - interval - max(5.0, 0.05 * expected)
             if short:
                 self.alerts.raise_(f"pitr:{ref.label}", "pitr_window",
-                                   f"{ref.label}: point-in-time window is {_span(window)}, shorter than "
-                                   f"snapshot.retention ({_span(retention)})", database=ref.label)
+                                   f"{ref.label}: point-in-time window is {human_duration(window)}, shorter than "
+                                   f"snapshot.retention ({human_duration(retention)})", database=ref.label)
             elif window is not None:
-                self.alerts.clear(f"pitr:{ref.label}", f"{ref.label}: point-in-time window is {_span(window)}")
+                self.alerts.clear(f"pitr:{ref.label}", f"{ref.label}: point-in-time window is {human_duration(window)}")
 
     def page_model(self) -> dict[str, Any]:
         """What the status page shows: no settings or environment values, only what the supervisor observed."""
@@ -787,6 +788,3 @@ def _epoch(text: str | float | None) -> float:
     when = datetime.fromisoformat(text)
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
-
-def _span(seconds: float) -> str:
-    return f"{seconds / 3600:.1f}h" if seconds >= 3600 else f"{seconds / 60:.0f}min" if seconds >= 60 else f"{seconds:.0f}s"
