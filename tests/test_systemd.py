@@ -332,3 +332,13 @@ def test_launchd_and_systemd_run_the_same_program_home_and_env_file(home_env, tm
     assert env["EDGEHOST_ENV_FILE"] == job["EnvironmentVariables"]["EDGEHOST_ENV_FILE"] == str(env_file)
     assert unit["User"] == [job["UserName"]] == ["nobody"]
     assert unit["LimitNOFILE"] == [str(job["SoftResourceLimits"]["NumberOfFiles"])]
+
+
+def test_a_standby_runs_follow_instead_of_up(home_env, tmp_path, capsys):
+    assert main(["systemd", "render", "--standby", "--out", str(tmp_path), "--json"]) == 0
+    capsys.readouterr()
+    unit = parse_unit((tmp_path / systemd.SUPERVISOR_UNIT).read_text())
+    assert unit["Service"]["ExecStart"][0].endswith("edgehost follow")
+    assert main(["systemd", "render", "--out", str(tmp_path), "--json"]) == 0
+    unit = parse_unit((tmp_path / systemd.SUPERVISOR_UNIT).read_text())
+    assert unit["Service"]["ExecStart"][0].endswith("edgehost up")

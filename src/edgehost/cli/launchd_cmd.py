@@ -25,13 +25,14 @@ _USER = typer.Option(launchd.DEFAULT_USER, "--user", envvar="EDGEHOST_SERVICE_US
 _GROUP = typer.Option(None, "--group", envvar="EDGEHOST_SERVICE_GROUP", help="Its group (default: same as --user).")
 _PROGRAM = typer.Option(None, "--program", help="The edgehost executable the jobs run (default: the one beside this Python).")
 _JSON = typer.Option(False, "--json", help="Print JSON on stdout.")
+_STANDBY = typer.Option(False, "--standby", help="Run `edgehost follow` (a warm standby; docs/standby.md) instead of `up`.")
 _DRY_RUN = typer.Option(False, "--dry-run", help="Print the commands in order without running them.")
 _DAEMONS_DIR = typer.Option(launchd.DAEMONS_DIR, "--daemons-dir", help="Where the plists go.")
 _NEWSYSLOG_DIR = typer.Option(launchd.NEWSYSLOG_DIR, "--newsyslog-dir", help="Where the newsyslog entry goes.")
 
 
-def _deployment(user: str, group: Optional[str], program: Optional[Path]) -> launchd.Deployment:
-    return launchd.Deployment.from_settings(load_settings(), user, group, program)
+def _deployment(user: str, group: Optional[str], program: Optional[Path], standby: bool = False) -> launchd.Deployment:
+    return launchd.Deployment.from_settings(load_settings(), user, group, program, standby)
 
 
 def _print_report(report: launchd.LaunchdReport, as_json: bool) -> None:
@@ -50,11 +51,12 @@ def render(
     user: str = _USER,
     group: Optional[str] = _GROUP,
     program: Optional[Path] = _PROGRAM,
+    standby: bool = _STANDBY,
     as_json: bool = _JSON,
 ) -> None:
     """Write the supervisor and drill plists and the newsyslog entry to a folder, to read before installing."""
     settings = load_settings()
-    dep = launchd.Deployment.from_settings(settings, user, group, program)
+    dep = launchd.Deployment.from_settings(settings, user, group, program, standby)
     out = (out or settings.state_dir / "launchd").absolute()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +75,7 @@ def install(
     user: str = _USER,
     group: Optional[str] = _GROUP,
     program: Optional[Path] = _PROGRAM,
+    standby: bool = _STANDBY,
     dry_run: bool = _DRY_RUN,
     as_json: bool = _JSON,
     daemons_dir: Path = _DAEMONS_DIR,
@@ -83,7 +86,7 @@ def install(
     Runs `launchctl bootout`, `enable` and `bootstrap system <plist>` for each job, retrying the
     "Bootstrap failed: 5: Input/output error" launchd gives right after a bootout.
     """
-    report = launchd.install(_deployment(user, group, program), dry_run, daemons_dir, newsyslog_dir)
+    report = launchd.install(_deployment(user, group, program, standby), dry_run, daemons_dir, newsyslog_dir)
     _print_report(report, as_json)
 
 

@@ -26,6 +26,9 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
 
     settings = load_settings()
     supervisor = SupervisorClient(settings.supervisor_socket, timeout=10).status()
+    if supervisor.get("role") == "follower":
+        follower_status(settings, supervisor, as_json)
+        return
     try:
         # An idle database the supervisor's last poll found caught up costs no call of its own.
         cache = status_lib.PositionCache.load(supervisor.get("positions") or {})
@@ -113,3 +116,25 @@ def _span(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def follower_status(settings, follower: dict, as_json: bool) -> None:
+    """A standby (`edgehost follow`): each database's applied txid against the replica's, and its lag."""
+    lagging = [d["name"] for d in follower["databases"] if d["lag_seconds"] > settings.lag_alert_seconds]
+    report = {"role": "follower", "primary": follower["primary"], "services": follower["services"],
+              "databases": follower["databases"], "last_round": follower["last_round"],
+              "lag_alert_seconds": settings.lag_alert_seconds, "lagging": lagging}
+    if as_json:
+        emit_json(report)
+    else:
+        console.print(f"standby of {escape(follower['primary'])}: one listing every {follower['interval_seconds']:g}s")
+        if follower["services"]:
+            console.print(service_table(follower["services"]))
+        table = Table("database", "replica txid", "applied txid", "lag", "restarts")
+        for d in follower["databases"]:
+            lag = f"{d['lag_seconds']:.1f}s"
+            table.add_row(escape(d["name"]), short_txid(d["replica_txid"]), short_txid(d["applied_txid"]),
+                          f"[red]{lag}[/]" if d["name"] in lagging else lag, str(d["restarts"]))
+        console.print(table)
+    if lagging:
+        raise typer.Exit(int(ExitStatus.CHECK_FAILED))

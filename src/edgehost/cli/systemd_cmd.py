@@ -23,6 +23,7 @@ _USER = typer.Option(systemd.DEFAULT_USER, "--user", envvar="EDGEHOST_SERVICE_US
 _GROUP = typer.Option(None, "--group", envvar="EDGEHOST_SERVICE_GROUP", help="Its group (default: same as --user).")
 _PROGRAM = typer.Option(None, "--program", help="The edgehost executable the units run (default: the one beside this Python).")
 _JSON = typer.Option(False, "--json", help="Print JSON on stdout.")
+_STANDBY = typer.Option(False, "--standby", help="Run `edgehost follow` (a warm standby; docs/standby.md) instead of `up`.")
 
 
 @systemd_app.command("render")
@@ -31,11 +32,12 @@ def render(
     user: str = _USER,
     group: Optional[str] = _GROUP,
     program: Optional[Path] = _PROGRAM,
+    standby: bool = _STANDBY,
     as_json: bool = _JSON,
 ) -> None:
     """Write edgehost.service, edgehost-drill.service and edgehost-drill.timer to a folder, to read before installing."""
     settings = load_settings()
-    dep = Deployment.from_settings(settings, user, group, program)
+    dep = Deployment.from_settings(settings, user, group, program, standby)
     out = (out or settings.state_dir / "systemd").absolute()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -53,12 +55,13 @@ def install(
     user: str = _USER,
     group: Optional[str] = _GROUP,
     program: Optional[Path] = _PROGRAM,
+    standby: bool = _STANDBY,
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the commands in order without running them."),
     as_json: bool = _JSON,
     unit_dir: Path = typer.Option(systemd.UNIT_DIR, "--unit-dir", help="Where the unit files go."),
 ) -> None:
     """Install the units (needs root): create the writable dirs, daemon-reload, enable --now the service and timer."""
-    dep = Deployment.from_settings(load_settings(), user, group, program)
+    dep = Deployment.from_settings(load_settings(), user, group, program, standby)
     report = systemd.install(dep, dry_run, unit_dir)
     if as_json:
         emit_json(report)

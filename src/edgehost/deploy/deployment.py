@@ -55,10 +55,11 @@ class Deployment:
     group: str
     replica_dir: Path | None = None  # a file:// replica's directory (it must stay writable)
     stop_timeout: int = EXIT_TIMEOUT  # seconds launchd/systemd wait after SIGTERM before SIGKILL
+    verb: str = "up"  # "follow" for a warm standby (it runs as the primary once promoted)
 
     @classmethod
     def from_settings(cls, settings: Settings, user: str = DEFAULT_USER, group: str | None = None,
-                      program: Path | None = None) -> "Deployment":
+                      program: Path | None = None, standby: bool = False) -> "Deployment":
         replica_dir = None
         if settings.replica_url.startswith("file://"):
             replica_dir = Path(unquote(urlparse(settings.replica_url).path))
@@ -74,6 +75,7 @@ class Deployment:
             replica_dir=replica_dir,
             # Room for the supervisor's ordered stop: the portal, then Litestream's final sync.
             stop_timeout=max(EXIT_TIMEOUT, math.ceil(settings.portal.stop_timeout + settings.litestream_stop_timeout + 30)),
+            verb="follow" if standby else "up",
         )
         dep.check()
         return dep

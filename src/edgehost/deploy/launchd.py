@@ -111,7 +111,7 @@ def supervisor_job(dep: Deployment) -> dict[str, Any]:
         "Label": SUPERVISOR_LABEL,
         "UserName": dep.user,
         "GroupName": dep.group,
-        "ProgramArguments": [str(dep.program), "up"],
+        "ProgramArguments": [str(dep.program), dep.verb],
         "WorkingDirectory": str(dep.home),
         "EnvironmentVariables": dep.environment(),
         "RunAtLoad": True,

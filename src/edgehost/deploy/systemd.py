@@ -109,7 +109,7 @@ def supervisor_unit(dep: Deployment, backoff: bool | None = None) -> str:
         "",
         "[Service]",
         "Type=simple",
-        f"ExecStart={dep.program} up",
+        f"ExecStart={dep.program} {dep.verb}",
         "ExecReload=/bin/kill -HUP $MAINPID",
         *_restart_policy(backoff),
         # SIGTERM goes to the supervisor alone, which stops the portal, then lets Litestream finish

@@ -43,6 +43,7 @@ EVENTS: dict[str, str] = {
     "disk_low": "critical",           # free space on the data volume below alerts.disk_free_min_mb
     "final_sync": "critical",         # at the last stop some databases were not replicated
     "pitr_window": "warning",         # a database's point-in-time window is shorter than configured
+    "promoted": "info",               # a standby took over as the primary (`edgehost promote`)
     "test": "info",                   # `edgehost alert test`
 }
 
@@ -366,6 +367,12 @@ class Alerter:
         self.log(f"{'ALERT' if kind == 'alert' else 'RECOVERED'} [{incident.event}] {notice.summary}")
         for channel in self.channels:
             self.delivery.submit(channel.name, lambda c=channel: c.send(notice))
+
+    def announce(self, event: str, summary: str) -> None:
+        """One notice that is not an incident (nothing to recover from): who is primary now."""
+        with self._lock:
+            self._notify(Incident(event, event, EVENTS[event], summary, None, self.clock()), "alert")
+            self._save()
 
     def recent_notices(self, limit: int = 20) -> list[dict[str, Any]]:
         with self._lock:

@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from edgehost.engine import litestream
-from edgehost.engine.bucket import Fetcher, list_root
+from edgehost.engine.bucket import Fetcher, Listing, list_root
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError
 from edgehost.ops.recovery import GLOBAL_ROOT_DIR, mirror_roots
@@ -98,8 +99,11 @@ def _local_files(root: Path) -> dict[str, int]:
 
 
 def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grace: float = 3600,
-                parallel: int = 16, now: float | None = None) -> MirrorReport:
-    """One round: list the replica once per root, fetch what is new, delete what is long gone."""
+                parallel: int = 16, now: float | None = None,
+                on_listing: Callable[[Path, Listing], None] | None = None) -> MirrorReport:
+    """One round: list the replica once per root, fetch what is new, delete what is long gone.
+
+    `on_listing(local root, listing)` is called once a root's new files are in the mirror."""
     started = time.monotonic()
     now = time.time() if now is None else now
     to = check_target(settings, to)
@@ -132,6 +136,8 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
                         fetcher.fetch(db, new, local / db, listing)
                     except Exception as exc:  # noqa: BLE001 - one database's failure is reported, the rest go on
                         report.errors.append(f"{db}: {exc}")
+            if on_listing is not None:
+                on_listing(local, listing)
             report.fetched += fetcher.stats.gets
             report.fetched_bytes += fetcher.stats.bytes
             _expire(local, have, wanted, state, grace, now, report, prefix=str(local.relative_to(to)))

@@ -262,7 +262,8 @@ async def _server_error(request: Request, exc: Exception) -> Answer:
 
 def create_app(settings: Settings):
     """Build the portal for one data dir. Every handler's SQLite work runs in the thread pool."""
-    conns = store.Connections()
+    read_only = settings.environ.get("EDGEHOST_PORTAL_READ_ONLY", "")
+    conns = store.Connections(readonly=bool(read_only))
     limit = settings.portal.max_body_bytes
 
     def db(fn: Callable[..., Any], *args: Any) -> Any:
@@ -328,7 +329,6 @@ def create_app(settings: Settings):
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.connections = conns
     outer: Any = app
-    read_only = settings.environ.get("EDGEHOST_PORTAL_READ_ONLY", "")
     if read_only:
         outer = ReadOnly(outer, read_only)
     # Cloudflare Access at the origin: with access.team/aud set, every request needs a valid
@@ -342,12 +342,15 @@ def serve(settings: Settings) -> None:
     """Prepare the databases and serve the portal until SIGTERM/SIGINT."""
     import uvicorn
 
-    if not settings.global_db.exists():
-        # Never create a global DB the replica holds: restore it, or create it only if the replica has none.
-        from edgehost.ops.provision import prepare_data_dir
+    if settings.environ.get("EDGEHOST_PORTAL_READ_ONLY"):
+        pass  # a fenced primary or a standby: nothing here may write, not even a migration
+    else:
+        if not settings.global_db.exists():
+            # Never create a global DB the replica holds: restore it, or create it only if the replica has none.
+            from edgehost.ops.provision import prepare_data_dir
 
-        prepare_data_dir(settings, lambda line: print(line, flush=True))
-    store.migrate_all(settings)
+            prepare_data_dir(settings, lambda line: print(line, flush=True))
+        store.migrate_all(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.portal.host,

@@ -51,12 +51,22 @@ class Connections:
     new inode: the next request opens the new file instead of writing to the old one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, readonly: bool = False) -> None:
+        self.readonly = readonly  # a standby's databases are written by `litestream restore -f` only
         self._lock = threading.Lock()
         self._open: dict[Path, tuple[sqlite3.Connection, threading.Lock, int]] = {}
 
     @contextmanager
     def use(self, path: Path) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            # A connection kept open holds its last statement's read snapshot, and `litestream restore -f`
+            # waits for every reader before it applies: a standby opens one per request.
+            conn = connect(path, readonly=True, any_journal=True)
+            try:
+                yield conn
+            finally:
+                conn.close()
+            return
         try:
             inode = path.stat().st_ino
         except FileNotFoundError:
@@ -66,7 +76,7 @@ class Connections:
             if entry is None or entry[2] != inode:
                 if entry is not None:
                     entry[0].close()
-                entry = (connect(path), threading.Lock(), inode)
+                entry = (connect(path, readonly=self.readonly), threading.Lock(), inode)
                 self._open[path] = entry
         conn, lock, _ = entry
         with lock:

@@ -1,0 +1,63 @@
+"""`edgehost follow` and `edgehost promote`."""
+
+from __future__ import annotations
+
+import typer
+
+from edgehost.errors import ExitStatus
+from edgehost.settings import load_settings
+from edgehost.cli import app
+from edgehost.cli.output import console, emit_json
+
+
+@app.command("follow")
+def follow_cmd(
+    interval: str = typer.Option("1s", "--interval", help="How often the replica is listed (one listing for every database)."),
+) -> None:
+    """Run this machine as a warm standby: keep every database of the replica restored and current
+    under the data dir, and serve the portal read-only (writes get 503 naming the primary).
+
+    Each interval lists the replica once, downloads only new files into state/standby-mirror, and one
+    `litestream restore -f` per database applies them. New properties are followed as they appear.
+    `edgehost status` shows each database's lag. `edgehost promote` turns this machine into the
+    primary. Runs in the foreground until SIGTERM (launchd or systemd run it; docs/standby.md).
+    """
+    from edgehost.ops.follow import follow
+    from edgehost.ops.restore import parse_duration
+
+    settings = load_settings()
+    raise typer.Exit(follow(settings, parse_duration(interval, "--interval")))
+
+
+@app.command("promote")
+def promote_cmd(
+    no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for the old primary's next lease renewal "
+                                                          "(only when it is known to be down)."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the whole promotion."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Fail over to this standby: take the writer lease (the old primary is fenced or refused),
+    wait until every database has applied the replica's newest txid, stop following and run as the
+    primary: litestream replicating, the portal writable, an alert naming the new primary.
+
+    Talks to the `edgehost follow` running here; the report gives the seconds each step took.
+    Exit 0 when the portal is writable, 1 when the promotion failed (the standby keeps following).
+    """
+    from edgehost.ops.follow import request_promotion
+
+    settings = load_settings()
+    report = request_promotion(settings, no_wait, timeout)
+    if as_json:
+        emit_json(report)
+    else:
+        for name, seconds in report.get("steps", {}).items():
+            console.print(f"{name:16} {seconds:8.2f}s")
+        if report.get("ok"):
+            console.print(f"[green]promoted[/]: this machine is the primary ({report.get('databases')} databases, "
+                          f"{report.get('total_seconds', 0):.2f}s); previous primary: {report.get('previous_primary') or '-'}")
+            for note in report.get("notes", []):
+                console.print(f"note: {note}")
+        else:
+            console.print(f"[red]promote failed[/]: {report.get('error')}")
+    if not report.get("ok"):
+        raise typer.Exit(int(ExitStatus.CHECK_FAILED))

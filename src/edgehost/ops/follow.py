@@ -1,0 +1,513 @@
+"""`edgehost follow` and `edgehost promote`: a warm standby on a second machine, and its failover.
+
+The follower keeps a local mirror of the whole replica current with one listing per interval (the
+mirror of `edgehost mirror`: only new files are downloaded), and one `litestream restore -f` per
+database applies what arrives in the mirror to the database under the data dir. Litestream decides
+what is applied; it polls the local mirror, so following costs the bucket one listing per interval
+for every tenant together, never a LIST storm per database. The portal runs read-only on the
+followed databases: reads are served, writes get 503 naming the primary.
+
+`edgehost promote` asks the running follower (over its control socket) to take over: it takes the
+writer lease (the old primary, should it come back, is fenced or refused), waits until every
+database has applied the replica's newest txid, stops following, and runs as the primary (`up`):
+litestream replicating, the portal writable, an alert saying who is primary now. `state/role`
+remembers it, so a restarted `edgehost follow` (launchd) runs as the primary from then on.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from edgehost.engine import layout, litestream
+from edgehost.engine.bucket import Listing
+from edgehost.engine.replica import ReplicaStore
+from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
+from edgehost.ops import alerts as alerts_lib
+from edgehost.ops.mirror import mirror_once
+from edgehost.ops.recovery import mirror_roots
+from edgehost.settings import Settings
+from edgehost.supervisor.control import ControlServer
+from edgehost.supervisor.lease import LeaseHeld, WriterLease, machine_id
+from edgehost.supervisor.logs import LogHub
+from edgehost.supervisor.policy import Backoff
+from edgehost.supervisor.service import Service, ServiceSpec
+
+ROLE_FILE = "role"  # under state_dir: "follower" or "primary"
+MIRROR_DIR = "standby-mirror"  # under state_dir
+APPLY_INTERVAL = "250ms"  # how often each `restore -f` looks at the local mirror (no bucket cost)
+
+
+def role(settings: Settings) -> str:
+    try:
+        return (settings.state_dir / ROLE_FILE).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def set_role(settings: Settings, value: str) -> None:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = settings.state_dir / f".{ROLE_FILE}.tmp"
+    tmp.write_text(value + "\n")
+    os.replace(tmp, settings.state_dir / ROLE_FILE)
+
+
+@dataclass
+class Followed:
+    """One database the follower applies: its `restore -f` process and its positions."""
+
+    label: str
+    out: Path
+    source: str  # file:// URL of the database in the mirror
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    replica_txid: int = 0  # newest txid in the replica's listing
+    replica_since: float | None = None  # when the follower first saw a txid it had not applied
+    applied_txid: int = 0
+
+    def applied(self) -> int:
+        """The txid `restore -f` has applied (it keeps it in <db>-txid)."""
+        try:
+            return int((self.out.parent / f"{self.out.name}-txid").read_text().strip() or "0", 16)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def lag(self, now: float) -> float:
+        if self.applied_txid >= self.replica_txid or self.replica_since is None:
+            return 0.0
+        return round(max(0.0, now - self.replica_since), 2)
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {"name": self.label, "path": str(self.out), "replica_txid": f"{self.replica_txid:016x}",
+                "applied_txid": f"{self.applied_txid:016x}", "lag_seconds": self.lag(now),
+                "caught_up": self.applied_txid >= self.replica_txid, "restarts": self.restarts,
+                "running": self.proc is not None and self.proc.poll() is None}
+
+
+@dataclass
+class PromoteReport:
+    ok: bool = False
+    host: str = field(default_factory=socket.gethostname)
+    previous_primary: str = ""
+    steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
+    databases: int = 0
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "host": self.host, "previous_primary": self.previous_primary, "steps": self.steps,
+                "total_seconds": round(sum(self.steps.values()), 3), "databases": self.databases,
+                "error": self.error, "notes": self.notes}
+
+
+class Follower:
+    """Follows the replica into the data dir and serves it read-only until promoted."""
+
+    TICK = 0.1
+
+    def __init__(self, settings: Settings, interval: float = 1.0, stream: TextIO | None = None):
+        from edgehost.settings import SECRET_NAMES
+
+        self.settings = settings
+        self.interval = interval
+        secrets = [v for k, v in settings.environ.items() if k in SECRET_NAMES]
+        self.hub = LogHub(settings.log_dir, secrets=secrets, stream=stream)
+        self.ls = litestream.Litestream.from_settings(settings)
+        self.mirror = settings.state_dir / MIRROR_DIR
+        self.followed: dict[str, Followed] = {}
+        self.stopping = threading.Event()
+        self.promoting = threading.Event()
+        self.handed_over = threading.Event()  # following stopped: the main thread runs `up` now
+        self.portal: Service | None = None
+        self.primary = "the primary"
+        self.rounds = 0
+        self.last_round: dict[str, Any] = {}
+        self._lock = threading.RLock()
+        self._tending = threading.Lock()  # the main loop's tending and a promotion's stop never interleave
+        self._follow_log = None
+        self._control: ControlServer | None = None
+        self.promotion: PromoteReport | None = None
+        self.promoted_ready = threading.Event()
+        self.supervisor: Any = None
+
+    def log(self, text: str) -> None:
+        self.hub.line("edgehost", text)
+
+    # --- the run --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        s = self.settings
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(s.state_dir, 0o700)
+        if role(s) == "primary":
+            self.log("state/role says this machine was promoted: running as the primary (edgehost up)")
+            return self._run_primary()
+        self._check_not_the_writer()
+        self._claim_pid_file()
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        set_role(s, "follower")
+        self.log(f"edgehost follow (pid {os.getpid()}): following {s.replica_url} into {s.data_dir}, "
+                 f"one listing every {self.interval:g}s")
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._follow_log = open(s.log_dir / "follow.log", "ab")
+        self._control = ControlServer(s.supervisor_socket, self._handle_control)
+        self._control.start()
+        threading.Thread(target=self._mirror_loop, daemon=True, name="mirror").start()
+        try:
+            while not self.stopping.is_set() and not self.handed_over.is_set():
+                with self._tending:
+                    if not self.promoting.is_set():
+                        self._tend()
+                time.sleep(self.TICK)
+        finally:
+            if not self.handed_over.is_set():
+                self._stop_following()
+                self._close_control()
+                s.pid_file.unlink(missing_ok=True)
+        if self.handed_over.is_set():
+            return self._run_primary()
+        self.log("stopped following")
+        self.hub.close()
+        return int(ExitStatus.OK)
+
+    def _check_not_the_writer(self) -> None:
+        """A machine that holds the writer lease is the primary: following would overwrite its data."""
+        s = self.settings
+        store = ReplicaStore.from_settings(s)
+        lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
+                            s.lease_ttl_seconds)
+        try:
+            current = lease.read()
+        except EdgehostError as exc:
+            raise EnvironmentProblem(f"cannot read the replica {s.replica_url}: {exc}") from None
+        if current is not None and current.machine_id == lease.machine_id and not current.released:
+            raise BadInput("this machine holds the writer lease: it is the primary; run `edgehost up`, "
+                           "not `edgehost follow`")
+        if current is not None:
+            self.primary = current.describe()
+        if role(s) != "follower" and layout.local_databases(s):
+            raise BadInput(f"{s.data_dir} holds databases and this machine has never followed: move them aside "
+                           f"(they would be overwritten by the replica's) and start again")
+
+    def _claim_pid_file(self) -> None:
+        pid_file = self.settings.pid_file
+        if pid_file.exists():
+            try:
+                other = int(pid_file.read_text().strip())
+                if other != os.getpid():
+                    os.kill(other, 0)
+                    raise EnvironmentProblem(f"another edgehost process is running here (pid {other}, {pid_file})")
+            except (ValueError, ProcessLookupError):
+                pass
+        pid_file.write_text(f"{os.getpid()}\n")
+
+    # --- following --------------------------------------------------------------------------------
+
+    def _mirror_loop(self) -> None:
+        failing = False
+        while not self.stopping.is_set() and not self.handed_over.is_set():
+            started = time.monotonic()
+            try:
+                self.mirror_round()
+                if failing:
+                    self.log("the replica answers again")
+                failing = False
+            except EdgehostError as exc:
+                if not failing:
+                    self.log(f"warning: mirror round failed ({exc}); retrying every {self.interval:g}s")
+                failing = True
+            self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def mirror_round(self) -> dict[str, Any]:
+        """One listing of the replica, its new files fetched into the mirror, each database's newest txid noted."""
+        report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed)
+        if report.errors and not report.listed:
+            raise EnvironmentProblem("; ".join(report.errors[:3]))
+        self.rounds += 1
+        self.last_round = {"at": time.time(), "listed": report.listed, "fetched": report.fetched,
+                           "seconds": report.seconds, "errors": report.errors[:5]}
+        return self.last_round
+
+    def _listed(self, local: Path, listing: Listing) -> None:
+        now = time.time()
+        for db, files in listing.dbs.items():
+            ref = self._ref(local, db)
+            if ref is None or not files:
+                continue
+            newest = max(f.max_txid for f in files)
+            with self._lock:
+                item = self.followed.get(ref.label)
+                if item is None:
+                    item = self.followed[ref.label] = Followed(ref.label, ref.path, (local / db).as_uri())
+                    self.log(f"following {ref.label}")
+                if newest > item.replica_txid:
+                    if item.applied_txid >= item.replica_txid:
+                        item.replica_since = now  # it was caught up: behind from now on
+                    item.replica_txid = newest
+
+    def _ref(self, local: Path, db: str) -> layout.DatabaseRef | None:
+        """The database under the data dir that a database of the mirror (`db` under root `local`) is."""
+        s, repl = self.settings, self.ls.replication
+        glob_root, _, leaf = repl.global_entry.replica_url.rstrip("/").rpartition("/")
+        if local == mirror_roots(repl, self.mirror)[glob_root] and db == leaf:
+            return layout.global_db(s)
+        slug, _, name = db.partition("/")
+        if name != s.property_db_name or not layout.is_slug(slug) or local != self.mirror:
+            return None
+        return layout.property_db(s, slug)
+
+    def _tend(self) -> None:
+        now, mono = time.time(), time.monotonic()
+        with self._lock:
+            items = list(self.followed.values())
+        for item in items:
+            if item.proc is not None and item.proc.poll() is not None:
+                code = item.proc.returncode
+                item.proc = None
+                item.restarts += 1
+                item.next_start = mono + min(30.0, 2.0 ** min(item.restarts, 5))
+                self.log(f"litestream restore -f for {item.label} exited {code}; again in "
+                         f"{item.next_start - mono:.0f}s")
+            if item.proc is None and mono >= item.next_start and not self.promoting.is_set():
+                self._start(item)
+            applied = item.applied()
+            if applied > item.applied_txid:
+                item.applied_txid = applied
+                if applied >= item.replica_txid:
+                    item.replica_since = None
+                elif item.replica_since is not None:
+                    item.replica_since = now  # part of the way: behind since this apply
+        self._tend_portal()
+
+    def _start(self, item: Followed) -> None:
+        item.out.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm", "-txid"):  # a restart restores whole again (resume needs a snapshot)
+            Path(f"{item.out}{suffix}").unlink(missing_ok=True)
+        argv = [str(self.ls.binary), "restore", "-f", "-follow-interval", APPLY_INTERVAL, "-o", str(item.out),
+                item.source]
+        item.applied_txid = 0
+        item.proc = subprocess.Popen(argv, env=self.ls.env, stdin=subprocess.DEVNULL, stdout=self._follow_log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _tend_portal(self) -> None:
+        s = self.settings
+        if self.portal is None:
+            glob = self.followed.get("global")
+            if glob is None or glob.applied_txid == 0:
+                return  # the portal needs the global database
+            from edgehost.supervisor.run import _http_ok, _without_secrets
+
+            env = _without_secrets({**s.environ, "EDGEHOST_HOME": str(s.home), "EDGEHOST_DATA_DIR": str(s.data_dir),
+                                    "EDGEHOST_PORTAL_HOST": s.portal.host, "EDGEHOST_PORTAL_PORT": str(s.portal.port),
+                                    "EDGEHOST_PORTAL_READ_ONLY": f"this machine is a standby; writes go to "
+                                                                 f"{self.primary}"})
+            spec = ServiceSpec("portal", s.portal_argv(), env, ready=_http_ok(f"{s.portal_url}{s.app.health_path}"),
+                               ready_timeout=60, stop_timeout=s.portal.stop_timeout, cwd=s.home)
+            self.portal = Service(spec, Backoff(s.restart), self.hub)
+            self.log("starting the read-only portal")
+            self.portal.start()
+            return
+        svc, mono = self.portal, time.monotonic()
+        if svc.state in (Service.STARTING, Service.RUNNING):
+            code = svc.poll()
+            if code is not None:
+                svc.last_exit = code
+                svc.stop(1)
+                svc.state, svc.next_start_at = Service.BACKOFF, mono + svc.backoff.on_exit(mono, svc.uptime()).restart_in
+                self.log(f"portal exited {code}; restarting")
+            elif svc.state == Service.STARTING and svc.spec.ready():
+                svc.state, svc.ready_once = Service.RUNNING, True
+                self.log(f"portal ready (read-only) in {mono - svc.started_at:.2f}s")
+        elif svc.state == Service.BACKOFF and mono >= svc.next_start_at:
+            svc.start()
+
+    def _stop_following(self) -> None:
+        with self._lock:
+            items = list(self.followed.values())
+        for item in items:
+            if item.proc is not None and item.proc.poll() is None:
+                os.killpg(item.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for item in items:
+            if item.proc is not None:
+                try:
+                    item.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(item.proc.pid, signal.SIGKILL)
+                    item.proc.wait()
+                item.proc = None
+        if self.portal is not None and self.portal.proc is not None:
+            self.portal.stop(self.settings.portal.stop_timeout)
+            self.portal.state = Service.STOPPED
+        if self._follow_log is not None:
+            self._follow_log.close()
+            self._follow_log = None
+
+    def _close_control(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+    # --- status and promotion ------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        now = time.time()
+        with self._lock:
+            dbs = [item.describe(now) for item in self.followed.values()]
+        return {"role": "follower", "pid": os.getpid(), "replica": self.settings.replica_url,
+                "primary": self.primary, "interval_seconds": self.interval, "rounds": self.rounds,
+                "last_round": self.last_round, "databases": dbs,
+                "services": [self.portal.describe()] if self.portal else []}
+
+    def _handle_control(self, method: str, path: str) -> tuple[int, Any]:
+        route, _, query = path.partition("?")
+        if method == "GET" and route == "/status":
+            return 200, self.describe()
+        if method == "POST" and route == "/promote":
+            if self.promoting.is_set():
+                return 409, {"error": "a promotion is already under way"}
+            self.promoting.set()
+            report = self.promote(no_wait="no_wait=1" in query)
+            return (200 if report.ok else 500), report.as_dict()
+        return 404, {"error": "unknown endpoint"}
+
+    def promote(self, no_wait: bool = False, catch_up_timeout: float = 120.0) -> PromoteReport:
+        """Take the lease, catch up, stop following, hand over to `up`; wait until the portal is writable."""
+        s, report = self.settings, PromoteReport()
+        self.promotion = report
+        t = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal t
+            report.steps[name] = round(time.monotonic() - t, 3)
+            t = time.monotonic()
+
+        try:
+            store = ReplicaStore.from_settings(s)
+            lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
+                                s.lease_ttl_seconds)
+            current = lease.read()
+            previous = lease.acquire(take_over=True)
+            report.previous_primary = (previous or current).describe() if (previous or current) else ""
+            if previous is not None and not no_wait:
+                # A primary that is alive somewhere stops writing at its next renewal: give it that long.
+                wait = max(0.0, s.lease_renew_seconds + 5 - (previous.age_seconds or 0.0))
+                if wait:
+                    report.notes.append(f"waited {wait:.0f}s for the old primary's next lease renewal "
+                                        f"(--no-wait when it is known to be down)")
+                    self.log(f"promote: waiting {wait:.0f}s for the old primary to notice it lost the lease")
+                    time.sleep(wait)
+            step("lease")
+            self.mirror_round()
+            self._catch_up(catch_up_timeout)
+            report.databases = len(self.followed)
+            step("catch_up")
+            with self._tending:
+                self._stop_following()
+            for item in self.followed.values():
+                _as_primary_copy(item.out)
+            step("stop_following")
+            set_role(s, "primary")
+            self.handed_over.set()  # the main thread runs `up` now
+            if not self.promoted_ready.wait(180):
+                raise EnvironmentProblem("the primary did not get every service running within 180s")
+            step("primary_ready")
+            report.ok = True
+            self.log(f"promoted in {sum(report.steps.values()):.2f}s: this machine is the primary now")
+        except EdgehostError as exc:
+            report.error = str(exc)
+            self.log(f"!!! promote failed: {exc}")
+            self.promoting.clear()
+        return report
+
+    def _catch_up(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                behind = [i.label for i in self.followed.values() if i.applied() < i.replica_txid]
+            if not behind:
+                return
+            time.sleep(0.05)
+        raise EnvironmentProblem(f"{len(behind)} database(s) did not apply the replica's newest txid within "
+                                 f"{timeout:.0f}s: {', '.join(behind[:5])}")
+
+    def _run_primary(self) -> int:
+        """Run as the primary (`edgehost up`) in this process."""
+        from edgehost.supervisor.run import Supervisor
+
+        self._close_control()
+        self.settings.pid_file.unlink(missing_ok=True)
+        sup = Supervisor(self.settings, stream=self.hub.stream)
+        self.supervisor = sup
+        if self.promotion is not None or self.handed_over.is_set():
+            threading.Thread(target=self._await_primary, args=(sup,), daemon=True, name="promoted").start()
+        return sup.run()
+
+    def _await_primary(self, sup: Any) -> None:
+        while not sup.stopping.is_set():
+            if sup.services and all(svc.state == Service.RUNNING for svc in sup.services
+                                    if svc.name != "cloudflared"):
+                sup.alerts.announce("promoted", f"{socket.gethostname()} is the primary now (promoted from "
+                                                f"standby); previous primary: {self._previous()}")
+                self.promoted_ready.set()
+                return
+            time.sleep(0.02)
+
+    def _previous(self) -> str:
+        report = self.promotion
+        return report.previous_primary if report is not None and report.previous_primary else "unknown"
+
+
+def _as_primary_copy(path: Path) -> None:
+    """A followed database made the primary's: `restore -f` leaves it in rollback-journal mode with
+    its applied txid beside it; WAL mode and no sidecar is what a plain restore leaves, and litestream
+    replicate then continues the replica's history from it ("database behind replica")."""
+    import sqlite3
+
+    Path(f"{path}-txid").unlink(missing_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
+
+
+def follow(settings: Settings, interval: float) -> int:
+    if interval < 0.2:
+        raise BadInput(f"--interval {interval:g}s: at least 0.2s (each round lists the whole replica)")
+    return Follower(settings, interval).run()
+
+
+def request_promotion(settings: Settings, no_wait: bool, timeout: float) -> dict[str, Any]:
+    """Ask the running follower to promote itself; its report."""
+    import httpx
+
+    if not settings.supervisor_socket.exists():
+        raise EnvironmentProblem("no `edgehost follow` is running here (no control socket in the state dir)")
+    transport = httpx.HTTPTransport(uds=str(settings.supervisor_socket))
+    with httpx.Client(transport=transport, base_url="http://edgehost", timeout=timeout) as client:
+        try:
+            status = client.get("/status").json()
+        except httpx.HTTPError as exc:
+            raise EnvironmentProblem(f"the follower does not answer on {settings.supervisor_socket}: "
+                                     f"{type(exc).__name__}") from None
+        if status.get("role") != "follower":
+            raise BadInput("this machine is not following (it runs `edgehost up`): nothing to promote")
+        try:
+            answer = client.post("/promote" + ("?no_wait=1" if no_wait else ""))
+        except httpx.HTTPError as exc:
+            raise EnvironmentProblem(f"promotion did not answer within {timeout:g}s: {type(exc).__name__}") from None
+    return answer.json()
+
+
+__all__ = ["Follower", "follow", "request_promotion", "role", "LeaseHeld"]

@@ -1,0 +1,129 @@
+"""A warm standby: `edgehost follow` on a second home (a second machine) and `edgehost promote`, with the
+real supervisor, litestream and moto over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import httpx
+import pytest
+
+from edgehost.engine import layout
+from edgehost.supervisor import SupervisorClient
+from procs import KitHome, Proc, Writer, edgehost, edgehost_argv, free_port, rows, start_supervisor, supervisor_status, wait_until
+
+pytestmark = pytest.mark.e2e
+
+RPO = 3.0  # seconds: events acknowledged longer than this before the primary died must survive
+
+
+def _machine(home: KitHome, name: str) -> KitHome:
+    home.env.update({"EDGEHOST_MACHINE_ID": name * 8, "EDGEHOST_LEASE_RENEW_SECONDS": "1",
+                     "EDGEHOST_LEASE_TTL_SECONDS": "30"})
+    return home
+
+
+def _twin(a: KitHome, tmp_path_factory, name: str) -> KitHome:
+    path = tmp_path_factory.mktemp("s", numbered=True)
+    shutil.copy(a.path / "litestream.yml", path / "litestream.yml")
+    env = {**a.env, "EDGEHOST_HOME": str(path), "EDGEHOST_PORTAL_PORT": str(free_port()),
+           "EDGEHOST_METRICS_PORT": str(free_port())}
+    return _machine(KitHome(path, env), name)
+
+
+class TimedWriter(Writer):
+    """Records (id, when the portal acknowledged it)."""
+
+    def _send(self, client, i):
+        resp = client.post(f"{self.url}/properties/{self.slug}/events", json={"kind": "w", "payload": {"i": i}})
+        return (resp.json()["id"], time.time()) if resp.status_code == 201 else None
+
+
+def _follower(settings) -> dict:
+    return SupervisorClient(settings.supervisor_socket, timeout=5).status()
+
+
+def _kill_everything(settings, up: Proc) -> None:
+    """kill -9 the whole primary: every service's process group, then the supervisor."""
+    for svc in supervisor_status(settings)["services"]:
+        if svc.get("group"):
+            try:
+                os.killpg(svc["group"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    os.kill(up.pid, signal.SIGKILL)
+    up.popen.wait(10)
+
+
+def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_path_factory):
+    a = _machine(s3_home, "a")
+    b = _twin(a, tmp_path_factory, "b")
+    sa, sb = a.settings(), b.settings()
+    up_a = start_supervisor(a)
+    follower = None
+    try:
+        for slug in ("acme", "beta"):
+            httpx.post(f"{sa.portal_url}/properties", json={"slug": slug}).raise_for_status()
+        writer = TimedWriter(sa.portal_url, "acme", pause=0.02).start()
+        follower = Proc(edgehost_argv("follow", "--interval", "0.5s"), b.environ(), b.path / "follow.log")
+
+        def caught_up():
+            st = _follower(sb)
+            names = {d["name"]: d for d in st["databases"]}
+            return (set(names) >= {"global", "acme", "beta"} and st["services"]
+                    and st["services"][0]["state"] == "running" and all(d["running"] for d in names.values()))
+
+        wait_until(caught_up, 90, interval=0.3, what="the follower to follow every database and serve")
+        # New tenants appear on the standby.
+        httpx.post(f"{sa.portal_url}/properties", json={"slug": "gamma"}).raise_for_status()
+        httpx.post(f"{sa.portal_url}/properties/gamma/events", json={"kind": "g"}).raise_for_status()
+        wait_until(lambda: httpx.get(f"{sb.portal_url}/properties/gamma/events").json().get("events"), 30,
+                   interval=0.3, what="gamma's event on the standby")
+        # Reads are served; writes are refused naming the primary.
+        assert httpx.get(f"{sb.portal_url}/properties/acme/events").json()["events"]
+        refused = httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "x"})
+        assert refused.status_code == 503 and refused.json()["read_only"]
+        assert "machine aaaaaaaa" in refused.json()["error"]
+        lags = [d["lag_seconds"] for d in _follower(sb)["databases"]]
+        assert all(lag < 30 for lag in lags), lags
+        shown = edgehost(b, "status", "--json")
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert json.loads(shown.stdout)["role"] == "follower"
+        assert {d["name"] for d in json.loads(shown.stdout)["databases"]} >= {"global", "acme", "beta", "gamma"}
+
+        time.sleep(2)
+        _kill_everything(sa, up_a)
+        killed_at = time.time()
+        acked = writer.stop()
+        assert len(acked) > 50
+
+        promote = edgehost(b, "promote", "--json", "--no-wait", timeout=300)
+        assert promote.returncode == 0, promote.stdout + promote.stderr
+        report = json.loads(promote.stdout)
+        assert report["ok"] and set(report["steps"]) == {"lease", "catch_up", "stop_following", "primary_ready"}
+        assert "machine aaaaaaaa" in report["previous_primary"]
+
+        # Every event acknowledged more than the RPO before the kill is on the new primary.
+        have = {r[0] for r in rows(layout.property_db(sb, "acme").path, "SELECT id FROM compliance_events")}
+        old = [i for i, at in acked if at < killed_at - RPO]
+        assert old and not [i for i in old if i not in have]
+        # Writes resume on the new primary, and it replicates them.
+        new = httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "after"})
+        assert new.status_code == 201, new.text
+        status = supervisor_status(sb)
+        assert status["lease"]["held"] and all(s["state"] == "running" for s in status["services"])
+
+        # The old primary restarted is refused by the lease and writes nothing to the replica.
+        again = Proc(edgehost_argv("up"), a.environ(), a.path / "again.log")
+        assert again.popen.wait(60) == 6, again.output()
+        assert "writer lease held by" in again.output() and "machine bbbbbbbb" in again.output()
+        again.stop()
+    finally:
+        if follower is not None:
+            code = follower.stop()
+        up_a.stop()
+    assert code == 0, follower.output()[-3000:]
