@@ -121,3 +121,8 @@ def test_cost_with_metrics_off_says_how_to_turn_them_on(kit_home):
     done = edgehost(kit_home, "cost")
     assert done.returncode == 2
     assert "metrics are off" in done.stderr and "litestream_metrics_port" in done.stderr
+
+
+def test_the_status_page_summary_names_the_error_instead_of_raising(kit_home):
+    summary = cost.summary(kit_home.settings())
+    assert summary["ok"] is False and "litestream is not running" in summary["error"]

@@ -253,3 +253,24 @@ def estimate(settings: Settings, listing=None, *, metrics: LitestreamMetrics | N
         "short_window": window < SHORT_WINDOW_SECONDS,
         "note": "; ".join(notes),
     }
+
+
+def summary(settings: Settings, listing=None) -> dict[str, Any]:
+    """A small dict for the supervisor's status page (`Supervisor.cost_summary`); never raises.
+
+    Cheap: one local HTTP request to litestream's metrics and a read of litestream.yml; no listing
+    of the replica unless one is handed in (then storage and compactions count too).
+    """
+    from edgehost.errors import EdgehostError
+
+    try:
+        report = estimate(settings, listing, list_replica_now=False)
+    except EdgehostError as exc:
+        return {"ok": False, "error": str(exc)}
+    month = report["requests_per_month"]["by_class"]
+    return {"ok": True, "window_seconds": report["window"]["seconds"], "short_window": report["short_window"],
+            "class_a_per_month": month["A"], "class_b_per_month": month["B"],
+            "storage_gb": report["storage"]["gb"] if report["storage"]["bytes"] is not None else None,
+            "bill_before_free_tier": report["bill"]["before_free_tier"],
+            "bill_after_free_tier": report["bill"]["after_free_tier"],
+            "prices_as_of": PRICES_AS_OF, "note": report["note"]}
