@@ -108,7 +108,7 @@ def parse_metrics(text: str, settings: Settings, read_at: float | None = None) -
     if started is None or not any(db == str(settings.global_db) or db.startswith(data_dir + "/") for db in dbs):
         raise EnvironmentProblem(
             f"the metrics on port {settings.litestream_metrics_port} are not this home's litestream "
-            f"(another process holds the port?); set litestream_metrics_port to a free port and restart")
+            f"(another program holds the port); set litestream_metrics_port to a free port and restart")
     return LitestreamMetrics(started_at=started, read_at=time.time() if read_at is None else read_at,
                              databases=tuple(sorted(dbs)), operations=ops, delete_batches=batches,
                              replica_type=",".join(sorted(k for k in kinds if k)))
@@ -117,12 +117,16 @@ def parse_metrics(text: str, settings: Settings, read_at: float | None = None) -
 def read_metrics(settings: Settings, timeout: float = 5.0) -> LitestreamMetrics:
     """Ask the running litestream for its counters; EnvironmentProblem when it does not answer."""
     url = metrics_url(settings)
+    held = (f"{url} does not answer as litestream's metrics: another program holds the port (litestream "
+            f"replicates on without metrics); set litestream_metrics_port to a free port and restart")
     try:
         resp = httpx.get(url, timeout=timeout)
-    except httpx.HTTPError:
+    except httpx.ConnectError:
         raise EnvironmentProblem(f"litestream is not running (no metrics at {url}); start it with `edgehost up`") from None
+    except httpx.HTTPError:
+        raise EnvironmentProblem(held) from None
     if resp.status_code != 200:
-        raise EnvironmentProblem(f"litestream metrics at {url}: HTTP {resp.status_code}")
+        raise EnvironmentProblem(held)
     return parse_metrics(resp.text, settings)
 
 

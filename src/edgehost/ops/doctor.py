@@ -194,9 +194,9 @@ def _check_litestream_metrics(report: DoctorReport, settings: Settings) -> None:
         report.add("litestream.metrics", OK, f"litestream serves its metrics at {addr}")
         return
     except EnvironmentProblem as exc:
-        if "not this home's litestream" in str(exc):
-            report.add("litestream.metrics", WARN, f"{addr} is held by another process: litestream replicates "
-                       f"but serves no metrics, and `edgehost cost` cannot estimate", fix)
+        if "not this home's litestream" in str(exc) or "another program holds the port" in str(exc):
+            report.add("litestream.metrics", WARN, f"{addr} is taken by another program: litestream replicates "
+                       f"but serves no metrics there, and `edgehost cost` cannot estimate", fix)
             return
     host, _, port = addr.rpartition(":")
     with socket.socket() as probe:
