@@ -73,7 +73,7 @@ def test_the_month_adds_lists_litestream_does_not_count_and_the_lease(s3_home):
     assert counts["LIST"] == cost.LIST_AT_START * n + cost.LIST_PER_RETENTION_CHECK * n * 4 + cost.LIST_PER_COMPACTION * 10
     assert counts["PUT"] == 400 + 12  # litestream's PUTs and one lease renewal every 5 minutes
     assert counts["GET"] == 3 and counts["DELETE_BATCH"] == 2
-    assert at_start == {"PUT": cost.PUT_AT_START * n, "LIST": cost.LIST_AT_START * n}
+    assert at_start == {"PUT": cost.PUT_AT_START * n, "LIST": cost.LIST_AT_START * n, "GET": 0}
 
 
 def test_an_estimate_prices_the_steady_rate_over_a_month_plus_one_start(s3_home):
@@ -126,3 +126,17 @@ def test_cost_with_metrics_off_says_how_to_turn_them_on(kit_home):
 def test_the_status_page_summary_names_the_error_instead_of_raising(kit_home):
     summary = cost.summary(kit_home.settings())
     assert summary["ok"] is False and "litestream is not running" in summary["error"]
+
+
+def test_compactions_since_the_start_and_the_gets_of_those_into_level_2():
+    start = 1_700_000_000.0
+    at = lambda s: datetime.fromtimestamp(start + s, timezone.utc)  # noqa: E731
+    listing = Listing("s3://b/edgehost")
+    listing.dbs["p1/honestcam.db"] = [
+        LtxFile(1, 1, 4, 10, "a", at(-60)),     # before litestream started: not this window's
+        LtxFile(1, 5, 8, 10, "b", at(30)),
+        LtxFile(1, 9, 9, 10, "c", at(600)),
+        LtxFile(2, 5, 9, 10, "d", at(700)),     # reads b and c from the replica
+        LtxFile(0, 10, 10, 10, "e", at(710)),   # L0: a sync, not a compaction
+    ]
+    assert cost.compactions_since(listing, start) == (3, 2, 1, 0)

@@ -48,6 +48,7 @@ CLASS_OF = {"PUT": "A", "LIST": "A", "MULTIPART": "A", "GET": "B", "HEAD": "B",
 
 MONTH_SECONDS = 30 * 86400
 SHORT_WINDOW_SECONDS = 15 * 60
+START_SECONDS = 120  # what litestream does in its first minutes (first snapshot, compactions) happens once a start
 
 # litestream 0.5.17's LISTs, per database (measured with bench/cost_accuracy.py; see docs/cost.md):
 LIST_AT_START = 9  # the newest file of each level and the L0 listings, besides its first compactions
@@ -154,7 +155,8 @@ def bill(class_a: float, class_b: float, storage_gb_month: float) -> dict[str, A
 
 
 def model_requests(m: LitestreamMetrics, settings: Settings, retention_check_seconds: float,
-                   compactions: int | None, compaction_gets: int | None = None) -> tuple[dict[str, float], dict[str, float]]:
+                   compactions: int | None, compaction_gets: int | None = None, early_compactions: int = 0,
+                   early_gets: int = 0) -> tuple[dict[str, float], dict[str, float]]:
     """(requests over the window, of which at litestream's start) by operation."""
     window = max(1.0, m.read_at - m.started_at)
     n = len(m.databases)
@@ -168,27 +170,33 @@ def model_requests(m: LitestreamMetrics, settings: Settings, retention_check_sec
     for op, value in m.operations.items():  # other backends count GETs and LISTs themselves
         if op not in ("PUT", "DELETE"):
             counts[op] = counts.get(op, 0.0) + value
-    at_start = {"PUT": start_puts, "LIST": float(LIST_AT_START * n)}
+    at_start = {"PUT": start_puts, "LIST": float(LIST_AT_START * n + LIST_PER_COMPACTION * early_compactions),
+                "GET": float(early_gets)}
     return counts, at_start
 
 
-def compactions_since(listing, started_at: float) -> tuple[int, int]:
-    """(files at level 1 and up uploaded since litestream started, GETs their compactions made).
+def compactions_since(listing, started_at: float) -> tuple[int, int, int, int]:
+    """Files at level 1 and up uploaded since litestream started (its compactions and snapshots),
+    the GETs those compactions made, and how many of each came in its first START_SECONDS.
 
-    Those files are litestream's compactions and snapshots. A compaction reads its source files
-    from the local disk when it can: L0 files are there, higher levels are not, so each compaction
-    into level 2 and up GETs the source-level files its range covers.
+    A compaction reads its source files from the local disk when it can: L0 files are there,
+    higher levels are not, so each compaction into level 2 and up GETs the source-level files its
+    txid range covers.
     """
-    compactions = gets = 0
+    compactions = gets = early = early_gets = 0
     for files in listing.dbs.values():
         for f in files:
-            if f.level < 1 or f.listed_at.timestamp() < started_at:
+            at = f.listed_at.timestamp()
+            if f.level < 1 or at < started_at:
                 continue
-            compactions += 1
+            read = 0
             if 2 <= f.level < 9:
-                gets += sum(1 for src in files if src.level == f.level - 1
-                            and src.min_txid >= f.min_txid and src.max_txid <= f.max_txid)
-    return compactions, gets
+                read = sum(1 for src in files if src.level == f.level - 1
+                           and src.min_txid >= f.min_txid and src.max_txid <= f.max_txid)
+            compactions, gets = compactions + 1, gets + read
+            if at < started_at + START_SECONDS:
+                early, early_gets = early + 1, early_gets + read
+    return compactions, gets, early, early_gets
 
 
 def list_replica(settings: Settings):
@@ -217,9 +225,10 @@ def estimate(settings: Settings, listing=None, *, metrics: LitestreamMetrics | N
     if listing is None and list_replica_now:
         listing = list_replica(settings)
     window = max(1.0, m.read_at - m.started_at)
-    compactions, gets = compactions_since(listing, m.started_at) if listing is not None else (None, None)
+    compactions, gets, early, early_gets = (compactions_since(listing, m.started_at) if listing is not None
+                                            else (None, None, 0, 0))
     counts, at_start = model_requests(m, settings, cfg.l0_retention_check_interval.total_seconds(),
-                                      compactions, gets)
+                                      compactions, gets, early, early_gets)
     per_second = {op: c / window for op, c in counts.items()}
     steady = {op: max(0.0, c - at_start.get(op, 0.0)) / window for op, c in counts.items()}
     month = {op: round(steady[op] * MONTH_SECONDS + at_start.get(op, 0.0)) for op in counts}
