@@ -36,6 +36,11 @@ class KitHome:
     path: Path
     env: dict[str, str]
 
+    def __post_init__(self) -> None:
+        # Each home's litestream serves its metrics on a port of its own: parallel supervisors on the
+        # shipped default (9465) would read each other's counters.
+        self.env.setdefault("EDGEHOST_LITESTREAM_METRICS_PORT", str(free_port()))
+
     def settings(self, **extra_env: str) -> Settings:
         return load_settings(self.path, {**self.env, **extra_env})
 
@@ -250,6 +255,7 @@ class CountingProxy:
         host, port = upstream.rsplit("//", 1)[-1].rsplit(":", 1)
         self.upstream = (host, int(port))
         self.requests: list[tuple[str, str]] = []
+        self.times: list[float] = []  # time.time() each request line was seen, beside `requests`
         self._lock = threading.Lock()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
@@ -264,6 +270,7 @@ class CountingProxy:
     def reset(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.times.clear()
 
     def _accept(self) -> None:
         while True:
@@ -292,6 +299,7 @@ class CountingProxy:
                     for m in self._REQUEST.finditer(buf):
                         with self._lock:
                             self.requests.append((m.group(1).decode(), m.group(2).decode()))
+                            self.times.append(time.time())
                         last = m.end()
                     buf = buf[last:][-8192:]  # a request line split between reads completes next time
                 dst.sendall(data)

@@ -453,3 +453,18 @@ def test_a_stopped_supervisor_job_points_at_the_files_launchd_and_the_supervisor
     err_log = plistlib.loads(plist.content)["StandardErrorPath"]
     fix = by_check(run_doctor(kit_home))["launchd.supervisor"].fix
     assert err_log in fix and str(settings.log_dir / "edgehost.log") in fix
+
+
+def test_a_litestream_metrics_port_another_program_holds_is_a_warning_with_the_fix(kit_home):
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        report = run_doctor(kit_home, EDGEHOST_LITESTREAM_METRICS_PORT=str(port))
+    found = next(f for f in report.findings if f.name == "litestream.metrics")
+    assert found.level == doctor.WARN and f"127.0.0.1:{port} is taken by another program" in found.message
+    assert "litestream_metrics_port" in found.fix
+    free = next(f for f in run_doctor(kit_home).findings if f.name == "litestream.metrics")
+    assert free.level == doctor.OK and "is free" in free.message

@@ -178,12 +178,12 @@ def test_alerts_and_recoveries_are_listed_newest_first_as_given():
 
 
 def test_cost_renders_known_keys_and_whatever_else_is_there():
-    cost = {"month_usd": 0.4321, "class_a_per_month": 123456, "class_b_per_month": 7890.0, "storage_gb": 1.5,
+    cost = {"bill_after_free_tier": 0.4321, "class_a_per_month": 123456, "class_b_per_month": 7890.0, "storage_gb": 1.5,
             "provider": "r2", "breakdown": {"nested": 1}}
     text = " ".join(parse(statuspage.render(model(cost=cost))).text)
     assert "$0.43" in text and "123,456" in text and "7,890" in text and "1.50 GB" in text and "r2" in text
     assert "nested" not in text
-    partial = " ".join(parse(statuspage.render(model(cost={"month_usd": None, "storage_gb": 2}))).text)
+    partial = " ".join(parse(statuspage.render(model(cost={"bill_after_free_tier": None, "storage_gb": 2}))).text)
     assert "2.00 GB" in partial and "estimated this month" not in partial
 
 

@@ -225,6 +225,10 @@ class Settings(BaseSettings):
     property_db_name: StrictStr = Field("honestcam.db", json_schema_extra=env("EDGEHOST_PROPERTY_DB_NAME"))
     lag_alert_seconds: Seconds = Field(60.0, json_schema_extra=env("EDGEHOST_LAG_ALERT_SECONDS"))
     metrics_port: Annotated[int, BeforeValidator(_number), Field(ge=0, le=65535)] = Field(9464, json_schema_extra=env("EDGEHOST_METRICS_PORT"))  # 0: off
+    # Litestream's own Prometheus metrics (`addr:` in litestream.yml), on 127.0.0.1 only; `edgehost cost`
+    # reads its replica operation counters there. 0: off. A port already taken only costs the metrics:
+    # litestream logs the failed listen and replicates on.
+    litestream_metrics_port: Annotated[int, BeforeValidator(_number), Field(ge=0, le=65535)] = Field(9465, json_schema_extra=env("EDGEHOST_LITESTREAM_METRICS_PORT"))  # 0: off
     litestream_stop_timeout: Seconds = Field(45.0, json_schema_extra=env("EDGEHOST_LITESTREAM_STOP_TIMEOUT"))
     lease_renew_seconds: Seconds = Field(300.0, json_schema_extra=env("EDGEHOST_LEASE_RENEW_SECONDS"))  # one PUT each
     lease_ttl_seconds: Seconds = Field(900.0, json_schema_extra=env("EDGEHOST_LEASE_TTL_SECONDS"))  # then it may be taken
@@ -299,6 +303,11 @@ class Settings(BaseSettings):
         return self.state_dir / "litestream.sock"
 
     @property
+    def litestream_metrics_addr(self) -> str:
+        """Where litestream serves its metrics (`addr:`), loopback only; empty when off."""
+        return f"127.0.0.1:{self.litestream_metrics_port}" if self.litestream_metrics_port else ""
+
+    @property
     def supervisor_socket(self) -> Path:
         return self.state_dir / "supervisor.sock"
 
@@ -334,6 +343,7 @@ class Settings(BaseSettings):
             "EDGEHOST_S3_REGION": self.s3_region,
             "EDGEHOST_S3_FORCE_PATH_STYLE": "true" if self.s3_endpoint else "",
             "EDGEHOST_LITESTREAM_SOCKET": str(self.litestream_socket),
+            "EDGEHOST_LITESTREAM_METRICS_ADDR": self.litestream_metrics_addr,
         }
 
     def with_changes(self, **changes: Any) -> "Settings":

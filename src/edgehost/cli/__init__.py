@@ -49,9 +49,9 @@ def _root(
 # names (the others pull in what they need: pydantic models, boto3, Starlette...), all of them for
 # `--help` or an unknown verb.
 COMMANDS = {
-    "alert": "alert_cmd", "config": "config_cmd", "doctor": "doctor_cmd", "drill": "drill_cmd", "follow": "follow_cmd",
-    "launchd": "launchd_cmd",
-    "migrate": "migrate_cmd", "mirror": "mirror_cmd", "points": "points_cmd", "portal": "portal_cmd", "promote": "follow_cmd",
+    "alert": "alert_cmd", "config": "config_cmd", "cost": "cost_cmd", "doctor": "doctor_cmd", "drill": "drill_cmd",
+    "follow": "follow_cmd", "launchd": "launchd_cmd", "migrate": "migrate_cmd", "mirror": "mirror_cmd",
+    "points": "points_cmd", "portal": "portal_cmd", "promote": "follow_cmd",
     "property": "property_cmd", "restore": "restore_cmd", "status": "status_cmd", "systemd": "systemd_cmd",
     "tunnel": "tunnel_cmd", "up": "up_cmd", "verify": "verify_cmd",
 }

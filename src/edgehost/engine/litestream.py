@@ -159,6 +159,24 @@ class LitestreamConfig:
     l0_retention_check_interval: timedelta
     levels: tuple[timedelta, ...]
     shutdown_sync_timeout: timedelta
+    metrics_addr: str = ""  # `addr:`, where litestream serves Prometheus metrics (loopback only); "" when off
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def _metrics_addr(value: Any, source: Path) -> str:
+    """`addr:` as host:port on loopback; metrics carry database paths and must not leave the machine."""
+    if value in (None, ""):
+        return ""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    host, _, port = (text or "").rpartition(":")
+    if text is None or not port.isdigit() or not 0 < int(port) < 65536:
+        raise BadInput(f"{source}: addr: {value!r} is not host:port (use 127.0.0.1:<port>)")
+    if host not in _LOOPBACK:
+        raise BadInput(f"{source}: addr: {text!r} serves litestream's metrics beyond this machine; "
+                       f"bind it to 127.0.0.1:{port}")
+    return text
 
 
 def _expand(value: str, env: Mapping[str, str], where: str, source: Path) -> str:
@@ -272,6 +290,7 @@ def read_config(settings: Settings, path: Path | None = None) -> LitestreamConfi
         l0_retention_check_interval=duration(cfg, "l0-retention-check-interval", "15s"),
         levels=levels or (timedelta(seconds=30), timedelta(minutes=5), timedelta(hours=1)),
         shutdown_sync_timeout=duration(cfg, "shutdown-sync-timeout", "30s"),
+        metrics_addr=_metrics_addr(cfg.get("addr"), source),
     )
 
 

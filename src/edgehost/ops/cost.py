@@ -1,0 +1,289 @@
+"""This month's Cloudflare R2 bill, estimated from what this machine really does.
+
+Litestream 0.5 counts its replica operations in Prometheus metrics (`addr:` in litestream.yml):
+`litestream_replica_operation_total{replica_type, operation}`. Its S3 client (0.5.17) counts only
+PutObject ("PUT", one a LTX file uploaded) and the objects DeleteObjects removed ("DELETE"); the
+batches themselves are the `_count` of `litestream_replica_operation_duration_seconds{operation=
+"DELETE"}`. It counts no LIST, although LISTs are most of what an idle replica costs, so those are
+modelled from what litestream does (see `LIST_*` below, measured against a counting proxy with
+bench/cost_accuracy.py): a burst at its start, the L0 retention check of every database, and the
+LISTs around each compaction, whose uploads one listing of the replica shows; so are the GETs of a
+compaction into level 2 and up (its source files are not on the local disk). The kit adds its
+writer lease: one conditional PUT every lease_renew_seconds.
+
+Counts over the window (litestream's start to now) become a rate; the month is the steady rate over
+30 days plus one start. Storage is the sum of the sizes in one listing of the replica root.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from edgehost.errors import BadInput, EnvironmentProblem
+from edgehost.settings import Settings
+
+# R2 Standard storage prices, read 2026-12-06 from https://developers.cloudflare.com/r2/pricing/
+# (cloudflare-docs src/content/docs/r2/pricing.mdx). Class A: ListObjects, PutObject, CopyObject,
+# Create/CompleteMultipartUpload, UploadPart...; Class B: GetObject, HeadObject, HeadBucket...;
+# free: DeleteObject, DeleteBucket, AbortMultipartUpload. DeleteObjects (the batch POST litestream
+# sends) is not named on that page; it is counted here as free, like DeleteObject (unconfirmed).
+PRICES_AS_OF = "2026-12-06"
+PRICES_SOURCE = "https://developers.cloudflare.com/r2/pricing/"
+CLASS_A_PER_MILLION = 4.50
+CLASS_B_PER_MILLION = 0.36
+STORAGE_PER_GB_MONTH = 0.015
+FREE_CLASS_A = 1_000_000  # requests a month
+FREE_CLASS_B = 10_000_000
+FREE_STORAGE_GB_MONTH = 10.0
+GB = 1_000_000_000  # R2 bills decimal gigabytes
+
+# Each operation the estimate names, and the class R2 bills it in.
+CLASS_OF = {"PUT": "A", "LIST": "A", "MULTIPART": "A", "GET": "B", "HEAD": "B",
+            "DELETE": "free", "DELETE_BATCH": "free"}
+
+MONTH_SECONDS = 30 * 86400
+SHORT_WINDOW_SECONDS = 15 * 60
+START_SECONDS = 120  # what litestream does in its first minutes (first snapshot, compactions) happens once a start
+
+# litestream 0.5.17's LISTs, per database (measured with bench/cost_accuracy.py; see docs/cost.md):
+LIST_AT_START = 9  # the newest file of each level and the L0 listings, besides its first compactions
+PUT_AT_START = 4  # the first L0 file, the snapshot and the first L1 and L2 files
+LIST_PER_RETENTION_CHECK = 2  # the L0 retention check lists L1 then L0, every l0-retention-check-interval
+LIST_PER_COMPACTION = 2  # a compaction lists its source level, then the L0 check that follows it
+
+
+@dataclass(frozen=True)
+class LitestreamMetrics:
+    """What litestream's metrics endpoint says: its start and its replica operation counters."""
+
+    started_at: float  # process_start_time_seconds
+    read_at: float
+    databases: tuple[str, ...]
+    operations: dict[str, float]  # "PUT", "DELETE", ... as litestream labels them
+    delete_batches: float
+    replica_type: str
+
+
+def metrics_url(settings: Settings) -> str:
+    """Litestream's metrics URL, from `addr:` in litestream.yml as the kit expands it."""
+    from edgehost.engine.litestream import read_config
+
+    addr = read_config(settings).metrics_addr
+    if not addr:
+        raise BadInput(f"{settings.litestream_config}: addr: litestream's metrics are off (set "
+                       f"addr: ${{EDGEHOST_LITESTREAM_METRICS_ADDR}} and litestream_metrics_port above 0)")
+    return f"http://{addr}/metrics"
+
+
+def parse_metrics(text: str, settings: Settings, read_at: float | None = None) -> LitestreamMetrics:
+    """Litestream's counters from its Prometheus text; refuses another process's metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    started = None
+    dbs: set[str] = set()
+    ops: dict[str, float] = {}
+    batches = 0.0
+    kinds: set[str] = set()
+    try:
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == "process_start_time_seconds":
+                    started = s.value
+                elif s.name == "litestream_db_size" and "db" in s.labels:
+                    dbs.add(s.labels["db"])
+                elif s.name == "litestream_replica_operation_total":
+                    op = s.labels.get("operation", "?")
+                    ops[op] = ops.get(op, 0.0) + s.value
+                    kinds.add(s.labels.get("replica_type", ""))
+                elif s.name == "litestream_replica_operation_duration_seconds_count" \
+                        and s.labels.get("operation") == "DELETE":
+                    batches += s.value
+    except ValueError as exc:
+        raise EnvironmentProblem(f"litestream metrics: cannot parse them ({exc})") from None
+    data_dir = str(settings.data_dir.resolve())
+    if started is None or not any(db == str(settings.global_db) or db.startswith(data_dir + "/") for db in dbs):
+        raise EnvironmentProblem(
+            f"the metrics on port {settings.litestream_metrics_port} are not this home's litestream "
+            f"(another program holds the port); set litestream_metrics_port to a free port and restart")
+    return LitestreamMetrics(started_at=started, read_at=time.time() if read_at is None else read_at,
+                             databases=tuple(sorted(dbs)), operations=ops, delete_batches=batches,
+                             replica_type=",".join(sorted(k for k in kinds if k)))
+
+
+def read_metrics(settings: Settings, timeout: float = 5.0) -> LitestreamMetrics:
+    """Ask the running litestream for its counters; EnvironmentProblem when it does not answer."""
+    url = metrics_url(settings)
+    held = (f"{url} does not answer as litestream's metrics: another program holds the port (litestream "
+            f"replicates on without metrics); set litestream_metrics_port to a free port and restart")
+    try:
+        resp = httpx.get(url, timeout=timeout)
+    except httpx.ConnectError:
+        raise EnvironmentProblem(f"litestream is not running (no metrics at {url}); start it with `edgehost up`") from None
+    except httpx.HTTPError:
+        raise EnvironmentProblem(held) from None
+    if resp.status_code != 200:
+        raise EnvironmentProblem(held)
+    return parse_metrics(resp.text, settings)
+
+
+def bill(class_a: float, class_b: float, storage_gb_month: float) -> dict[str, Any]:
+    """R2's bill for a month's usage, before and after the free tier.
+
+    After the free tier each billable quantity is rounded up to its billing unit (a million
+    requests, a GB-month), as R2 bills them.
+    """
+    a_cost = class_a / 1e6 * CLASS_A_PER_MILLION
+    b_cost = class_b / 1e6 * CLASS_B_PER_MILLION
+    s_cost = storage_gb_month * STORAGE_PER_GB_MONTH
+    billable_a = math.ceil(max(0.0, class_a - FREE_CLASS_A) / 1e6)
+    billable_b = math.ceil(max(0.0, class_b - FREE_CLASS_B) / 1e6)
+    billable_gb = math.ceil(max(0.0, storage_gb_month - FREE_STORAGE_GB_MONTH))
+    after = {"class_a": billable_a * CLASS_A_PER_MILLION, "class_b": billable_b * CLASS_B_PER_MILLION,
+             "storage": billable_gb * STORAGE_PER_GB_MONTH}
+    return {
+        "before_free_tier": round(a_cost + b_cost + s_cost, 4),
+        "after_free_tier": round(sum(after.values()), 4),
+        "by_item_before_free_tier": {"class_a": round(a_cost, 4), "class_b": round(b_cost, 4),
+                                     "storage": round(s_cost, 4)},
+        "by_item_after_free_tier": after,
+    }
+
+
+def model_requests(m: LitestreamMetrics, settings: Settings, retention_check_seconds: float,
+                   compactions: int | None, compaction_gets: int | None = None, early_compactions: int = 0,
+                   early_gets: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+    """(requests over the window, of which at litestream's start) by operation."""
+    window = max(1.0, m.read_at - m.started_at)
+    n = len(m.databases)
+    put = m.operations.get("PUT", 0.0)
+    start_puts = min(put, PUT_AT_START * n)
+    checks = math.floor(window / retention_check_seconds) if retention_check_seconds > 0 else 0
+    lists = LIST_AT_START * n + LIST_PER_RETENTION_CHECK * n * checks + LIST_PER_COMPACTION * (compactions or 0)
+    renewals = math.floor(window / settings.lease_renew_seconds) if settings.is_s3 else 0
+    counts = {"PUT": put + renewals, "LIST": float(lists), "GET": float(compaction_gets or 0),
+              "DELETE_BATCH": m.delete_batches}
+    for op, value in m.operations.items():  # other backends count GETs and LISTs themselves
+        if op not in ("PUT", "DELETE"):
+            counts[op] = counts.get(op, 0.0) + value
+    at_start = {"PUT": start_puts, "LIST": float(LIST_AT_START * n + LIST_PER_COMPACTION * early_compactions),
+                "GET": float(early_gets)}
+    return counts, at_start
+
+
+def compactions_since(listing, started_at: float) -> tuple[int, int, int, int]:
+    """Files at level 1 and up uploaded since litestream started (its compactions and snapshots),
+    the GETs those compactions made, and how many of each came in its first START_SECONDS.
+
+    A compaction reads its source files from the local disk when it can: L0 files are there,
+    higher levels are not, so each compaction into level 2 and up GETs the source-level files its
+    txid range covers.
+    """
+    compactions = gets = early = early_gets = 0
+    for files in listing.dbs.values():
+        for f in files:
+            at = f.listed_at.timestamp()
+            if f.level < 1 or at < started_at:
+                continue
+            read = 0
+            if 2 <= f.level < 9:
+                read = sum(1 for src in files if src.level == f.level - 1
+                           and src.min_txid >= f.min_txid and src.max_txid <= f.max_txid)
+            compactions, gets = compactions + 1, gets + read
+            if at < started_at + START_SECONDS:
+                early, early_gets = early + 1, early_gets + read
+    return compactions, gets, early, early_gets
+
+
+def list_replica(settings: Settings):
+    """One listing of the replica root (every database under it)."""
+    from edgehost.engine.bucket import list_root
+    from edgehost.engine.litestream import replication
+    from edgehost.engine.replica import ReplicaStore
+
+    repl = replication(settings)
+    store = ReplicaStore(repl.tenants_root, settings.s3_endpoint, settings.s3_region, dict(settings.environ))
+    return list_root(store)
+
+
+def estimate(settings: Settings, listing=None, *, metrics: LitestreamMetrics | None = None,
+             list_replica_now: bool = True) -> dict[str, Any]:
+    """The month's estimated R2 bill as a dict (the JSON of `edgehost cost --json`).
+
+    `listing`: a listing of the replica root already made (none is made then); without one and with
+    `list_replica_now` false, storage and compactions are left unknown (a cheap call for the
+    supervisor's status page: one local HTTP request).
+    """
+    from edgehost.engine.litestream import read_config
+
+    m = metrics or read_metrics(settings)
+    cfg = read_config(settings)
+    if listing is None and list_replica_now:
+        listing = list_replica(settings)
+    window = max(1.0, m.read_at - m.started_at)
+    compactions, gets, early, early_gets = (compactions_since(listing, m.started_at) if listing is not None
+                                            else (None, None, 0, 0))
+    counts, at_start = model_requests(m, settings, cfg.l0_retention_check_interval.total_seconds(),
+                                      compactions, gets, early, early_gets)
+    per_second = {op: c / window for op, c in counts.items()}
+    steady = {op: max(0.0, c - at_start.get(op, 0.0)) / window for op, c in counts.items()}
+    month = {op: round(steady[op] * MONTH_SECONDS + at_start.get(op, 0.0)) for op in counts}
+    by_class_month = {"A": 0, "B": 0, "free": 0}
+    by_class_second = {"A": 0.0, "B": 0.0, "free": 0.0}
+    for op in counts:
+        by_class_month[CLASS_OF.get(op, "A")] += month[op]
+        by_class_second[CLASS_OF.get(op, "A")] += per_second[op]
+    storage_bytes = listing.bytes if listing is not None else None
+    gb = storage_bytes / GB if storage_bytes is not None else 0.0
+    notes = []
+    if window < SHORT_WINDOW_SECONDS:
+        notes.append(f"short window: litestream has run {window / 60:.0f} min; its start weighs on the "
+                     f"rates until it has run 15 min or more")
+    if not settings.is_s3:
+        notes.append("the replica is not on S3/R2: nothing is billed; the figures are what R2 would bill")
+    if storage_bytes is None:
+        notes.append("storage not listed: the bill leaves it out")
+    return {
+        "window": {"start": m.started_at, "end": m.read_at, "seconds": round(window, 1)},
+        "databases": len(m.databases),
+        "replica_type": m.replica_type or ("s3" if settings.is_s3 else "file"),
+        "requests_per_month": {"by_class": by_class_month, "by_operation": month},
+        "requests_per_second": {"by_class": by_class_second, "by_operation": per_second},
+        "requests_in_window": {op: round(c) for op, c in counts.items()},
+        "counted_by_litestream": {op: v for op, v in sorted(m.operations.items())},
+        "modelled": {"LIST": counts["LIST"], "lease_PUT": counts["PUT"] - m.operations.get("PUT", 0.0),
+                     "compactions_listed": compactions, "compaction_GET": gets},
+        "storage": {"bytes": storage_bytes, "gb": gb},
+        "bill": bill(by_class_month["A"], by_class_month["B"], gb),
+        "prices": {"as_of": PRICES_AS_OF, "source": PRICES_SOURCE, "class_a_per_million": CLASS_A_PER_MILLION,
+                   "class_b_per_million": CLASS_B_PER_MILLION, "storage_per_gb_month": STORAGE_PER_GB_MONTH,
+                   "free_class_a": FREE_CLASS_A, "free_class_b": FREE_CLASS_B,
+                   "free_storage_gb_month": FREE_STORAGE_GB_MONTH},
+        "short_window": window < SHORT_WINDOW_SECONDS,
+        "note": "; ".join(notes),
+    }
+
+
+def summary(settings: Settings, listing=None) -> dict[str, Any]:
+    """A small dict for the supervisor's status page (`Supervisor.cost_summary`); never raises.
+
+    Cheap: one local HTTP request to litestream's metrics and a read of litestream.yml; no listing
+    of the replica unless one is handed in (then storage and compactions count too).
+    """
+    from edgehost.errors import EdgehostError
+
+    try:
+        report = estimate(settings, listing, list_replica_now=False)
+    except EdgehostError as exc:
+        return {"ok": False, "error": str(exc)}
+    month = report["requests_per_month"]["by_class"]
+    return {"ok": True, "window_seconds": report["window"]["seconds"], "short_window": report["short_window"],
+            "class_a_per_month": month["A"], "class_b_per_month": month["B"],
+            "storage_gb": report["storage"]["gb"] if report["storage"]["bytes"] is not None else None,
+            "bill_before_free_tier": report["bill"]["before_free_tier"],
+            "bill_after_free_tier": report["bill"]["after_free_tier"],
+            "prices_as_of": PRICES_AS_OF, "note": report["note"]}

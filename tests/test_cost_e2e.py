@@ -1,0 +1,83 @@
+"""`edgehost cost` against a running `edgehost up`: its estimate matches what the S3 endpoint counted."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from edgehost.ops.cost import CLASS_OF
+
+from procs import CountingProxy, Writer, edgehost, start_supervisor
+
+pytestmark = pytest.mark.e2e
+
+
+def _operation(method: str, target: str) -> str:
+    query = target.partition("?")[2]
+    if method == "GET":
+        return "LIST" if "list-type=2" in query else "GET"
+    if method == "POST":
+        return "DELETE_BATCH" if query.startswith("delete") else "MULTIPART"
+    return method
+
+
+def test_cost_counts_by_class_match_the_endpoints_within_20_percent(s3_home, moto_s3):
+    proxy = CountingProxy(moto_s3.endpoint)
+    s3_home.env["EDGEHOST_S3_ENDPOINT"] = proxy.endpoint
+    for slug in ("quiet", "busy"):
+        assert edgehost(s3_home, "property", "add", slug).returncode == 0
+    up = start_supervisor(s3_home)
+    writer = None
+    try:
+        writer = Writer(s3_home.settings().portal_url, "busy", pause=0.5).start()
+        time.sleep(45)
+        done = edgehost(s3_home, "cost", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        shown = edgehost(s3_home, "cost")
+    finally:
+        if writer:
+            writer.stop()
+        up.stop()
+        proxy.close()
+    start, end = report["window"]["start"], report["window"]["end"]
+    counted = {"A": 0, "B": 0, "free": 0}
+    for (method, target), at in zip(proxy.requests, proxy.times):
+        if start <= at <= end:
+            counted[CLASS_OF[_operation(method, target)]] += 1
+    estimated = {cls: n * report["window"]["seconds"] for cls, n in report["requests_per_second"]["by_class"].items()}
+    assert counted["A"] > 50, counted  # the writer's uploads and litestream's LISTs
+    for cls in ("A", "B"):
+        assert abs(estimated[cls] - counted[cls]) <= max(0.2 * counted[cls], 2), (cls, estimated, counted, report)
+    assert report["short_window"] and "short window" in report["note"]
+    assert report["storage"]["bytes"] > 0 and report["databases"] == 3
+    assert report["bill"]["after_free_tier"] >= 0 and report["prices"]["class_a_per_million"] == 4.50
+    assert shown.returncode == 0 and "bill this month" in shown.stderr and "class A" in shown.stderr
+
+
+def test_a_metrics_port_another_program_holds_never_stops_replication(kit_home):
+    import socket
+
+    from edgehost.engine import layout
+
+    from procs import sync_db
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        kit_home.env["EDGEHOST_LITESTREAM_METRICS_PORT"] = str(holder.getsockname()[1])
+        assert edgehost(kit_home, "property", "add", "held").returncode == 0
+        up = start_supervisor(kit_home)
+        try:
+            settings = kit_home.settings()
+            synced = sync_db(settings, layout.property_db(settings, "held"))  # litestream replicates all the same
+            assert synced["replicated_txid"] >= 1
+            done = edgehost(kit_home, "cost")
+        finally:
+            up.stop()
+    assert done.returncode == 3
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another program holds the port" in lines[0] and "litestream_metrics_port" in lines[0]
+    assert "cannot start metrics server" in (settings.log_dir / "litestream.log").read_text()
