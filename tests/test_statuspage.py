@@ -131,7 +131,7 @@ def test_the_page_number_comes_from_the_query_string(query, page):
 def test_no_external_url_anywhere_and_a_phone_viewport():
     drills = [{"started_at": f"2025-10-0{d}T02:00:00+00:00", "status": "pass", "scenario": "full",
                "rpo_seconds": 1.0 + d, "rto_seconds": 10.0 * d, "databases": 3, "failed": 0} for d in range(1, 6)]
-    page = statuspage.render(model(drills=drills, cost={"month_usd": 1.25}))
+    page = statuspage.render(model(drills=drills, cost={"bill_after_free_tier": 1.25}))
     assert not re.search(r"(https?:)?//[a-z0-9]", page, re.IGNORECASE), "an external URL in the page"
     tags = parse(page).tags
     for tag, attrs in tags:

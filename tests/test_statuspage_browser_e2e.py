@@ -145,7 +145,7 @@ def demo_model(now: float) -> dict:
     return {"host": "mac-mini.local", "now": now, "phase": "running", "uptime_seconds": 1_036_810,
             "services": services, "lease": {"held": True, "fenced": False}, "lag_alert_seconds": 60.0,
             "alerting": ["property-017", "property-042"], "databases": dbs, "drills": drills, "alerts": alerts,
-            "cost": {"month_usd": 0.36, "storage_gb": 3.1, "class_a_per_month": 412_000, "class_b_per_month": 96_000}}
+            "cost": {"bill_after_free_tier": 0.36, "storage_gb": 3.1, "class_a_per_month": 412_000, "class_b_per_month": 96_000}}
 
 
 @pytest.fixture
