@@ -115,7 +115,7 @@ class _Coordinator:
         try:
             reply = self.acks.socket.sync(self.path, wait=True, timeout=max(1, math.ceil(left)),
                                           http_timeout=max(1.0, left + 1.0))
-            if int(reply["replicated_txid"]) >= int(reply["txid"]):
+            if int(reply["txid"]) > 0 and int(reply["replicated_txid"]) >= int(reply["txid"]):
                 return True
             error = f"replica at txid {int(reply['replicated_txid']):x}, local {int(reply['txid']):x}"
         except (EnvironmentProblem, KeyError, ValueError, TypeError) as exc:
