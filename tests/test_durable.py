@@ -46,3 +46,24 @@ def test_durable_stats_are_served_to_this_machine_only(kit_home):
     with TestClient(create_app(settings), client=("127.0.0.1", 5000)) as client:
         assert client.get("/_edgehost/durable", headers={"Cf-Connecting-Ip": "203.0.113.9"}).status_code == 403
         assert client.get("/_edgehost/durable").status_code == 200
+
+
+def test_durable_figures_become_metrics_and_rows(kit_home):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from edgehost.ops import durable_acks
+
+    figures = {"databases": {"acme": {"acked": 7, "timeouts": 2, "p50_ms": 12.5, "p99_ms": 40.0, "last_error": ""}}}
+
+    class _C:
+        def collect(self):
+            return durable_acks.families(figures)
+
+    registry = CollectorRegistry()
+    registry.register(_C())
+    text = generate_latest(registry).decode()
+    assert 'edgehost_durable_ack_total{db="acme"} 7.0' in text
+    assert 'edgehost_durable_ack_timeouts_total{db="acme"} 2.0' in text
+    assert 'edgehost_durable_ack_latency_seconds{db="acme",quantile="0.99"} 0.04' in text
+    assert durable_acks.summary_rows(figures)[0]["p99_ms"] == 40.0
+    assert durable_acks.fetch(kit_home.settings()) is None  # no portal: nothing, not an error

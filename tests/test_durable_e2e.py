@@ -14,7 +14,7 @@ import pytest
 from edgehost.engine import layout, litestream
 
 from procs import CountingProxy, plain_restore, rows, start_supervisor, wait_until
-from durable_loss import machine_loss_round
+from machine_loss import machine_loss_round
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "chaos"))
 from chaos_kit import SwitchableProxy  # noqa: E402
