@@ -22,6 +22,12 @@ from edgehost.portal.app import create_app
 from procs import Proc, edgehost_argv, wait_until
 
 
+@pytest.fixture(autouse=True)
+def _no_durable_acks(kit_home):
+    # These tests run the portal without litestream: durable writes would answer 503 (test_durable.py).
+    kit_home.env["EDGEHOST_DURABLE_PROPERTY_DBS"] = "false"
+
+
 @pytest.fixture
 def portal(kit_home):
     settings = kit_home.settings()

@@ -157,6 +157,17 @@ class AlertSettings(_Section):
         return value
 
 
+class DurableSettings(_Section):
+    """Durable acknowledgements (docs/durable.md): the portal answers a write only once Litestream
+    reports it in the replica; past the timeout it answers 503 (stored on this machine, not yet off it)."""
+
+    property_dbs: StrictBool = Field(True, json_schema_extra=env("EDGEHOST_DURABLE_PROPERTY_DBS"))  # compliance_events
+    global_db: StrictBool = Field(False, json_schema_extra=env("EDGEHOST_DURABLE_GLOBAL_DB"))  # study users and progress
+    timeout_seconds: Seconds = Field(10.0, json_schema_extra=env("EDGEHOST_DURABLE_TIMEOUT_SECONDS"))
+    batch_ms: Annotated[float, BeforeValidator(_number), Field(ge=0, le=1000, allow_inf_nan=False)] = Field(
+        2.0, json_schema_extra=env("EDGEHOST_DURABLE_BATCH_MS"))  # gather concurrent writes into one sync
+
+
 SECRET_KEYS = frozenset({"alerts.ntfy_url", "alerts.ntfy_token", "alerts.webhook_url", "alerts.healthchecks_url"})
 
 
@@ -238,6 +249,7 @@ class Settings(BaseSettings):
     restart: RestartPolicy = RestartPolicy()
     access: AccessSettings = AccessSettings()
     alerts: AlertSettings = AlertSettings()
+    durable: DurableSettings = DurableSettings()
     app: AppContract = AppContract()
 
     # The merged environment for children (process env over the env file) and where each value came

@@ -36,6 +36,7 @@ DEFAULT_REFETCH_INTERVAL = 30.0  # at most one JWKS refetch per this many second
 DEFAULT_JWKS_LIFESPAN = 300.0  # how long PyJWKClient trusts its cached key set before refetching
 DEFAULT_JWKS_TIMEOUT = 5.0
 HEALTH_PATH = "/healthz"
+DURABLE_PATH = "/_edgehost/durable"  # durable-ack stats for the supervisor (portal/durable.py)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -138,8 +139,9 @@ class AccessMiddleware:
     """Pure ASGI middleware: refuse (403 JSON) any request without a valid Cloudflare Access JWT.
 
     The verified identity is put in `scope["state"]["access_identity"]` (Starlette:
-    `request.state.access_identity`). Only `GET /healthz` from a loopback client that did not come
-    through the tunnel (no `Cf-Connecting-Ip`) is let through without a token, for local probes.
+    `request.state.access_identity`). Only `GET /healthz` and `GET /_edgehost/durable` from a loopback
+    client that did not come through the tunnel (no `Cf-Connecting-Ip`) are let through without a
+    token, for local probes.
     """
 
     def __init__(
@@ -260,14 +262,14 @@ def _exempt(scope: Scope) -> bool:
     return (
         scope["type"] == "http"
         and scope.get("method") == "GET"
-        and scope.get("path") == HEALTH_PATH
-        and _is_loopback(scope.get("client"))
+        and scope.get("path") in (HEALTH_PATH, DURABLE_PATH)
+        and is_loopback(scope.get("client"))
         # cloudflared connects from loopback too; the edge's header marks tunnelled requests.
         and not _headers(scope, b"cf-connecting-ip")
     )
 
 
-def _is_loopback(client: Any) -> bool:
+def is_loopback(client: Any) -> bool:
     if not client:
         return False
     try:
@@ -323,6 +325,6 @@ def _check_jwks_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
-    if parts.scheme == "http" and _is_loopback((parts.hostname or "",)):
+    if parts.scheme == "http" and is_loopback((parts.hostname or "",)):
         return
     raise BadInput(f"EDGEHOST_ACCESS_JWKS_URL {url!r}: must be https (or http on 127.0.0.1 for tests)")

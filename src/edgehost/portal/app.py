@@ -26,7 +26,8 @@ from starlette.routing import Route
 from edgehost.engine import layout
 from edgehost.errors import BadInput
 from edgehost.portal import store
-from edgehost.portal.access import access_config
+from edgehost.portal.access import DURABLE_PATH, access_config, is_loopback
+from edgehost.portal.durable import DurableAcks, NotReplicated
 from edgehost.settings import Settings
 
 log = logging.getLogger("edgehost.portal")
@@ -260,11 +261,20 @@ async def _server_error(request: Request, exc: Exception) -> Answer:
     return _error(500, "internal error (logged)")
 
 
+def _not_replicated(exc: NotReplicated, **written: Any) -> Answer:
+    """503 for a durable write that is committed here but not confirmed in the replica: never a silent success."""
+    return Answer({"error": f"stored on this machine but not yet replicated off it ({exc}); it is not lost here, "
+                            "and a retry would store it again (docs/durable.md)",
+                   "stored_locally": True, **written}, status_code=503, headers={"Retry-After": "5"})
+
+
 def create_app(settings: Settings):
     """Build the portal for one data dir. Every handler's SQLite work runs in the thread pool."""
     read_only = settings.environ.get("EDGEHOST_PORTAL_READ_ONLY", "")
     conns = store.Connections(readonly=bool(read_only))
     limit = settings.portal.max_body_bytes
+    durable = settings.durable
+    acks = DurableAcks(settings.litestream_socket, durable.timeout_seconds, durable.batch_ms)
 
     def db(fn: Callable[..., Any], *args: Any) -> Any:
         return run_in_threadpool(fn, settings, *args, conns=conns)
@@ -285,11 +295,31 @@ def create_app(settings: Settings):
         if request.method == "POST":
             body = await _body(request, EventIn, limit)
             event = await db(store.add_event, slug, body.kind, body.payload, body.actor, body.occurred_at)
+            if durable.property_dbs:
+                try:
+                    await acks.confirm(slug, store.property_path(settings, slug))
+                except NotReplicated as exc:
+                    return _not_replicated(exc, id=event.id)
             return Answer(event.as_dict(), status_code=201)
         after = _int_param(request, "after", 0, 0, MAX_ID)
         page = _int_param(request, "limit", 1000, 1, PAGE_MAX)
         found = await db(store.list_events, slug, after, page)
         return Answer({"slug": slug, "events": [e.as_dict() for e in found]})
+
+    async def global_write(saved: dict[str, Any], user_id: str) -> Answer:
+        if durable.global_db:
+            try:
+                await acks.confirm("global", settings.global_db)
+            except NotReplicated as exc:
+                return _not_replicated(exc, user_id=user_id)
+        return Answer(saved)
+
+    async def durable_stats(request: Request) -> Answer:
+        """Durable-ack latency and timeouts per database, for the supervisor's poll (loopback only)."""
+        if not is_loopback(request.client) or "cf-connecting-ip" in request.headers:
+            return _error(403, "durable-ack stats are served to this machine only")
+        return Answer({"property_dbs": durable.property_dbs, "global_db": durable.global_db,
+                       "timeout_seconds": durable.timeout_seconds, "databases": acks.stats()})
 
     async def users(request: Request) -> Answer:
         return Answer({"users": await db(store.list_users)})
@@ -298,7 +328,8 @@ def create_app(settings: Settings):
         user_id = _path_text(request, "user_id")
         if request.method == "PUT":
             body = await _body(request, UserIn, limit)
-            return Answer(await db(store.put_user, user_id, body.email, body.display_name))
+            saved = await db(store.put_user, user_id, body.email, body.display_name)
+            return await global_write(saved, user_id)
         return Answer(await db(store.get_user, user_id))
 
     async def progress_list(request: Request) -> Answer:
@@ -308,16 +339,19 @@ def create_app(settings: Settings):
         user_id = _path_text(request, "user_id")
         if request.method == "PUT":
             body = await _body(request, ProgressIn, limit)
-            return Answer(await db(store.put_progress, user_id, body.progress))
+            saved = await db(store.put_progress, user_id, body.progress)
+            return await global_write(saved, user_id)
         return Answer(await db(store.get_progress, user_id))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         yield
+        acks.close()
         conns.close()
 
     routes = [
         Route("/healthz", _errors(healthz)),
+        Route(DURABLE_PATH, durable_stats),
         Route("/properties", _errors(properties), methods=["GET", "POST"]),
         Route("/properties/{slug}/events", _errors(events), methods=["GET", "POST"]),
         Route("/study/users", _errors(users)),
@@ -328,6 +362,7 @@ def create_app(settings: Settings):
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
     app.state.connections = conns
+    app.state.durable = acks
     outer: Any = app
     if read_only:
         outer = ReadOnly(outer, read_only)

@@ -1,0 +1,159 @@
+"""Durable acknowledgements: throughput and acknowledgement latency, durable vs asynchronous.
+
+    .venv/bin/python bench/durable_throughput.py                 # loopback and +30 ms RTT, 8 clients
+    .venv/bin/python bench/durable_throughput.py --seconds 5 --delay-ms 0
+
+All on 127.0.0.1: moto S3 in its own process under uvicorn, and for the delayed pass the delaying TCP
+proxy, both from bench/restore_all.py (see its docstring). Per network and mode a fresh kit home and
+bucket, `edgehost up` (the real litestream 0.5.17, the repo's litestream.yml), one property made
+replicating first, then CLIENTS threads posting events to it back to back for SECONDS; every answer's
+latency is timed on the client. `async` is durable mode off (201 once committed locally); `durable`
+answers 201 once Litestream reports the event in the bucket. The endpoint's upload round trip is
+the median of 30 sequential 4 KiB PUTs over one kept connection (boto3), on the same path.
+Results go to bench/results/durable-<date>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "src"), str(REPO / "bench"), str(REPO / "tests"), str(REPO / "tests" / "chaos")]
+
+import restore_all as ra  # noqa: E402
+from machine_loss import new_home  # noqa: E402
+from procs import start_supervisor, sync_db  # noqa: E402
+
+from edgehost.engine import layout  # noqa: E402
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))] if ordered else float("nan")
+
+
+def upload_rtt(endpoint: str, bucket: str) -> float:
+    client = ra.s3(endpoint, pool=1)
+    body = b"x" * 4096
+    client.put_object(Bucket=bucket, Key="rtt/warm", Body=body)
+    took = []
+    for i in range(30):
+        t = time.perf_counter()
+        client.put_object(Bucket=bucket, Key=f"rtt/{i}", Body=body)
+        took.append(time.perf_counter() - t)
+    return statistics.median(took)
+
+
+def run(work: Path, endpoint: str, durable: bool, clients: int, seconds: float) -> dict:
+    bucket = f"bench-{'d' if durable else 'a'}-{int(time.time() * 1000) % 10**9}"
+    ra.s3(endpoint).create_bucket(Bucket=bucket)
+    home = new_home(work, bucket, endpoint, bucket, EDGEHOST_DURABLE_PROPERTY_DBS="true" if durable else "false",
+                    **{k: v for k, v in ra.CREDS.items()})
+    home.env["PYTHONPATH"] = str(REPO / "src")
+    sup = start_supervisor(home)
+    try:
+        settings = home.settings()
+        url = settings.portal_url
+        httpx.post(f"{url}/properties", json={"slug": "acme"}, timeout=10).raise_for_status()
+        sync_db(settings, layout.property_db(settings, "acme"))
+        latencies: list[float] = []
+        failed = [0]
+        start = threading.Event()
+        deadline = [0.0]
+
+        def client() -> None:
+            with httpx.Client(timeout=30) as c:
+                start.wait()
+                i = 0
+                while time.monotonic() < deadline[0]:
+                    t = time.perf_counter()
+                    resp = c.post(f"{url}/properties/acme/events", json={"kind": "bench", "payload": {"i": i}})
+                    if resp.status_code == 201:
+                        latencies.append(time.perf_counter() - t)
+                    else:
+                        failed[0] += 1
+                    i += 1
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        deadline[0] = time.monotonic() + seconds
+        start.set()
+        for t in threads:
+            t.join()
+        stats = httpx.get(f"{url}/_edgehost/durable", timeout=5).json()["databases"].get("acme", {})
+        return {"durable": durable, "events": len(latencies), "rate": len(latencies) / seconds, "failed": failed[0],
+                "p50": pct(latencies, 0.50), "p99": pct(latencies, 0.99), "syncs": stats.get("syncs", 0), "sync_p50": stats.get("sync_p50_ms"), "sync_p99": stats.get("sync_p99_ms"), "failed_syncs": stats.get("failed_syncs"), "last_error": stats.get("last_error"),
+                "rtt": upload_rtt(endpoint, bucket)}
+    finally:
+        sup.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--delay-ms", type=float, default=30.0, help="the emulated RTT of the delayed pass (0: none)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / f"durable-{date.today()}.md"))
+    args = ap.parse_args()
+    if args.clients < 1 or args.seconds <= 0 or args.delay_ms < 0:
+        raise SystemExit("error: --clients >= 1, --seconds > 0 and --delay-ms >= 0")
+
+    work = Path(tempfile.mkdtemp(prefix="durable-bench-", dir="/tmp"))
+    procs = []
+    try:
+        moto_port = ra.free_port()
+        procs.append(subprocess.Popen([sys.executable, ra.__file__, "--_moto", str(moto_port)], env=ra.base_env(),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        ra.wait_port(moto_port)
+        networks = [("loopback", f"http://127.0.0.1:{moto_port}")]
+        if args.delay_ms > 0:
+            proxy_port = ra.free_port()
+            procs.append(subprocess.Popen([sys.executable, ra.__file__, "--_proxy", str(proxy_port), str(moto_port),
+                                           str(args.delay_ms)], env=ra.base_env(), stderr=subprocess.DEVNULL))
+            ra.wait_port(proxy_port)
+            networks.append((f"+{args.delay_ms:g} ms RTT", f"http://127.0.0.1:{proxy_port}"))
+        lines = [f"# Durable acknowledgements: throughput and latency ({date.today()})", "",
+                 f"`bench/durable_throughput.py --clients {args.clients} --seconds {args.seconds:g} "
+                 f"--delay-ms {args.delay_ms:g}`: {args.clients} clients posting events back to back to one property; "
+                 "moto under uvicorn on loopback, the delay by restore_all.py's proxy; the real litestream 0.5.17.", "",
+                 "| network | mode | events/s | ratio to async | ack p50 ms | ack p99 ms | syncs | upload RTT ms | "
+                 "p99 bound (2 x RTT + 50) ms | p99 within | non-201 |",
+                 "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, endpoint in networks:
+            results = {}
+            for durable in (False, True):
+                r = results[durable] = run(work, endpoint, durable, args.clients, args.seconds)
+                print(f"{name} {'durable' if durable else 'async'}: {r['rate']:.0f} events/s, p50 {r['p50']*1000:.1f} ms, "
+                      f"p99 {r['p99']*1000:.1f} ms, {r['syncs']} syncs (p50 {r['sync_p50']} ms, p99 {r['sync_p99']} ms), upload RTT {r['rtt']*1000:.1f} ms, "
+                      f"{r['failed']} non-201, failed syncs {r['failed_syncs']} {r['last_error']}", file=sys.stderr, flush=True)
+            for durable in (False, True):
+                r = results[durable]
+                bound = 2 * r["rtt"] + 0.050
+                lines.append(
+                    f"| {name} | {'durable' if durable else 'async'} | {r['rate']:.0f} | "
+                    f"{r['rate'] / results[False]['rate']:.0%} | {r['p50']*1000:.1f} | {r['p99']*1000:.1f} | "
+                    f"{r['syncs'] if durable else '-'} | {r['rtt']*1000:.1f} | {bound*1000:.0f} | "
+                    f"{'yes' if r['p99'] <= bound else 'NO'} | {r['failed']} |")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(10)
+
+
+if __name__ == "__main__":
+    main()

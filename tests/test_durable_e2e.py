@@ -1,0 +1,116 @@
+"""Durable acknowledgements on real parts: `edgehost up` with the real litestream, moto S3 over HTTP."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from edgehost.engine import layout, litestream
+
+from procs import CountingProxy, plain_restore, rows, start_supervisor, wait_until
+from machine_loss import machine_loss_round
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "chaos"))
+from chaos_kit import SwitchableProxy  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+
+def _event_ids(db: Path) -> list[int]:
+    return [r[0] for r in rows(db, "SELECT id FROM compliance_events ORDER BY id")]
+
+
+def test_a_201_means_in_the_bucket_and_an_outage_is_503_until_the_endpoint_returns(s3_home, tmp_path):
+    proxy = SwitchableProxy(s3_home.env["EDGEHOST_S3_ENDPOINT"])
+    s3_home.env.update({"EDGEHOST_S3_ENDPOINT": proxy.endpoint, "EDGEHOST_DURABLE_TIMEOUT_SECONDS": "3"})
+    settings = s3_home.settings()
+    sup = start_supervisor(s3_home)
+    try:
+        url = settings.portal_url
+        assert httpx.post(f"{url}/properties", json={"slug": "acme"}).status_code == 201
+        replica = litestream.replication(settings).restore_url(layout.property_db(settings, "acme"))
+        for i in range(4):
+            resp = httpx.post(f"{url}/properties/acme/events", json={"kind": "door", "payload": {"i": i}}, timeout=10)
+            assert resp.status_code == 201, resp.text
+            # Right after the 201, with nothing in between: the bucket already holds it.
+            out = tmp_path / f"r{i}.db"
+            proc = plain_restore(replica, out, s3_home.environ())
+            assert proc.returncode == 0, proc.stderr
+            assert resp.json()["id"] in _event_ids(out)
+
+        proxy.set_mode("refuse")
+        began = time.monotonic()
+        resp = httpx.post(f"{url}/properties/acme/events", json={"kind": "door"}, timeout=10)
+        took = time.monotonic() - began
+        assert resp.status_code == 503, resp.text
+        body = resp.json()
+        assert body["stored_locally"] is True and "not yet replicated off it" in body["error"], body
+        assert resp.headers["Retry-After"] and 2.5 < took < 4.5, took
+        assert body["id"] in _event_ids(settings.data_dir / "acme" / "honestcam.db")  # stored here, as it says
+        stats = httpx.get(f"{url}/_edgehost/durable").json()["databases"]["acme"]
+        assert stats["timeouts"] >= 1 and stats["acked"] == 4 and stats["p99_ms"] > 0
+
+        proxy.set_mode("up")  # the endpoint returns: durable writes recover on their own
+        def acked() -> bool:
+            return httpx.post(f"{url}/properties/acme/events", json={"kind": "door"}, timeout=10).status_code == 201
+        wait_until(acked, 60, interval=0.5, what="a durable write to be acknowledged again")
+        out = tmp_path / "after.db"
+        assert plain_restore(replica, out, s3_home.environ()).returncode == 0
+        assert body["id"] in _event_ids(out)  # the event answered 503 went off the machine too
+    finally:
+        sup.stop()
+        proxy.close()
+
+
+def test_group_commit_one_sync_serves_many_concurrent_writes(s3_home):
+    counting = CountingProxy(s3_home.env["EDGEHOST_S3_ENDPOINT"])
+    s3_home.env["EDGEHOST_S3_ENDPOINT"] = counting.endpoint
+    settings = s3_home.settings()
+    sup = start_supervisor(s3_home)
+    try:
+        url = settings.portal_url
+        assert httpx.post(f"{url}/properties", json={"slug": "acme"}).status_code == 201
+        assert httpx.post(f"{url}/properties/acme/events", json={"kind": "first"}, timeout=15).status_code == 201
+        counting.reset()
+        before = httpx.get(f"{url}/_edgehost/durable").json()["databases"]["acme"]["syncs"]
+        codes: list[int] = []
+
+        def client() -> None:
+            with httpx.Client(timeout=15) as c:
+                for i in range(25):
+                    codes.append(c.post(f"{url}/properties/acme/events", json={"kind": "k", "payload": {"i": i}}).status_code)
+
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert codes.count(201) == 200, codes
+        syncs = httpx.get(f"{url}/_edgehost/durable").json()["databases"]["acme"]["syncs"] - before
+        ltx_puts = sum(1 for m, target in counting.requests if m == "PUT" and "/acme/" in target and ".ltx" in target)
+        print(f"200 durable events from 8 clients: {syncs} syncs, {ltx_puts} LTX uploads")
+        assert syncs <= 200 / 3 and ltx_puts <= 200 / 3, (syncs, ltx_puts)
+    finally:
+        sup.stop()
+        counting.close()
+
+
+@pytest.mark.parametrize("durable", [True, False], ids=["durable", "async"])
+def test_machine_loss_loses_no_acknowledged_event_with_durable_acks(moto_s3, tmp_path_factory, durable):
+    rng = random.Random(f"machine loss {durable}")
+    # Short homes: unix socket paths must stay under ~104 bytes, and xdist lengthens tmp_path.
+    results = [machine_loss_round(tmp_path_factory.mktemp("ml", numbered=True), moto_s3.endpoint, moto_s3.new_bucket(), durable, rng)
+               for i in range(3 if durable else 1)]
+    print(f"machine loss, durable={durable}: " + ", ".join(f"{r.lost}/{r.acked} acked lost" for r in results))
+    assert all(r.acked > 0 for r in results), results
+    if durable:
+        assert all(r.lost == 0 for r in results), results
+    else:
+        # The asynchronous window is real: the same method finds what a machine loss takes.
+        assert sum(r.lost for r in results) > 0, results
