@@ -63,6 +63,20 @@ def test_a_201_means_in_the_bucket_and_an_outage_is_503_until_the_endpoint_retur
         out = tmp_path / "after.db"
         assert plain_restore(replica, out, s3_home.environ()).returncode == 0
         assert body["id"] in _event_ids(out)  # the event answered 503 went off the machine too
+
+        # The figures reach `status --json`, the metrics and the status page.
+        import json
+        import subprocess
+
+        from procs import edgehost_argv
+
+        shown = subprocess.run(edgehost_argv("status", "--json"), env=s3_home.environ(), capture_output=True, text=True)
+        row = next(r for r in json.loads(shown.stdout)["durable_acks"] if r["db"] == "acme")
+        assert row["acked"] >= 5 and row["timeouts"] >= 1 and row["p99_ms"] > 0
+        metrics = f"http://127.0.0.1:{settings.metrics_port}"
+        wait_until(lambda: 'edgehost_durable_ack_timeouts_total{db="acme"}' in httpx.get(f"{metrics}/metrics").text,
+                   30, interval=0.5, what="durable-ack metrics")
+        assert 'id="durable-list"' in httpx.get(f"{metrics}/status").text
     finally:
         sup.stop()
         proxy.close()

@@ -38,6 +38,8 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         dbs, db_error = [], str(exc)
     from edgehost.ops.state import drill_history
 
+    from edgehost.ops import durable_acks
+
     drills = drill_history(settings, limit=1)
     lagging = [d.name for d in dbs if d.lag_seconds is not None and d.lag_seconds > settings.lag_alert_seconds]
     failing = [d.name for d in dbs if d.state == "error"]
@@ -51,6 +53,7 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         "litestream_error": db_error,
         "last_drill": drills[0] if drills else None,
         "lease": supervisor.get("lease"),
+        "durable_acks": durable_acks.summary_rows(durable_acks.fetch(settings)),
     }
     if as_json:
         emit_json(report)
@@ -76,6 +79,13 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
                           "\"When the replica changes\")")
         if db_error:
             console.print(f"[red]litestream:[/] {db_error}")
+        if report["durable_acks"]:
+            table = Table("durable database", "acknowledged", "timeouts", "p50", "p99")
+            for r in report["durable_acks"]:
+                table.add_row(escape(r["db"]), str(r["acked"]), str(r["timeouts"]),
+                              "-" if r["p50_ms"] is None else f"{r['p50_ms']:.0f} ms",
+                              "-" if r["p99_ms"] is None else f"{r['p99_ms']:.0f} ms")
+            console.print(table)
         if drills:
             d = drills[0]
             rto = f", RTO {d['rto_seconds']:.1f}s" if d["rto_seconds"] is not None else ""

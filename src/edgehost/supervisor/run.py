@@ -166,6 +166,7 @@ class Supervisor:
                                                  settings.alerts.healthchecks_every)
         self.pitr: dict[str, float | None] = {}  # seconds `restore --at` reaches back, per database
         self.checks: dict[str, Any] = {}  # the newest drill and verify (state.last_checks)
+        self.durable: dict[str, Any] | None = None  # the portal's durable-ack figures (docs/durable.md)
         self._commands: queue.Queue[tuple[str, str, threading.Event, dict]] = queue.Queue()
         self._control: ControlServer | None = None
         self._metrics: MetricsServer | None = None
@@ -622,6 +623,11 @@ class Supervisor:
                                                  since=time.time() - ls.uptime())
                 self._alert()
                 self._unstick(ls)
+                portal = next((s for s in self.services if s.name == "portal"), None)
+                if portal is not None and portal.state == Service.RUNNING:
+                    from edgehost.ops import durable_acks
+
+                    self.durable = durable_acks.fetch(self.settings)
             self.stopping.wait(self.STATUS_EVERY)
 
     def _unstick(self, ls: Service) -> None:
@@ -769,6 +775,9 @@ class Supervisor:
                                        self.cost_summary, socket.gethostname(), time.time())
         for row in model["databases"]:
             row["pitr_seconds"] = self.pitr.get(row["name"])  # from the last PITR check (alerts.pitr_check_every)
+        from edgehost.ops import durable_acks
+
+        model["durable"] = durable_acks.summary_rows(self.durable)
         return model
 
     def _handle_metrics(self, method: str, path: str) -> tuple[int, Any]:
@@ -776,8 +785,14 @@ class Supervisor:
             from edgehost.ops import metrics
 
             d = self.describe()
-            return 200, metrics.render(metrics.families(self.db_status, d["services"], checks=self.checks or None,
-                                                        alerts=self.alerts, lease=d["lease"], pitr=self.pitr or None))
+            from itertools import chain
+
+            from edgehost.ops import durable_acks
+
+            return 200, metrics.render(chain(
+                metrics.families(self.db_status, d["services"], checks=self.checks or None, alerts=self.alerts,
+                                 lease=d["lease"], pitr=self.pitr or None),
+                durable_acks.families(self.durable)))
         route, _, query = path.partition("?")
         if method == "GET" and route in ("/", "/status"):
             return 200, Page(statuspage.render(self.page_model(), page=statuspage.page_number(query)))

@@ -376,6 +376,25 @@ def _alerts(model: dict[str, Any], now: float) -> str:
                   '</thead><tbody>' + "".join(rows) + "</tbody></table>")
 
 
+def _durable(model: dict[str, Any]) -> str:
+    rows = [r for r in (model.get("durable") or []) if isinstance(r, dict)]
+    if not rows:
+        return '<p class="empty">No durable writes yet (docs/durable.md).</p>'
+    rows.sort(key=lambda r: (-(r.get("timeouts") or 0), -(r.get("p99_ms") or 0)))
+    shown = rows[:PER_PAGE]
+
+    def ms(v: Any) -> str:
+        return f"{v:,.0f} ms" if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+    body = "".join(
+        "<tr>" + _td("database", _e(r.get("db")), "name") + _td("acknowledged", _e(f"{r.get('acked') or 0:,}"))
+        + _td("timeouts (503)", _e(f"{r.get('timeouts') or 0:,}"), "err" if r.get("timeouts") else "")
+        + _td("p50", _e(ms(r.get("p50_ms")))) + _td("p99", _e(ms(r.get("p99_ms")))) + "</tr>" for r in shown)
+    more = f'<p class="meta">{len(rows) - len(shown)} more not shown.</p>' if len(rows) > len(shown) else ""
+    return ('<table class="stack" id="durable-list"><thead><tr><th>database</th><th>acknowledged</th>'
+            '<th>timeouts (503)</th><th>p50</th><th>p99</th></tr></thead><tbody>' + body + "</tbody></table>" + more)
+
+
 COST_LABELS = (("bill_after_free_tier", "estimated this month (after R2's free tier)", lambda v: f"${v:,.2f}"),
                ("bill_before_free_tier", "before the free tier", lambda v: f"${v:,.2f}"),
                ("storage_gb", "storage", lambda v: f"{v:,.2f} GB"),
@@ -428,6 +447,7 @@ def render(model: dict[str, Any], page: int = 1, per_page: int = PER_PAGE) -> st
         '<h2 id="databases">Databases</h2>', _databases(model, page, per_page, now),
         '<h2 id="drills">Drills</h2>', _drills(model, now),
         '<h2 id="alerts">Recent alerts</h2>', _alerts(model, now),
+        '<h2 id="durable">Durable acknowledgements</h2>', _durable(model),
         '<h2 id="cost">Estimated monthly cost</h2>', _cost(model),
         "</main></body></html>\n",
     ])
