@@ -120,10 +120,19 @@ def follower_caught_up(home: Home, count: int) -> bool:
         bool(st.get("services")) and st["services"][0]["state"] == "running"
 
 
-def make_tenants(home: Home, slugs: list[str], events: int = 1) -> None:
+def make_tenants(home: Home, slugs: list[str], events: int = 1, kib: int = 0) -> None:
+    """Properties made through the portal, each with `events` events and about `kib` KiB of older
+    events written straight into its file (litestream replicates them like any write)."""
+    filler = json.dumps({"note": "x" * 1000})
     with httpx.Client(timeout=30) as client:
         for slug in slugs:
             client.post(f"{home.url}/properties", json={"slug": slug}).raise_for_status()
+            if kib:
+                conn = sqlite3.connect(home.path / "data" / slug / "honestcam.db", timeout=30)
+                conn.executemany("INSERT INTO compliance_events(occurred_at, kind, payload) VALUES (?, 'old', ?)",
+                                 [("2026-01-01T00:00:00Z", filler)] * kib)
+                conn.commit()
+                conn.close()
             for i in range(events):
                 client.post(f"{home.url}/properties/{slug}/events", json={"kind": "seed", "payload": {"i": i}})
 
@@ -224,17 +233,17 @@ def restore_f_requests(root: Path, endpoint: str, home: Home, seconds: float) ->
     return {"requests": n, "seconds": seconds, "per_hour": round(n * 3600 / seconds)}
 
 
-def phase_idle_and_promote(root: Path, endpoint: str, s3c, idle: int, seconds: float) -> dict:
+def phase_idle_and_promote(root: Path, endpoint: str, s3c, idle: int, seconds: float, kib: int) -> dict:
     s3c.create_bucket(Bucket="bench-idle")
     proxy = CountingProxy(endpoint)
     a = Home(root, "idle-primary", endpoint, "bench-idle", "c")
     b = Home(root, "idle-follower", proxy.endpoint, "bench-idle", "d")
-    out: dict = {"idle_tenants": idle}
+    out: dict = {"idle_tenants": idle, "kib_per_tenant": kib}
     try:
         up = a.start("up")
         a.wait("the primary", lambda: primary_ready(a))
         t = time.monotonic()
-        make_tenants(a, [f"idle{i:03d}" for i in range(idle)], events=20)
+        make_tenants(a, [f"idle{i:03d}" for i in range(idle)], events=5, kib=kib)
         out["tenants_made_seconds"] = round(time.monotonic() - t, 1)
         b.start("follow", "--interval", "1s")
         t = time.monotonic()
@@ -282,6 +291,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--idle", type=int, default=200)
     ap.add_argument("--idle-seconds", type=float, default=120)
+    ap.add_argument("--kib", type=int, default=1024, help="KiB of events in each idle tenant (the cold restore's size)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / f"standby-{date.today()}.json")
     args = ap.parse_args()
     import boto3
@@ -298,7 +308,7 @@ def main() -> None:
         result = {"lag": phase_lag(root, endpoint, s3c, args.busy, args.seconds)} if args.busy else {}
         print(json.dumps(result, indent=1), flush=True)
         if args.idle:
-            result["idle_and_promote"] = phase_idle_and_promote(root, endpoint, s3c, args.idle, args.idle_seconds)
+            result["idle_and_promote"] = phase_idle_and_promote(root, endpoint, s3c, args.idle, args.idle_seconds, args.kib)
         print(json.dumps(result, indent=1))
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -51,6 +51,7 @@ def _incidents(receiver, event: str, database: str | None = None) -> list[str]:
 def test_a_replica_outage_alerts_lag_once_recovers_once_and_fails_the_dead_mans_switch(s3_home, receiver):
     proxy = SwitchableProxy(s3_home.env["EDGEHOST_S3_ENDPOINT"])
     s3_home.env.update({"EDGEHOST_S3_ENDPOINT": proxy.endpoint, "EDGEHOST_LAG_ALERT_SECONDS": "3",
+                        "EDGEHOST_DURABLE_PROPERTY_DBS": "false",  # writes go on through the outage
                         "EDGEHOST_LITESTREAM_STOP_TIMEOUT": "10"})
     _wire(s3_home, receiver)
     settings = s3_home.settings()

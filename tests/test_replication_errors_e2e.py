@@ -50,7 +50,8 @@ def _switch(home, moto_s3, noticed: bool):
     litestream meets the new replica with the old local state, as before the kit moved it aside.
     """
     # A stuck database makes every stop of litestream wait out the final sync: keep that short here.
-    (home.path / "edgehost.toml").write_text("litestream_stop_timeout = 8\n")
+    # Writes go on while replication is stuck: acknowledged asynchronously (durable acks would be 503s).
+    (home.path / "edgehost.toml").write_text("litestream_stop_timeout = 8\n[durable]\nproperty_dbs = false\n")
     settings = home.settings()
     url = settings.portal_url
     ref = layout.property_db(settings, SLUG)
