@@ -175,7 +175,7 @@ def phase_lag(root: Path, endpoint: str, s3c, busy: int, seconds: float) -> dict
         def watcher() -> None:
             top = {slug: 0 for slug in slugs}
             data = b.path / "data"
-            while not stop.is_set() or len(seen) < len(acked):
+            while not stop.is_set() or any(k not in seen for k in list(acked)):
                 for slug in slugs:
                     try:
                         conn = sqlite3.connect(f"file:{data / slug / 'honestcam.db'}?mode=ro", uri=True)

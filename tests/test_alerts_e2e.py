@@ -154,17 +154,25 @@ def test_a_drill_failing_on_a_corrupted_replica_alerts_and_a_passing_one_recover
         ref = layout.property_db(settings, "beta")
         litestream.ControlSocket(settings.litestream_socket).sync(ref.path, wait=True)
         store = ReplicaStore.from_settings(settings)
-        originals = {}
-        for obj in store.walk("beta"):
-            if obj.key.endswith(".ltx"):
-                originals[obj.key] = data = store.read(obj.key)
-                flipped = bytearray(data)
-                mid = len(flipped) // 2
-                flipped[mid:mid + 8] = bytes(b ^ 0xFF for b in flipped[mid:mid + 8])
-                store.write(obj.key, bytes(flipped))
+        originals: dict[str, bytes] = {}
+
+        def corrupt() -> None:
+            # Every LTX file, also a compaction litestream uploaded since (made from its clean local copies).
+            for obj in store.walk("beta"):
+                if obj.key.endswith(".ltx") and obj.key not in originals:
+                    originals[obj.key] = data = store.read(obj.key)
+                    flipped = bytearray(data)
+                    mid = len(flipped) // 2
+                    flipped[mid:mid + 8] = bytes(b ^ 0xFF for b in flipped[mid:mid + 8])
+                    store.write(obj.key, bytes(flipped))
+
+        corrupt()
         failed = edgehost(kit_home, "drill")
         assert failed.returncode == 1, failed.stderr[-2000:]
         wait_until(lambda: _incidents(receiver, "drill_failed") == ["alert"], 30, what="the failed-drill alert")
+        corrupt()
+        assert edgehost(kit_home, "verify", "beta").returncode == 1
+        wait_until(lambda: _incidents(receiver, "verify_failed") == ["alert"], 30, what="the failed-verify alert")
         assert [r["path"] for r in receiver.requests if r["path"] in ("/hc/start", "/hc/fail")][:2] == ["/hc/start", "/hc/fail"]
 
         for key, data in originals.items():
@@ -172,6 +180,8 @@ def test_a_drill_failing_on_a_corrupted_replica_alerts_and_a_passing_one_recover
         passed = edgehost(kit_home, "drill")
         assert passed.returncode == 0, passed.stderr[-3000:]
         wait_until(lambda: _incidents(receiver, "drill_failed") == ["alert", "recovery"], 30, what="the drill recovery")
+        assert edgehost(kit_home, "verify", "beta").returncode == 0
+        wait_until(lambda: _incidents(receiver, "verify_failed") == ["alert", "recovery"], 30, what="the verify recovery")
         wait_until(lambda: _incidents(receiver, "drill_overdue") == ["alert", "recovery"], 30, what="no longer overdue")
     finally:
         assert up.stop() == 0

@@ -12,6 +12,7 @@ still writes one snapshot of the database into the new bucket, at the old txid.
 from __future__ import annotations
 
 import json
+import time
 import os
 
 import httpx
@@ -83,6 +84,10 @@ def _switch(home, moto_s3, noticed: bool):
 
 
 def test_a_database_litestream_cannot_replicate_shows_as_an_error_in_status(kit_home, moto_s3):
+    from procs import Receiver
+
+    receiver = Receiver()  # a webhook: the error is also an alert, sent once
+    kit_home.env["EDGEHOST_WEBHOOK_URL"] = f"{receiver.url}/hook"
     up, settings, ref, _, _ = _switch(kit_home, moto_s3, noticed=False)
     try:
         code, report = wait_until(lambda: (lambda c, r: (c, r) if _db(r, SLUG)["state"] == "error" else None)(
@@ -115,8 +120,17 @@ def test_a_database_litestream_cannot_replicate_shows_as_an_error_in_status(kit_
             sock.sync(ref.path, wait=True, timeout=5)
         log = up.output()
         assert 'msg="monitor error"' in log and "LTX file is missing" in log and "litestream reset" in log
+
+        def errors():
+            return [(n["kind"], n["database"]) for n in receiver.notices() if n["event"] == "replication_error"]
+
+        wait_until(lambda: errors() == [("alert", SLUG)], 30, interval=0.5, what="the replication-error alert")
+        assert "open ltx file" in next(n["summary"] for n in receiver.notices() if n["event"] == "replication_error")
+        time.sleep(6)  # more status polls see the same error: nothing more is sent
+        assert errors() == [("alert", SLUG)]
     finally:
         up.stop()
+        receiver.close()
 
 
 def test_resetting_local_state_and_dropping_the_stuck_snapshot_restores_replication(kit_home, moto_s3, tmp_path):

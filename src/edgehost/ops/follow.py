@@ -159,7 +159,7 @@ class Follower:
                  f"one listing every {self.interval:g}s")
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self._follow_log = open(s.log_dir / "follow.log", "ab")
-        self._control = ControlServer(s.supervisor_socket, self._handle_control)
+        self._control = ControlServer(s.supervisor_socket, self._handle_control, poll_interval=0.05)
         self._control.start()
         threading.Thread(target=self._mirror_loop, daemon=True, name="mirror").start()
         try:
@@ -330,12 +330,14 @@ class Follower:
         elif svc.state == Service.BACKOFF and mono >= svc.next_start_at:
             svc.start()
 
-    def _stop_following(self) -> None:
+    def _stop_following(self, now: bool = False) -> None:
+        """Stop every `restore -f`: SIGTERM, or SIGKILL when `now` (a promotion, once each has applied the
+        replica's newest txid; a kill mid-apply would leave a hot journal, which SQLite rolls back)."""
         with self._lock:
             items = list(self.followed.values())
         for item in items:
             if item.proc is not None and item.proc.poll() is None:
-                os.killpg(item.proc.pid, signal.SIGTERM)
+                os.killpg(item.proc.pid, signal.SIGKILL if now else signal.SIGTERM)
         deadline = time.monotonic() + 10
         for item in items:
             if item.proc is not None:
@@ -395,6 +397,10 @@ class Follower:
             store = ReplicaStore.from_settings(s)
             lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
                                 s.lease_ttl_seconds)
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(1)
+            listing = pool.submit(self.mirror_round)  # the final listing, while the lease is taken
             current = lease.read()
             previous = lease.acquire(take_over=True)
             report.previous_primary = (previous or current).describe() if (previous or current) else ""
@@ -407,14 +413,19 @@ class Follower:
                     self.log(f"promote: waiting {wait:.0f}s for the old primary to notice it lost the lease")
                     time.sleep(wait)
             step("lease")
-            self.mirror_round()
+            listing.result()
+            pool.shutdown()
+            if previous is not None and not no_wait:
+                self.mirror_round()  # after the wait: what the old primary uploaded meanwhile
             self._catch_up(catch_up_timeout)
             report.databases = len(self.followed)
             step("catch_up")
             with self._tending:
-                self._stop_following()
-            for item in self.followed.values():
-                _as_primary_copy(item.out)
+                self._stop_following(now=True)
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(_as_primary_copy, [item.out for item in self.followed.values()]))
             step("stop_following")
             set_role(s, "primary")
             self.handed_over.set()  # the main thread runs `up` now

@@ -65,8 +65,9 @@ def _handler_class(handle: Handler, content_type: str = "application/json"):
 class ControlServer:
     """HTTP over a unix socket that only the kit's user can open."""
 
-    def __init__(self, path: Path, handle: Handler):
+    def __init__(self, path: Path, handle: Handler, poll_interval: float = 0.5):
         self.path = Path(path)
+        self.poll_interval = poll_interval  # how soon close() returns: serve_forever looks this often
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()
         old = os.umask(0o177)  # the socket is born 0600
@@ -75,7 +76,8 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="control")
+        self.thread = threading.Thread(target=lambda: self.server.serve_forever(self.poll_interval), daemon=True,
+                                       name="control")
 
     def start(self) -> None:
         self.thread.start()
