@@ -208,9 +208,15 @@ def test_a_take_over_alerts_the_fenced_machine(kit_home, receiver, tmp_path_fact
         assert "machine ffffffff" in notice["summary"]
     finally:
         if up_b is not None:
-            up_b.stop()
+            assert up_b.stop() == 0  # a clean stop releases the lease
         up_a.stop()
     assert _incidents(receiver, "lease") == ["alert"]
+    # A holds the lease again once B has let it go: the incident is over (kept across A's restart).
+    again = start_supervisor(kit_home, log_name="again.log")
+    try:
+        wait_until(lambda: _incidents(receiver, "lease") == ["alert", "recovery"], 30, what="the lease recovery")
+    finally:
+        again.stop()
 
 
 def test_a_pitr_window_cut_short_in_the_replica_alerts_and_recovers(kit_home, receiver):

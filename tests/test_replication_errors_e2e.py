@@ -136,6 +136,10 @@ def test_a_database_litestream_cannot_replicate_shows_as_an_error_in_status(kit_
 def test_resetting_local_state_and_dropping_the_stuck_snapshot_restores_replication(kit_home, moto_s3, tmp_path):
     """Litestream's hint (`litestream reset`) alone is not enough: the stuck run's snapshot, at the
     old history's txid, stays in the bucket and the new history's files get stacked on it."""
+    from procs import Receiver
+
+    receiver = Receiver()  # the error's alert, and its recovery once fixed
+    kit_home.env["EDGEHOST_WEBHOOK_URL"] = f"{receiver.url}/hook"
     up, settings, ref, bucket, acked = _switch(kit_home, moto_s3, noticed=False)
     url = settings.portal_url
     s3 = moto_s3.client()
@@ -143,6 +147,11 @@ def test_resetting_local_state_and_dropping_the_stuck_snapshot_restores_replicat
     try:
         wait_until(lambda: _db(_status(kit_home)[1], SLUG)["state"] == "error", 30, interval=0.5,
                    what="acme stuck")
+
+        def errors():
+            return [n["kind"] for n in receiver.notices() if n["event"] == "replication_error" and n["database"] == SLUG]
+
+        wait_until(lambda: errors() == ["alert"], 30, interval=0.5, what="the error's alert")
         supervisor = SupervisorClient(settings.supervisor_socket)
         supervisor.hold("litestream")
         try:
@@ -163,6 +172,7 @@ def test_resetting_local_state_and_dropping_the_stuck_snapshot_restores_replicat
         acme = _db(report, SLUG)
         assert code == 0, report
         assert acme["state"] == "replicating" and acme["caught_up"] and acme["error"] == ""
+        wait_until(lambda: errors() == ["alert", "recovery"], 30, interval=0.5, what="the error's one alert and recovery")
 
         url_s3 = litestream.replication(settings).restore_url(ref)
         out = tmp_path / "latest.db"
