@@ -365,3 +365,21 @@ class Receiver:
         import json
 
         return [json.loads(r["body"]) for r in self.got(path)]
+
+
+def machine(home: KitHome, name: str) -> KitHome:
+    """A home as one "machine" of several on one replica: its own id, a writer lease renewed every second."""
+    home.env.update({"EDGEHOST_MACHINE_ID": name * 8, "EDGEHOST_LEASE_RENEW_SECONDS": "1",
+                     "EDGEHOST_LEASE_TTL_SECONDS": "30"})
+    return home
+
+
+def twin(a: KitHome, tmp_path_factory, name: str) -> KitHome:
+    """A second machine with A's settings and replica, its own home, ports and machine id."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("m", numbered=True)
+    shutil.copy(a.path / "litestream.yml", path / "litestream.yml")
+    env = {**a.env, "EDGEHOST_HOME": str(path), "EDGEHOST_PORTAL_PORT": str(free_port()),
+           "EDGEHOST_METRICS_PORT": str(free_port())}
+    return machine(KitHome(path, env), name)

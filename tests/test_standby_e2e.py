@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import time
 
@@ -14,25 +13,13 @@ import pytest
 
 from edgehost.engine import layout
 from edgehost.supervisor import SupervisorClient
-from procs import KitHome, Proc, Writer, edgehost, edgehost_argv, free_port, rows, start_supervisor, supervisor_status, wait_until
+from procs import machine, twin, Proc, Writer, edgehost, edgehost_argv, rows, start_supervisor, supervisor_status, wait_until
 
 pytestmark = pytest.mark.e2e
 
 RPO = 3.0  # seconds: events acknowledged longer than this before the primary died must survive
 
 
-def _machine(home: KitHome, name: str) -> KitHome:
-    home.env.update({"EDGEHOST_MACHINE_ID": name * 8, "EDGEHOST_LEASE_RENEW_SECONDS": "1",
-                     "EDGEHOST_LEASE_TTL_SECONDS": "30"})
-    return home
-
-
-def _twin(a: KitHome, tmp_path_factory, name: str) -> KitHome:
-    path = tmp_path_factory.mktemp("s", numbered=True)
-    shutil.copy(a.path / "litestream.yml", path / "litestream.yml")
-    env = {**a.env, "EDGEHOST_HOME": str(path), "EDGEHOST_PORTAL_PORT": str(free_port()),
-           "EDGEHOST_METRICS_PORT": str(free_port())}
-    return _machine(KitHome(path, env), name)
 
 
 class TimedWriter(Writer):
@@ -60,8 +47,8 @@ def _kill_everything(settings, up: Proc) -> None:
 
 
 def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_path_factory):
-    a = _machine(s3_home, "a")
-    b = _twin(a, tmp_path_factory, "b")
+    a = machine(s3_home, "a")
+    b = twin(a, tmp_path_factory, "b")
     sa, sb = a.settings(), b.settings()
     up_a = start_supervisor(a)
     follower = None
