@@ -37,6 +37,11 @@ def test_cost_counts_by_class_match_the_endpoints_within_20_percent(s3_home, mot
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
         shown = edgehost(s3_home, "cost")
+        # The supervisor's own estimate reaches its status page.
+        import httpx
+
+        page = httpx.get(f"http://127.0.0.1:{s3_home.settings().metrics_port}/status").text
+        assert 'id="cost"' in page and "class A operations / month" in page and "after R2" in page
     finally:
         if writer:
             writer.stop()

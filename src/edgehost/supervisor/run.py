@@ -685,7 +685,7 @@ class Supervisor:
     def _watch_health(self) -> None:
         a = self.settings.alerts
         next_pitr = time.monotonic() + min(a.pitr_check_every, 300.0)  # not in the first minutes of a start
-        next_cost = time.monotonic() + 60.0
+        next_cost = time.monotonic() + 10.0  # then every COST_EVERY; an early estimate says its window is short
         while not self.stopping.wait(min(a.check_every, 5.0)):
             try:
                 self._check_services()
