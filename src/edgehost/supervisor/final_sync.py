@@ -32,9 +32,11 @@ class FinalSync:
     def describe(self) -> str:
         if self.landed:
             return f"{self.name}: replicated txid {self.replicated_txid:016x}"
-        where = (f"replica at txid {self.replicated_txid or 0:016x}, local {self.local_txid:016x}"
-                 if self.local_txid is not None else "never synced")
-        return f"{self.name}: {where}{': ' + self.error if self.error else ''}"
+        if self.local_txid is not None:
+            where = f"replica at txid {self.replicated_txid or 0:016x}, local {self.local_txid:016x}"
+        else:  # no sync answered with positions: a failed call says why; none at all, it never synced
+            where = "" if self.error else "never synced"
+        return f"{self.name}: " + ": ".join(part for part in (where, self.error) if part)
 
 
 RETRY_EVERY = 0.2  # seconds between tries while a database is not watched, not open or not uploaded
