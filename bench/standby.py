@@ -42,7 +42,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
-from procs import CountingProxy  # noqa: E402
+from procs import CountingProxy, power_cut  # noqa: E402
 from restore_all import free_port, wait_port  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -135,18 +135,6 @@ def make_tenants(home: Home, slugs: list[str], events: int = 1, kib: int = 0) ->
                 conn.close()
             for i in range(events):
                 client.post(f"{home.url}/properties/{slug}/events", json={"kind": "seed", "payload": {"i": i}})
-
-
-def kill_everything(home: Home, up: subprocess.Popen) -> None:
-    st = home.status()
-    for svc in st.get("services", []):
-        if svc.get("group"):
-            try:
-                os.killpg(svc["group"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    os.killpg(up.pid, signal.SIGKILL)
-    up.wait(10)
 
 
 def phase_lag(root: Path, endpoint: str, s3c, busy: int, seconds: float) -> dict:
@@ -262,7 +250,7 @@ def phase_idle_and_promote(root: Path, endpoint: str, s3c, idle: int, seconds: f
         out["restore_f_all_per_hour_computed"] = one["per_hour"] * (idle + 1)
 
         # C: the primary dies; promote the follower.
-        kill_everything(a, up)
+        power_cut(a.status().get("services", []), up)
         killed = time.monotonic()
         promoted = b.run("promote", "--no-wait", "--json", timeout=900)
         report = json.loads(promoted.stdout) if promoted.stdout.strip().startswith("{") else {"error": promoted.stderr}

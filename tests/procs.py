@@ -383,3 +383,15 @@ def twin(a: KitHome, tmp_path_factory, name: str) -> KitHome:
     env = {**a.env, "EDGEHOST_HOME": str(path), "EDGEHOST_PORTAL_PORT": str(free_port()),
            "EDGEHOST_METRICS_PORT": str(free_port())}
     return machine(KitHome(path, env), name)
+
+
+def power_cut(services: list[dict], supervisor: subprocess.Popen) -> None:
+    """kill -9 a whole `edgehost up`: every service's process group (from its status), then the supervisor."""
+    for svc in services:
+        if svc.get("group"):
+            try:
+                os.killpg(svc["group"], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    os.kill(supervisor.pid, signal.SIGKILL)
+    supervisor.wait(10)

@@ -4,8 +4,6 @@ real supervisor, litestream and moto over HTTP."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 
 import httpx
@@ -13,7 +11,7 @@ import pytest
 
 from edgehost.engine import layout
 from edgehost.supervisor import SupervisorClient
-from procs import machine, twin, Proc, Writer, edgehost, edgehost_argv, rows, start_supervisor, supervisor_status, wait_until
+from procs import machine, power_cut, twin, Proc, Writer, edgehost, edgehost_argv, rows, start_supervisor, supervisor_status, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -32,18 +30,6 @@ class TimedWriter(Writer):
 
 def _follower(settings) -> dict:
     return SupervisorClient(settings.supervisor_socket, timeout=5).status()
-
-
-def _kill_everything(settings, up: Proc) -> None:
-    """kill -9 the whole primary: every service's process group, then the supervisor."""
-    for svc in supervisor_status(settings)["services"]:
-        if svc.get("group"):
-            try:
-                os.killpg(svc["group"], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    os.kill(up.pid, signal.SIGKILL)
-    up.popen.wait(10)
 
 
 def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_path_factory):
@@ -83,7 +69,7 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
         assert {d["name"] for d in json.loads(shown.stdout)["databases"]} >= {"global", "acme", "beta", "gamma"}
 
         time.sleep(2)
-        _kill_everything(sa, up_a)
+        power_cut(supervisor_status(sa)["services"], up_a.popen)
         killed_at = time.time()
         acked = writer.stop()
         assert len(acked) > 50

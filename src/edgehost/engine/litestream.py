@@ -509,6 +509,27 @@ class Litestream:
         return ltx_files(self.binary, url, self.env, level)
 
 
+def epoch(value: Any) -> float | None:
+    """An epoch from a number, a datetime, Litestream's RFC 3339 text or an ISO 8601 string; None when
+    there is none or it is unreadable (a naive time is UTC)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+    text = str(value)
+    try:
+        return parse_go_time(text).timestamp()
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def parse_go_time(text: str) -> datetime:
     """Go's RFC3339Nano, as litestream prints times (up to 9 fractional digits, Z or an offset)."""
     m = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)", text.strip())

@@ -30,15 +30,14 @@ from edgehost.engine import layout, litestream
 from edgehost.engine.bucket import Listing
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
-from edgehost.ops import alerts as alerts_lib
 from edgehost.ops.mirror import mirror_once
 from edgehost.ops.recovery import mirror_roots
 from edgehost.settings import Settings
 from edgehost.supervisor.control import ControlServer
-from edgehost.supervisor.lease import LeaseHeld, WriterLease, machine_id
+from edgehost.supervisor.lease import WriterLease, machine_id
 from edgehost.supervisor.logs import LogHub
 from edgehost.supervisor.policy import Backoff
-from edgehost.supervisor.service import Service, ServiceSpec
+from edgehost.supervisor.service import Service
 
 ROLE_FILE = "role"  # under state_dir: "follower" or "primary"
 MIRROR_DIR = "standby-mirror"  # under state_dir
@@ -136,7 +135,11 @@ class Follower:
         self._control: ControlServer | None = None
         self.promotion: PromoteReport | None = None
         self.promoted_ready = threading.Event()
-        self.supervisor: Any = None
+        # Where the global DB sits in the mirror, and under which name: it has its own root when it is
+        # not beside the tenants.
+        repl = self.ls.replication
+        glob_root, _, self._global_leaf = repl.global_entry.replica_url.rstrip("/").rpartition("/")
+        self._global_local = mirror_roots(repl, self.mirror)[glob_root]
 
     def log(self, text: str) -> None:
         self.hub.line("edgehost", text)
@@ -150,8 +153,10 @@ class Follower:
         if role(s) == "primary":
             self.log("state/role says this machine was promoted: running as the primary (edgehost up)")
             return self._run_primary()
+        from edgehost.supervisor.run import claim_pid_file
+
         self._check_not_the_writer()
-        self._claim_pid_file()
+        claim_pid_file(s.pid_file)
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         set_role(s, "follower")
@@ -197,18 +202,6 @@ class Follower:
         if role(s) != "follower" and layout.local_databases(s):
             raise BadInput(f"{s.data_dir} holds databases and this machine has never followed: move them aside "
                            f"(they would be overwritten by the replica's) and start again")
-
-    def _claim_pid_file(self) -> None:
-        pid_file = self.settings.pid_file
-        if pid_file.exists():
-            try:
-                other = int(pid_file.read_text().strip())
-                if other != os.getpid():
-                    os.kill(other, 0)
-                    raise EnvironmentProblem(f"another edgehost process is running here (pid {other}, {pid_file})")
-            except (ValueError, ProcessLookupError):
-                pass
-        pid_file.write_text(f"{os.getpid()}\n")
 
     # --- following --------------------------------------------------------------------------------
 
@@ -256,9 +249,8 @@ class Follower:
 
     def _ref(self, local: Path, db: str) -> layout.DatabaseRef | None:
         """The database under the data dir that a database of the mirror (`db` under root `local`) is."""
-        s, repl = self.settings, self.ls.replication
-        glob_root, _, leaf = repl.global_entry.replica_url.rstrip("/").rpartition("/")
-        if local == mirror_roots(repl, self.mirror)[glob_root] and db == leaf:
+        s = self.settings
+        if local == self._global_local and db == self._global_leaf:
             return layout.global_db(s)
         slug, _, name = db.partition("/")
         if name != s.property_db_name or not layout.is_slug(slug) or local != self.mirror:
@@ -279,7 +271,8 @@ class Follower:
                          f"{item.next_start - mono:.0f}s")
             if item.proc is None and mono >= item.next_start and not self.promoting.is_set():
                 self._start(item)
-            applied = item.applied()
+            # Only a database behind the listing can have applied more: the others cost no read.
+            applied = item.applied() if item.applied_txid < item.replica_txid else item.applied_txid
             if applied > item.applied_txid:
                 item.applied_txid = applied
                 if applied >= item.replica_txid:
@@ -304,14 +297,9 @@ class Follower:
             glob = self.followed.get("global")
             if glob is None or glob.applied_txid == 0:
                 return  # the portal needs the global database
-            from edgehost.supervisor.run import _http_ok, _without_secrets
+            from edgehost.supervisor.run import portal_spec
 
-            env = _without_secrets({**s.environ, "EDGEHOST_HOME": str(s.home), "EDGEHOST_DATA_DIR": str(s.data_dir),
-                                    "EDGEHOST_PORTAL_HOST": s.portal.host, "EDGEHOST_PORTAL_PORT": str(s.portal.port),
-                                    "EDGEHOST_PORTAL_READ_ONLY": f"this machine is a standby; writes go to "
-                                                                 f"{self.primary}"})
-            spec = ServiceSpec("portal", s.portal_argv(), env, ready=_http_ok(f"{s.portal_url}{s.app.health_path}"),
-                               ready_timeout=60, stop_timeout=s.portal.stop_timeout, cwd=s.home)
+            spec = portal_spec(s, EDGEHOST_PORTAL_READ_ONLY=f"this machine is a standby; writes go to {self.primary}")
             self.portal = Service(spec, Backoff(s.restart), self.hub)
             self.log("starting the read-only portal")
             self.portal.start()
@@ -458,7 +446,6 @@ class Follower:
         self._close_control()
         self.settings.pid_file.unlink(missing_ok=True)
         sup = Supervisor(self.settings, stream=self.hub.stream)
-        self.supervisor = sup
         if self.promotion is not None or self.handed_over.is_set():
             threading.Thread(target=self._await_primary, args=(sup,), daemon=True, name="promoted").start()
         return sup.run()
@@ -520,5 +507,3 @@ def request_promotion(settings: Settings, no_wait: bool, timeout: float) -> dict
             raise EnvironmentProblem(f"promotion did not answer within {timeout:g}s: {type(exc).__name__}") from None
     return answer.json()
 
-
-__all__ = ["Follower", "follow", "request_promotion", "role", "LeaseHeld"]

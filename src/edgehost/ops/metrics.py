@@ -6,20 +6,13 @@ alert state, the newest drill and verify), so a scrape costs no call to litestre
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from edgehost.engine.litestream import epoch
 from edgehost.ops.status import DatabaseStatus
-
-
-def _epoch(text: str | None) -> float | None:
-    if not text:
-        return None
-    when = datetime.fromisoformat(text)
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def families(dbs: list[DatabaseStatus], services: list[dict], *, checks: dict[str, Any] | None = None,
@@ -65,7 +58,7 @@ def families(dbs: list[DatabaseStatus], services: list[dict], *, checks: dict[st
         for kind in ("drill", "verify"):
             passed = GaugeMetricFamily(f"edgehost_last_successful_{kind}_timestamp_seconds",
                                        f"When the newest passing {kind} on this machine finished (Unix time).")
-            when = _epoch(checks.get(f"{kind}_passed_at"))
+            when = epoch(checks.get(f"{kind}_passed_at"))
             if when is not None:
                 passed.add_metric([], when)
             yield passed

@@ -52,20 +52,40 @@ def _without_secrets(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in SECRET_NAMES}
 
 
+def claim_pid_file(pid_file: Path) -> None:
+    """Write this process's pid, or refuse when another live edgehost process holds the file."""
+    if pid_file.exists():
+        try:
+            other = int(pid_file.read_text().strip())
+            os.kill(other, 0)
+            if other != os.getpid():
+                raise EnvironmentProblem(f"another edgehost supervisor is running (pid {other}, {pid_file})")
+        except (ValueError, ProcessLookupError):
+            pass  # stale: the previous supervisor died without cleaning up
+        except PermissionError:
+            raise EnvironmentProblem(f"{pid_file}: held by a process of another user") from None
+    pid_file.write_text(f"{os.getpid()}\n")
+
+
+def portal_spec(settings: Settings, **extra_env: str) -> ServiceSpec:
+    """The portal as a service: its settings by environment, no secrets; `extra_env` on top (read-only)."""
+    env = _without_secrets(
+        {**settings.environ, "EDGEHOST_HOME": str(settings.home), "EDGEHOST_DATA_DIR": str(settings.data_dir),
+         "EDGEHOST_PORTAL_HOST": settings.portal.host, "EDGEHOST_PORTAL_PORT": str(settings.portal.port), **extra_env}
+    )
+    return ServiceSpec("portal", settings.portal_argv(), env,
+                       ready=_http_ok(f"{settings.portal_url}{settings.app.health_path}"),
+                       ready_timeout=60, stop_timeout=settings.portal.stop_timeout, cwd=settings.home)
+
+
 def service_plan(settings: Settings, ls: litestream.Litestream) -> list[ServiceSpec]:
     """The services in start order (stop order is the reverse)."""
     sock = ls.socket(timeout=1.0)
-    portal_env = _without_secrets(
-        {**settings.environ, "EDGEHOST_HOME": str(settings.home), "EDGEHOST_DATA_DIR": str(settings.data_dir),
-         "EDGEHOST_PORTAL_HOST": settings.portal.host, "EDGEHOST_PORTAL_PORT": str(settings.portal.port)}
-    )
     plan = [
         ServiceSpec("litestream", [str(ls.binary), "replicate", "-config", str(settings.litestream_config)], ls.env,
                     ready=sock.alive, ready_timeout=30, stop_timeout=settings.litestream_stop_timeout,
                     cwd=settings.home),
-        ServiceSpec("portal", settings.portal_argv(), portal_env,
-                    ready=_http_ok(f"{settings.portal_url}{settings.app.health_path}"),
-                    ready_timeout=60, stop_timeout=settings.portal.stop_timeout, cwd=settings.home),
+        portal_spec(settings),
     ]
     if settings.tunnel.enabled:
         from edgehost.deploy import tunnel
@@ -133,6 +153,12 @@ def tunnel_problem(settings: Settings) -> str:
 def _caught_up(db: status.DatabaseStatus) -> bool:
     return (not db.error and db.local_txid is not None and db.replicated_txid is not None
             and db.replicated_txid >= db.local_txid)
+
+
+def _replicating(db: status.DatabaseStatus, limit: float) -> bool:
+    """Caught up, or uploading again: a busy database is a sync behind most of the time, but its last
+    upload is recent (within half the lag threshold). A lag that merely stopped growing is neither."""
+    return _caught_up(db) or (not db.error and db.lag_seconds is not None and db.lag_seconds <= limit / 2)
 
 
 class Supervisor:
@@ -339,18 +365,7 @@ class Supervisor:
         done.wait(self.settings.litestream_stop_timeout + 30)
 
     def _claim_pid_file(self) -> None:
-        pid_file = self.settings.pid_file
-        if pid_file.exists():
-            try:
-                other = int(pid_file.read_text().strip())
-                os.kill(other, 0)
-                if other != os.getpid():
-                    raise EnvironmentProblem(f"another edgehost supervisor is running (pid {other}, {pid_file})")
-            except (ValueError, ProcessLookupError):
-                pass  # stale: the previous supervisor died without cleaning up
-            except PermissionError:
-                raise EnvironmentProblem(f"{pid_file}: held by a process of another user") from None
-        pid_file.write_text(f"{os.getpid()}\n")
+        claim_pid_file(self.settings.pid_file)
 
     def _start_servers(self) -> None:
         self._control = ControlServer(self.settings.supervisor_socket, self._handle_control)
@@ -666,9 +681,7 @@ class Supervisor:
                 self.alerts.raise_(f"lag:{db.name}", "lag",
                                    f"{db.name}: replica is {db.lag_seconds:.0f}s behind (threshold {limit:.0f}s)",
                                    database=db.name)
-            elif _caught_up(db) or (not db.error and db.lag_seconds is not None and db.lag_seconds <= limit / 2):
-                # Caught up, or uploading again: a busy database is a sync behind most of the time, but
-                # its last upload is recent. A lag that merely stopped growing is neither.
+            elif _replicating(db, limit):
                 how = (f"replicated txid {db.replicated_txid:016x} = local txid" if _caught_up(db) else
                        f"uploads land again, last {db.lag_seconds:.0f}s ago")
                 for key in (f"lag:{db.name}", f"error:{db.name}"):
@@ -676,8 +689,7 @@ class Supervisor:
         for key in self.alerts.keys("lag:") + self.alerts.keys("error:"):
             if key.partition(":")[2] not in names:
                 self.alerts.clear(key, f"{key.partition(':')[2]}: no longer on this machine")
-        if self.db_status and all(_caught_up(db) or (not db.error and db.lag_seconds is not None
-                                                     and db.lag_seconds <= limit / 2) for db in self.db_status):
+        if self.db_status and all(_replicating(db, limit) for db in self.db_status):
             self.alerts.clear("final_sync", "every database is replicated up to its local txid")
 
     # --- health checks: services, disk, drills, the PITR window, the dead-man's switch ------------
@@ -730,8 +742,8 @@ class Supervisor:
             elif run is not None:
                 self.alerts.clear(kind, f"the last {kind} ({run['finished_at']}) passed")
         days = self.settings.alerts.drill_overdue_days
-        since = last["drill_passed_at"] or self.alerts.first_seen("home")
-        age = time.time() - _epoch(since)
+        since = litestream.epoch(last["drill_passed_at"]) or self.alerts.first_seen("home")
+        age = time.time() - since
         if age > days * 86400:
             what = f"the last passing drill was {age / 86400:.0f} days ago" if last["drill_passed_at"] else \
                 f"no drill has passed since this machine started {age / 86400:.0f} days ago"
@@ -759,7 +771,7 @@ class Supervisor:
         for ref in refs:
             window = windows.get(ref.label)
             # A database can only reach back as far as this machine has replicated it.
-            expected = min(retention, now - _epoch(self.alerts.first_seen(f"db:{ref.label}")))
+            expected = min(retention, now - self.alerts.first_seen(f"db:{ref.label}"))
             # Litestream drops a snapshot once a newer one is past retention: allow one interval.
             short = window is not None and window < expected - interval - max(5.0, 0.05 * expected)
             if short:
@@ -782,13 +794,11 @@ class Supervisor:
 
     def _handle_metrics(self, method: str, path: str) -> tuple[int, Any]:
         if method == "GET" and path == "/metrics":
-            from edgehost.ops import metrics
-
-            d = self.describe()
             from itertools import chain
 
-            from edgehost.ops import durable_acks
+            from edgehost.ops import durable_acks, metrics
 
+            d = self.describe()
             return 200, metrics.render(chain(
                 metrics.families(self.db_status, d["services"], checks=self.checks or None, alerts=self.alerts,
                                  lease=d["lease"], pitr=self.pitr or None),
@@ -797,16 +807,3 @@ class Supervisor:
         if method == "GET" and route in ("/", "/status"):
             return 200, Page(statuspage.render(self.page_model(), page=statuspage.page_number(query)))
         return 404, {"error": "try /metrics or /status"}
-
-
-
-def _epoch(text: str | float | None) -> float:
-    from datetime import datetime, timezone
-
-    if text is None:
-        return time.time()
-    if isinstance(text, (int, float)):
-        return float(text)
-    when = datetime.fromisoformat(text)
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
-

@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
+from edgehost.engine.litestream import epoch
 from edgehost.errors import EdgehostError
 
 PER_PAGE = 100
@@ -81,28 +82,6 @@ def size(n: int | float | None) -> str:
 def short_txid(txid: int | None) -> str:
     """A txid without its leading zeros, as `edgehost status` prints it (the title holds all 16 digits)."""
     return "—" if txid is None else (f"{txid:x}" or "0")
-
-
-def epoch(value: Any) -> float | None:
-    """An epoch from a number, Litestream's RFC 3339 text or an ISO 8601 string; None when unreadable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
-    text = str(value)
-    try:
-        from edgehost.engine.litestream import parse_go_time
-
-        return parse_go_time(text).timestamp()
-    except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def _utc(ts: float | None, fmt: str = "%Y-%m-%d %H:%M:%S UTC") -> str:
