@@ -10,7 +10,7 @@ import pytest
 
 from edgehost.engine import layout, litestream
 from edgehost.engine.replica import ReplicaStore
-from procs import Writer, edgehost, start_supervisor, wait_until
+from procs import CountingProxy, KitHome, Writer, edgehost, start_supervisor, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -52,6 +52,33 @@ def test_verify_passes_while_writers_run_and_reports_the_numbers(s3_home):
         assert acme["rows"]["compliance_events"] >= 20
         assert len(acked) > 0, writer.errors
     finally:
+        assert up.stop() == 0
+
+
+def test_verify_lists_the_bucket_once_though_the_sentinels_upload_after_the_listing(s3_home, moto_s3):
+    """verify takes its one listing beside the pins, so (one database at a time here) every later
+    sentinel reaches the bucket after it. Those files are named from litestream's local copies and
+    fetched from the bucket: no database is listed on its own, and every check still passes."""
+    up = start_supervisor(s3_home)
+    proxy = CountingProxy(moto_s3.endpoint)
+    try:
+        slugs = ["acme", "beta", "gamma", "delta"]
+        settings = _setup(s3_home, slugs, events=5)
+        writer = Writer(settings.portal_url, "acme", pause=0.01).start()
+        via_proxy = KitHome(s3_home.path, {**s3_home.env, "EDGEHOST_S3_ENDPOINT": proxy.endpoint})
+        proc = edgehost(via_proxy, "verify", "--all", "--parallel", "1", "--json")
+        writer.stop()
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["ok"] and len(report["results"]) == 1 + len(slugs)
+        # The root's one listing page and the delimiter listing naming the databases; a LIST per
+        # database would make it 2 + 5.
+        assert proxy.lists() <= 3, [r for r in proxy.requests if "list-type" in r[1]]
+        sentinel_files = {f"{int(r['txid'], 16):016x}.ltx" for r in report["results"]}
+        fetched = {target.split("?")[0].rsplit("-", 1)[-1] for method, target in proxy.requests if method == "GET"}
+        assert sentinel_files <= fetched  # each pinned txid's file came from the bucket
+    finally:
+        proxy.close()
         assert up.stop() == 0
 
 

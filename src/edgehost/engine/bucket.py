@@ -31,6 +31,7 @@ from edgehost.errors import EnvironmentProblem
 SNAPSHOT_LEVEL = 9
 _FILE_LTX_KEY = re.compile(r"^(?:(.+)/)?ltx/(\d+)/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _S3_LTX_KEY = re.compile(r"^(?:(.+)/)?([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+_LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _LTX_MAGIC = b"LTX1"
 _HEADER = struct.Struct(">4sIIIQQq")  # magic, flags, page size, commit, min txid, max txid, timestamp (ms)
 
@@ -98,6 +99,31 @@ def list_root(store, rel: str = "") -> Listing:
     for files in listing.dbs.values():
         files.sort(key=lambda f: (f.level, f.min_txid, f.max_txid))
     return listing
+
+
+def local_l0_files(meta_dir: Path, scheme: str, after: int, upto: int) -> list[LtxFile]:
+    """The L0 files Litestream keeps beside a live database (`.<db>-litestream/ltx/0`) that end past
+    txid `after` and at or before `upto`, keyed as the replica lays them out. Litestream uploads each
+    local L0 file as it is, so once the replica reports `upto`, each of these is in the bucket under
+    that key: a fetch from the bucket still proves it (a missing one raises ObjectGone)."""
+    found = []
+    try:
+        entries = list(os.scandir(meta_dir / "ltx" / "0"))
+    except OSError:
+        return []
+    for entry in entries:
+        m = _LTX_NAME.match(entry.name)
+        if not m:
+            continue
+        lo, hi = int(m.group(1), 16), int(m.group(2), 16)
+        if after < hi <= upto:
+            try:
+                size = entry.stat().st_size
+            except OSError:
+                continue
+            key = f"ltx/0/{entry.name}" if scheme == "file" else f"0000/{entry.name}"
+            found.append(LtxFile(0, lo, hi, size, key, datetime.min.replace(tzinfo=timezone.utc)))
+    return sorted(found, key=lambda f: f.min_txid)
 
 
 def plan_files(files: Iterable[LtxFile], txid: int) -> list[LtxFile] | None:

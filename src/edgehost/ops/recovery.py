@@ -125,6 +125,26 @@ class RestoreEngine:
             listing.etags.update(fresh.etags)
             self._indexes.pop(key, None)
 
+    def extend(self, key: str, files: list) -> None:
+        """Add files the replica holds since the listing was taken (verify: the L0 files its sync
+        just uploaded, named from litestream's local copies), so their database needs no LIST."""
+        root, rel = self.locate(key)
+        with self._lock:
+            listing = self._listings.setdefault(root, Listing(root, whole=False))
+            have = {(f.level, f.min_txid, f.max_txid) for f in listing.files(rel)}
+            new = [f for f in files if (f.level, f.min_txid, f.max_txid) not in have]
+            if new:
+                listing.dbs[rel] = sorted(listing.files(rel) + new, key=lambda f: (f.level, f.min_txid, f.max_txid))
+                self._indexes.pop(key, None)
+
+    def scheme(self, key: str) -> str:
+        """How the replica holding `key` lays out its files: "file" or "s3"."""
+        return self.store(self.locate(key)[0]).scheme
+
+    def reaches(self, key: str, txid: int) -> bool:
+        """Whether the files known for `key` chain up to exactly `txid`."""
+        return plan_files(self.files(key), txid) is not None
+
     def keys(self) -> list[str]:
         """Every database the replica holds: the global DB first, then tenant slugs. A database
         directory with no LTX files counts too (its restore then fails, saying so)."""

@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +26,8 @@ from edgehost.engine import layout, litestream
 from edgehost.errors import EdgehostError
 from edgehost.engine.history import Span, history, ltx_range
 from edgehost.engine.layout import DatabaseRef
-from edgehost.ops.restore import restore_window
+from edgehost.engine.bucket import local_l0_files
+from edgehost.ops.restore import litestream_meta_dir, restore_window
 from edgehost.settings import Settings
 from edgehost.checks import Check, Level
 from edgehost.engine.sqlite import connect, content_hash, schema_sql
@@ -85,8 +86,8 @@ class Pinned:
     writer_wait_ms: float
 
 
-PAUSE_LIMIT = 2.0  # seconds writers may be paused; their busy_timeout is 5 s
-PAUSE_TRIES = 3
+PAUSE_LIMIT = 0.5  # seconds writers may be paused (their busy_timeout is 5 s); a slower local sync is retried
+PAUSE_TRIES = 6
 
 
 def pin_after_sentinel(db: Path, sock: litestream.ControlSocket) -> Pinned:
@@ -109,7 +110,7 @@ def pin_after_sentinel(db: Path, sock: litestream.ControlSocket) -> Pinned:
             try:
                 # The shared client (a new one per database loads the CA bundle, ~20 ms of CPU), with
                 # an answer expected within PAUSE_LIMIT.
-                txid = int(sock.sync(db, wait=False, timeout=int(PAUSE_LIMIT), http_timeout=PAUSE_LIMIT)["txid"])
+                txid = int(sock.sync(db, wait=False, timeout=1, http_timeout=PAUSE_LIMIT)["txid"])
                 reader.execute("BEGIN")
                 reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
                 break
@@ -117,7 +118,7 @@ def pin_after_sentinel(db: Path, sock: litestream.ControlSocket) -> Pinned:
                 if reader.in_transaction:
                     reader.execute("ROLLBACK")
                 if attempt == PAUSE_TRIES - 1:
-                    raise EdgehostError(f"litestream did not cut a txid within {PAUSE_LIMIT:.0f}s "
+                    raise EdgehostError(f"litestream did not cut a txid within {PAUSE_LIMIT:g}s "
                                         f"in {PAUSE_TRIES} tries; writers were released each time")
             finally:
                 writer.execute("ROLLBACK")
@@ -192,13 +193,27 @@ def verify_live(settings: Settings, ref: DatabaseRef, repl: litestream.Replicati
 
 
 def verify_restore(res: VerifyResult, live: _Live, ref: DatabaseRef, repl: litestream.Replication,
-                   env: Mapping[str, str], engine, scratch: Path) -> VerifyResult:
-    """The second half: from the engine's listing (taken after the syncs), check the replica holds
-    one history, restore exactly the pinned txid and compare it with what was read live."""
+                   env: Mapping[str, str], engine, scratch: Path, listed: Future | None = None) -> VerifyResult:
+    """The second half: from the engine's listing (`listed`: it may still be running), check the
+    replica holds one history, restore exactly the pinned txid and compare it with what was read live.
+
+    The listing may predate this database's sentinel upload. The files past it are the L0 files
+    litestream keeps locally and has just uploaded: they are added by name and fetched from the
+    bucket like any other, so the restore still proves the replica holds them; only when they do
+    not chain up to the pinned txid is the database listed again."""
     out = scratch / ref.relpath
     try:
+        if listed is not None:
+            listed.result()
+        listed_files = engine.files(ref.key)
+        if not engine.reaches(ref.key, live.txid):
+            after = max((f.max_txid for f in listed_files), default=0)
+            engine.extend(ref.key, local_l0_files(litestream_meta_dir(ref.path), engine.scheme(ref.key), after, live.txid))
+            if not engine.reaches(ref.key, live.txid):
+                engine.relist(ref.key)
+                listed_files = engine.files(ref.key)
         try:
-            _check_history(res, ref, repl, env, files=engine.files(ref.key))
+            _check_history(res, ref, repl, env, files=listed_files)
         except EdgehostError as exc:
             res.record("history", False, f"could not list the replica: {exc}")
         restored = engine.restore(ref.key, out, txid=live.txid)
@@ -328,24 +343,24 @@ def verify_all(settings: Settings, refs: list[DatabaseRef], *, parallel: int = 8
     from edgehost.ops.recovery import RestoreEngine
 
     engine = RestoreEngine(settings, ls)
+    lister = ThreadPoolExecutor(max_workers=1, thread_name_prefix="verify-listing")
     try:
-        # Every database's sentinel replicated first, then one listing of the replica for all of
-        # their restores (a LIST per database would cost as much as the restores themselves).
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            live = list(pool.map(lambda ref: verify_live(settings, ref, repl, binary, env, sock), refs))
-        if any(lv is not None for _, lv in live):
-            engine.keys()
+        # One listing of the replica for every restore (a LIST per database would cost as much as
+        # the restores themselves), taken beside the pins; each database is restored as soon as
+        # its own sentinel is in the bucket and the listing is there.
+        listed = lister.submit(engine.keys) if sock is not None else None
 
-        def finish(ref: DatabaseRef, pair: tuple[VerifyResult, _Live | None]) -> VerifyResult:
-            res, lv = pair
-            result = res if lv is None else verify_restore(res, lv, ref, repl, env, engine, scratch)
+        def one(ref: DatabaseRef) -> VerifyResult:
+            res, lv = verify_live(settings, ref, repl, binary, env, sock)
+            result = res if lv is None else verify_restore(res, lv, ref, repl, env, engine, scratch, listed)
             if on_result:
                 on_result(result)
             return result
 
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            results = list(pool.map(finish, refs, live))
+            results = list(pool.map(one, refs))
     finally:
+        lister.shutdown(wait=True)
         engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
     return results, round(time.monotonic() - started, 3)
