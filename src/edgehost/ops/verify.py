@@ -199,19 +199,20 @@ def verify_restore(res: VerifyResult, live: _Live, ref: DatabaseRef, repl: lites
 
     The listing may predate this database's sentinel upload. The files past it are the L0 files
     litestream keeps locally and has just uploaded: they are added by name and fetched from the
-    bucket like any other, so the restore still proves the replica holds them; only when they do
-    not chain up to the pinned txid is the database listed again."""
+    bucket like any other, so the restore still proves the replica holds them. A database the
+    listing does not hold yet, or whose files then do not chain up to the pinned txid, is listed
+    again on its own."""
     out = scratch / ref.relpath
     try:
         if listed is not None:
             listed.result()
         listed_files = engine.files(ref.key)
-        if not engine.reaches(ref.key, live.txid):
-            after = max((f.max_txid for f in listed_files), default=0)
+        if listed_files and not engine.reaches(ref.key, live.txid):
+            after = max(f.max_txid for f in listed_files)
             engine.extend(ref.key, local_l0_files(litestream_meta_dir(ref.path), engine.scheme(ref.key), after, live.txid))
-            if not engine.reaches(ref.key, live.txid):
-                engine.relist(ref.key)
-                listed_files = engine.files(ref.key)
+        if not listed_files or not engine.reaches(ref.key, live.txid):
+            engine.relist(ref.key)  # first uploaded after the listing, or the local files do not chain up
+            listed_files = engine.files(ref.key)
         try:
             _check_history(res, ref, repl, env, files=listed_files)
         except EdgehostError as exc:
