@@ -67,6 +67,7 @@ def run(work: Path, endpoint: str, durable: bool, clients: int, seconds: float) 
         httpx.post(f"{url}/properties", json={"slug": "acme"}, timeout=10).raise_for_status()
         sync_db(settings, layout.property_db(settings, "acme"))
         latencies: list[float] = []
+        stamps: list[float] = []  # when each acknowledgement came back
         failed = [0]
         start = threading.Event()
         deadline = [0.0]
@@ -80,6 +81,7 @@ def run(work: Path, endpoint: str, durable: bool, clients: int, seconds: float) 
                     resp = c.post(f"{url}/properties/acme/events", json={"kind": "bench", "payload": {"i": i}})
                     if resp.status_code == 201:
                         latencies.append(time.perf_counter() - t)
+                        stamps.append(time.monotonic())
                     else:
                         failed[0] += 1
                     i += 1
@@ -92,9 +94,17 @@ def run(work: Path, endpoint: str, durable: bool, clients: int, seconds: float) 
         for t in threads:
             t.join()
         stats = httpx.get(f"{url}/_edgehost/durable", timeout=5).json()["databases"].get("acme", {})
+        began = deadline[0] - seconds
+        windows = []  # (end of window s, events/s, p50 ms) per tenth of the run: does it hold up?
+        step = seconds / 10
+        for i in range(10):
+            lo, hi = began + i * step, began + (i + 1) * step
+            lat = [lt for lt, st in zip(latencies, stamps) if lo <= st < hi]
+            windows.append((round((i + 1) * step), round(len(lat) / step), round(pct(lat, 0.5) * 1000, 1) if lat else None))
+        local_l0 = len(list((layout.property_db(settings, "acme").path.parent / ".honestcam.db-litestream" / "ltx" / "0").glob("*.ltx")))
         return {"durable": durable, "events": len(latencies), "rate": len(latencies) / seconds, "failed": failed[0],
                 "p50": pct(latencies, 0.50), "p99": pct(latencies, 0.99), "syncs": stats.get("syncs", 0), "sync_p50": stats.get("sync_p50_ms"), "sync_p99": stats.get("sync_p99_ms"), "failed_syncs": stats.get("failed_syncs"), "last_error": stats.get("last_error"),
-                "rtt": upload_rtt(endpoint, bucket)}
+                "rtt": upload_rtt(endpoint, bucket), "windows": windows, "local_l0": local_l0}
     finally:
         sup.stop()
 
@@ -104,6 +114,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--delay-ms", type=float, default=30.0, help="the emulated RTT of the delayed pass (0: none)")
+    ap.add_argument("--durable-only", action="store_true",
+                    help="only the durable mode, at loopback: with a long --seconds, shows whether throughput holds up")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / f"durable-{date.today()}.md"))
     args = ap.parse_args()
     if args.clients < 1 or args.seconds <= 0 or args.delay_ms < 0:
@@ -130,6 +142,15 @@ def main() -> None:
                  "| network | mode | events/s | ratio to async | ack p50 ms | ack p99 ms | syncs | upload RTT ms | "
                  "p99 bound (2 x RTT + 50) ms | p99 within | non-201 |",
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        if args.durable_only:
+            r = run(work, networks[0][1], True, args.clients, args.seconds)
+            print(f"durable, {args.seconds:g} s: {r['rate']:.0f} events/s overall, p50 {r['p50']*1000:.1f} ms, p99 {r['p99']*1000:.1f} ms, "
+                  f"{r['syncs']} syncs; {r['local_l0']} L0 files kept beside the database at the end")
+            print("| seconds into the run | events/s | ack p50 ms |")
+            print("| --- | --- | --- |")
+            for end, rate, p50 in r["windows"]:
+                print(f"| {end} | {rate} | {p50} |")
+            return
         for name, endpoint in networks:
             results = {}
             for durable in (False, True):
