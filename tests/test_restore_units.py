@@ -52,3 +52,24 @@ def test_one_listing_reads_a_file_replicas_layout_too(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(b"x")
     assert _newest(list_root(ReplicaStore(tmp_path.as_uri()))) == {"acme/honestcam.db": 7, "honestcam-study.db": 2}
+
+
+def test_the_walk_hands_over_each_database_as_soon_as_its_files_are_listed(tmp_path):
+    """mirror and follow fetch a database's new files while the walk lists the next ones."""
+    from edgehost.engine.bucket import Listing, list_root
+    from edgehost.engine.replica import ReplicaStore
+
+    for slug in ("acme", "beta", "gamma"):
+        for rel in ("ltx/0/0000000000000005-0000000000000007.ltx", "ltx/1/0000000000000001-0000000000000004.ltx",
+                    "ltx/9/0000000000000001-0000000000000004.ltx"):
+            (tmp_path / slug / "honestcam.db" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / slug / "honestcam.db" / rel).write_bytes(b"x")
+    listing = Listing(tmp_path.as_uri())
+    handed = []
+    walked = list_root(ReplicaStore(tmp_path.as_uri()), on_db=lambda db, files: handed.append(
+        (db, [(f.level, f.max_txid) for f in files], listing.objects)), into=listing)
+    assert walked is listing and listing.objects == 9
+    assert sorted(db for db, _, _ in handed) == ["acme/honestcam.db", "beta/honestcam.db", "gamma/honestcam.db"]
+    for _, files, _ in handed:
+        assert files == [(0, 7), (1, 4), (9, 4)]  # whole and in plan order when handed over
+    assert [seen for _, _, seen in handed][:2] == [3, 6]  # the first two before the walk had seen the rest

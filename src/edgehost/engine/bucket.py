@@ -82,14 +82,24 @@ class Listing:
         return self.dbs.get(db, [])
 
 
-def list_root(store, rel: str = "") -> Listing:
-    """One paginated walk of the root (or of one database under it, `rel`)."""
-    listing = Listing(store.url)
+def list_root(store, rel: str = "", on_db: Callable[[str, list[LtxFile]], None] | None = None,
+              into: Listing | None = None) -> Listing:
+    """One paginated walk of the root (or of one database under it, `rel`).
+
+    `on_db(db, files)`: called as soon as the walk has passed a database's files (keys come in
+    order, so a database's files are listed together), while later pages are still to come; a
+    caller can start fetching them then. `into`: the (empty) Listing to fill, for a caller that
+    reads it while the walk goes on."""
+    listing = into if into is not None else Listing(store.url)
+    current = None
     for obj in store.walk(rel):
         parsed = parse_key(obj.key, store.scheme)
         if parsed is None:
             continue
         db, f = parsed
+        if on_db is not None and current is not None and db != current:
+            on_db(current, sorted(listing.dbs[current], key=_order))
+        current = db
         f = LtxFile(f.level, f.min_txid, f.max_txid, obj.size, f.key, obj.modified)
         listing.dbs.setdefault(db, []).append(f)
         listing.objects += 1
@@ -97,8 +107,14 @@ def list_root(store, rel: str = "") -> Listing:
         if getattr(obj, "etag", ""):
             listing.etags[obj.key] = obj.etag
     for files in listing.dbs.values():
-        files.sort(key=lambda f: (f.level, f.min_txid, f.max_txid))
+        files.sort(key=_order)
+    if on_db is not None and current is not None:
+        on_db(current, listing.dbs[current])
     return listing
+
+
+def _order(f: LtxFile) -> tuple[int, int, int]:
+    return (f.level, f.min_txid, f.max_txid)
 
 
 def local_l0_files(meta_dir: Path, scheme: str, after: int, upto: int) -> list[LtxFile]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -98,6 +98,9 @@ def _local_files(root: Path) -> dict[str, int]:
     return out
 
 
+FETCH_DBS = 8  # databases whose new files are fetched at once (their GETs share the `parallel` pool)
+
+
 def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grace: float = 3600,
                 parallel: int = 16, now: float | None = None,
                 on_listing: Callable[[Path, Listing], None] | None = None) -> MirrorReport:
@@ -110,34 +113,49 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
     report = MirrorReport(str(to), settings.replica_url)
     to.mkdir(parents=True, exist_ok=True)
     state = _load_state(to, settings.replica_url)
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mirror") as pool:
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mirror") as pool, \
+            ThreadPoolExecutor(max_workers=FETCH_DBS, thread_name_prefix="mirror-db") as dbs:
         for remote, local in mirror_roots(ls.replication, to).items():
             store = ReplicaStore.from_settings(settings, remote)
-            try:
-                listing = list_root(store)
-            except EdgehostError as exc:  # the replica did not answer: nothing is deleted, next round retries
-                report.errors.append(str(exc))
-                continue
-            report.list_pages += getattr(store, "list_pages", 0)
             have = _local_files(local)
             fetcher = Fetcher(store, pool)
             wanted: set[str] = set()
-            for db, files in listing.dbs.items():
-                report.databases += 1
-                report.listed += len(files)
+            fetches: list[tuple[str, Future]] = []
+            listing = Listing(remote)  # filled by the walk; each fetch checks ETags against it
+
+            def fetch_new(db: str, files: list, local: Path = local, have: dict = have, fetcher: Fetcher = fetcher,
+                          wanted: set = wanted, fetches: list = fetches, listing: Listing = listing) -> None:
+                # Called while the walk goes on: this database's new files are fetched beside the
+                # next pages and beside other databases' files.
                 new = []
                 for f in files:
                     rel = f"{db}/{f.file_key}"
-                    wanted.add(rel)
-                    if have.get(rel) != f.size:
-                        new.append(f)
+                    if rel not in wanted:
+                        wanted.add(rel)
+                        if have.get(rel) != f.size:
+                            new.append(f)
                 if new:
+                    fetches.append((db, dbs.submit(fetcher.fetch, db, new, local / db, listing)))
+
+            try:
+                walked = list_root(store, on_db=fetch_new, into=listing)
+            except EdgehostError as exc:  # the replica did not answer: nothing is deleted, next round retries
+                report.errors.append(str(exc))
+                for _, fut in fetches:
+                    fut.cancel()
+                continue
+            finally:
+                for db, fut in fetches:
                     try:
-                        fetcher.fetch(db, new, local / db, listing)
+                        fut.result()
                     except Exception as exc:  # noqa: BLE001 - one database's failure is reported, the rest go on
-                        report.errors.append(f"{db}: {exc}")
+                        if not fut.cancelled():
+                            report.errors.append(f"{db}: {exc}")
+            report.list_pages += getattr(store, "list_pages", 0)
+            report.databases += len(walked.dbs)
+            report.listed += walked.objects
             if on_listing is not None:
-                on_listing(local, listing)
+                on_listing(local, walked)
             report.fetched += fetcher.stats.gets
             report.fetched_bytes += fetcher.stats.bytes
             _expire(local, have, wanted, state, grace, now, report, prefix=str(local.relative_to(to)))
