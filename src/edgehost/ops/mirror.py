@@ -117,16 +117,18 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
             ThreadPoolExecutor(max_workers=FETCH_DBS, thread_name_prefix="mirror-db") as dbs:
         for remote, local in mirror_roots(ls.replication, to).items():
             store = ReplicaStore.from_settings(settings, remote)
-            have = _local_files(local)
+            local_files = dbs.submit(_local_files, local)  # the mirror's own walk, beside the first page
             fetcher = Fetcher(store, pool)
             wanted: set[str] = set()
             fetches: list[tuple[str, Future]] = []
             listing = Listing(remote)  # filled by the walk; each fetch checks ETags against it
 
-            def fetch_new(db: str, files: list, local: Path = local, have: dict = have, fetcher: Fetcher = fetcher,
-                          wanted: set = wanted, fetches: list = fetches, listing: Listing = listing) -> None:
+            def fetch_new(db: str, files: list, local: Path = local, local_files: Future = local_files,
+                          fetcher: Fetcher = fetcher, wanted: set = wanted, fetches: list = fetches,
+                          listing: Listing = listing) -> None:
                 # Called while the walk goes on: this database's new files are fetched beside the
                 # next pages and beside other databases' files.
+                have = local_files.result()
                 new = []
                 for f in files:
                     rel = f"{db}/{f.file_key}"
@@ -158,7 +160,7 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
                 on_listing(local, walked)
             report.fetched += fetcher.stats.gets
             report.fetched_bytes += fetcher.stats.bytes
-            _expire(local, have, wanted, state, grace, now, report, prefix=str(local.relative_to(to)))
+            _expire(local, local_files.result(), wanted, state, grace, now, report, prefix=str(local.relative_to(to)))
     state["last_round"] = datetime.fromtimestamp(now, timezone.utc).isoformat()
     _save_state(to, state)
     report.seconds = round(time.monotonic() - started, 3)
