@@ -98,7 +98,7 @@ def list_root(store, rel: str = "", on_db: Callable[[str, list[LtxFile]], None] 
             continue
         db, f = parsed
         if on_db is not None and current is not None and db != current:
-            on_db(current, sorted(listing.dbs[current], key=_order))
+            on_db(current, sorted(listing.dbs[current], key=ltx_order))
         current = db
         f = LtxFile(f.level, f.min_txid, f.max_txid, obj.size, f.key, obj.modified)
         listing.dbs.setdefault(db, []).append(f)
@@ -107,13 +107,14 @@ def list_root(store, rel: str = "", on_db: Callable[[str, list[LtxFile]], None] 
         if getattr(obj, "etag", ""):
             listing.etags[obj.key] = obj.etag
     for files in listing.dbs.values():
-        files.sort(key=_order)
+        files.sort(key=ltx_order)
     if on_db is not None and current is not None:
         on_db(current, listing.dbs[current])
     return listing
 
 
-def _order(f: LtxFile) -> tuple[int, int, int]:
+def ltx_order(f: LtxFile) -> tuple[int, int, int]:
+    """Files in plan order: by level, then txid range."""
     return (f.level, f.min_txid, f.max_txid)
 
 

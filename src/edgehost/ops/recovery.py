@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from edgehost.engine import layout, litestream
-from edgehost.engine.bucket import SNAPSHOT_LEVEL, Fetcher, Listing, ObjectGone, list_root, ltx_timestamp, plan_files
+from edgehost.engine.bucket import (SNAPSHOT_LEVEL, Fetcher, Listing, ObjectGone, list_root, ltx_order, ltx_timestamp,
+                                    plan_files)
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import EdgehostError
 from edgehost.ops.restore import PointIndex, RestorePoint, RestoreResult, parse_rfc3339, restore_db
@@ -134,7 +135,7 @@ class RestoreEngine:
             have = {(f.level, f.min_txid, f.max_txid) for f in listing.files(rel)}
             new = [f for f in files if (f.level, f.min_txid, f.max_txid) not in have]
             if new:
-                listing.dbs[rel] = sorted(listing.files(rel) + new, key=lambda f: (f.level, f.min_txid, f.max_txid))
+                listing.dbs[rel] = sorted(listing.files(rel) + new, key=ltx_order)
                 self._indexes.pop(key, None)
 
     def scheme(self, key: str) -> str:
