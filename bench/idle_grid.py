@@ -78,8 +78,10 @@ GRID: dict[str, dict] = {
     # F is what litestream.yml ships since 2026-12-06 (A before). The shipped levels with a rarer retention check: the check is the only steady idle cost (2 LISTs
     # per database each time), and the plan a restore needs does not depend on it.
     "F": {"levels": [{"interval": "5m"}, {"interval": "1h"}], "l0-retention": "10m", "l0-retention-check-interval": "15m"},
-    # H: F with Litestream's own 30 s L1 level back. An idle database's compaction costs no request (each
-    # level's newest file is cached), while a busy one's restore reads at most 30 s of L0 files, not 5 min.
+    # H: F with Litestream's own 30 s L1 level back. By Litestream's code an idle database's compaction
+    # costs no request (each level's newest file is cached; not measured yet), and a busy one's restore
+    # reads at most 30 s of L0 files, not 5 min; not shipped, as its L1 files last the whole
+    # point-in-time window (docs/litestream-tuning.md).
     "H": {"levels": [{"interval": "30s"}, {"interval": "5m"}, {"interval": "1h"}], "l0-retention": "10m",
           "l0-retention-check-interval": "15m"},
     "G": {"levels": [{"interval": "5m"}, {"interval": "1h"}], "l0-retention": "10m", "l0-retention-check-interval": "30m"},
