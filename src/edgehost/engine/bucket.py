@@ -21,7 +21,7 @@ import os
 import re
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
@@ -31,7 +31,6 @@ from edgehost.errors import EnvironmentProblem
 SNAPSHOT_LEVEL = 9
 _FILE_LTX_KEY = re.compile(r"^(?:(.+)/)?ltx/(\d+)/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _S3_LTX_KEY = re.compile(r"^(?:(.+)/)?([0-9a-f]{4})/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
-_LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _LTX_MAGIC = b"LTX1"
 _HEADER = struct.Struct(">4sIIIQQq")  # magic, flags, page size, commit, min txid, max txid, timestamp (ms)
 
@@ -129,17 +128,13 @@ def local_l0_files(meta_dir: Path, scheme: str, after: int, upto: int) -> list[L
     except OSError:
         return []
     for entry in entries:
-        m = _LTX_NAME.match(entry.name)
-        if not m:
+        parsed = parse_key(f"ltx/0/{entry.name}" if scheme == "file" else f"0000/{entry.name}", scheme)
+        if parsed is None or not after < parsed[1].max_txid <= upto:
             continue
-        lo, hi = int(m.group(1), 16), int(m.group(2), 16)
-        if after < hi <= upto:
-            try:
-                size = entry.stat().st_size
-            except OSError:
-                continue
-            key = f"ltx/0/{entry.name}" if scheme == "file" else f"0000/{entry.name}"
-            found.append(LtxFile(0, lo, hi, size, key, datetime.min.replace(tzinfo=timezone.utc)))
+        try:
+            found.append(replace(parsed[1], size=entry.stat().st_size))
+        except OSError:
+            continue
     return sorted(found, key=lambda f: f.min_txid)
 
 

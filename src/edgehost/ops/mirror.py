@@ -123,11 +123,9 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
             fetches: list[tuple[str, Future]] = []
             listing = Listing(remote)  # filled by the walk; each fetch checks ETags against it
 
-            def fetch_new(db: str, files: list, local: Path = local, local_files: Future = local_files,
-                          fetcher: Fetcher = fetcher, wanted: set = wanted, fetches: list = fetches,
-                          listing: Listing = listing) -> None:
-                # Called while the walk goes on: this database's new files are fetched beside the
-                # next pages and beside other databases' files.
+            def fetch_new(db: str, files: list) -> None:
+                # Called by the walk below, within this root's iteration: this database's new files
+                # are fetched beside the next pages and beside other databases' files.
                 have = local_files.result()
                 new = []
                 for f in files:
