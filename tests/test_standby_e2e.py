@@ -4,6 +4,7 @@ real supervisor, litestream and moto over HTTP."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import httpx
@@ -26,6 +27,37 @@ class TimedWriter(Writer):
     def _send(self, client, i):
         resp = client.post(f"{self.url}/properties/{self.slug}/events", json={"kind": "w", "payload": {"i": i}})
         return (resp.json()["id"], time.time()) if resp.status_code == 201 else None
+
+
+class Reads:
+    """GETs `url` back to back on a thread; what failed, and how many were served."""
+
+    def __init__(self, url: str):
+        self.url, self.failed, self.served = url, [], 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Reads":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=5) as client:
+            while not self._stop.is_set():
+                try:
+                    answer = client.get(self.url)
+                    if answer.status_code == 200 and answer.json()["events"]:
+                        self.served += 1
+                    else:
+                        self.failed.append(f"{answer.status_code} {answer.text[:100]}")
+                except httpx.HTTPError as exc:
+                    self.failed.append(repr(exc))
+                time.sleep(0.02)
+
+    def stop(self) -> tuple[list[str], int]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.failed, self.served
 
 
 def _follower(settings) -> dict:
@@ -74,8 +106,13 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
         acked = writer.stop()
         assert len(acked) > 50
 
+        # Reads go on through the whole promotion: the standby's portal is kept, not restarted.
+        portal_pid = _follower(sb)["services"][0]["pid"]
+        reads = Reads(f"{sb.portal_url}/properties/acme/events").start()
         promote = edgehost(b, "promote", "--json", "--no-wait", timeout=300)
         assert promote.returncode == 0, promote.stdout + promote.stderr
+        failed_reads, served = reads.stop()
+        assert served > 10 and not failed_reads, failed_reads[:5]
         report = json.loads(promote.stdout)
         assert report["ok"] and set(report["steps"]) == {"lease", "catch_up", "stop_following", "primary_ready"}
         assert "machine aaaaaaaa" in report["previous_primary"]
@@ -92,6 +129,7 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
         assert new.status_code == 201, new.text
         status = supervisor_status(sb)
         assert status["lease"]["held"] and all(s["state"] == "running" for s in status["services"])
+        assert next(s["pid"] for s in status["services"] if s["name"] == "portal") == portal_pid
 
         # The old primary restarted is refused by the lease and writes nothing to the replica.
         again = Proc(edgehost_argv("up"), a.environ(), a.path / "again.log")

@@ -43,7 +43,7 @@ def promote_cmd(
     Talks to the `edgehost follow` running here; the report gives the seconds each step took.
     Exit 0 when the portal is writable, 1 when the promotion failed (the standby keeps following).
     """
-    from edgehost.ops.follow import request_promotion
+    from edgehost.ops.promotion import request_promotion
 
     settings = load_settings()
     report = request_promotion(settings, no_wait, timeout)

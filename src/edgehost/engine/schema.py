@@ -96,6 +96,33 @@ def _identity(path: Path) -> list[int] | None:
     return [st.st_ino, st.st_size, st.st_mtime_ns]
 
 
+def _latest(settings: Settings) -> tuple[dict[str, list], dict[str, int]]:
+    folders = {kind: load_migrations(settings.app.migrations(kind)) for kind in ("global", "property")}  # read once
+    return folders, {kind: max((m.version for m in migs), default=0) for kind, migs in folders.items()}
+
+
+def _load_stamps(settings: Settings) -> dict[str, list]:
+    try:
+        stamps = json.loads((settings.state_dir / STAMPS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _save_stamps(settings: Settings, stamps: dict[str, list]) -> None:
+    path = settings.state_dir / STAMPS
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(stamps))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # only a cache: the next start reads each database again
+
+
+STAMPS = "schema-stamps.json"  # under state_dir
+
+
 def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
     """Bring every database on disk to the latest schema; returns (label, applied) pairs.
 
@@ -104,13 +131,8 @@ def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
     restore that replaces the file changes them): a thousand tenants start in a fraction of a second.
     """
     done = []
-    folders = {kind: load_migrations(settings.app.migrations(kind)) for kind in ("global", "property")}  # read once
-    latest = {kind: max((m.version for m in migs), default=0) for kind, migs in folders.items()}
-    stamps_path = settings.state_dir / "schema-stamps.json"
-    try:
-        stamps = json.loads(stamps_path.read_text())
-    except (OSError, ValueError):
-        stamps = {}
+    folders, latest = _latest(settings)
+    stamps = _load_stamps(settings)
     current: dict[str, list] = {}
     for ref in layout.local_databases(settings):
         kind = "global" if ref.is_global else "property"
@@ -129,11 +151,22 @@ def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
         ident = _identity(ref.path)
         if ident is not None:
             current[key] = [*ident, latest[kind]]
-    try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = stamps_path.with_name(f".{stamps_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(current))
-        os.replace(tmp, stamps_path)
-    except OSError:
-        pass  # only a cache: the next start reads each database again
+    _save_stamps(settings, current)
     return done
+
+
+def note_current(settings: Settings, versions: dict[Path, int]) -> int:
+    """Stamp databases whose schema version was read by someone who had them open anyway (a promotion
+    opens each one to put it in WAL mode), so the next `migrate_all` costs those a stat; the number
+    found at the latest version. The stamp is the file as it is now: a later write voids it."""
+    _, latest = _latest(settings)
+    stamps = _load_stamps(settings)
+    fresh = 0
+    for path, version in versions.items():
+        kind = "global" if path == settings.global_db else "property"
+        ident = _identity(path)
+        if ident is not None and version >= latest[kind]:
+            stamps[str(path)] = [*ident, latest[kind]]
+            fresh += 1
+    _save_stamps(settings, stamps)
+    return fresh

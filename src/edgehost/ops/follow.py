@@ -28,6 +28,7 @@ from typing import Any, TextIO
 
 from edgehost.engine import layout, litestream
 from edgehost.engine.bucket import Listing
+from edgehost.engine.schema import note_current
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.ops.mirror import mirror_once
@@ -134,6 +135,7 @@ class Follower:
         self._follow_log = None
         self._control: ControlServer | None = None
         self.promotion: PromoteReport | None = None
+        self._lease: WriterLease | None = None  # built at start: a promotion takes it with a warm client
         self.promoted_ready = threading.Event()
         # Where the global DB sits in the mirror, and under which name: it has its own root when it is
         # not beside the tenants.
@@ -172,7 +174,7 @@ class Follower:
                 with self._tending:
                     if not self.promoting.is_set():
                         self._tend()
-                time.sleep(self.TICK)
+                self.handed_over.wait(self.TICK)  # a promotion's hand-over is taken at once
         finally:
             if not self.handed_over.is_set():
                 self._stop_following()
@@ -194,6 +196,7 @@ class Follower:
             current = lease.read()
         except EdgehostError as exc:
             raise EnvironmentProblem(f"cannot read the replica {s.replica_url}: {exc}") from None
+        self._lease = lease
         if current is not None and current.machine_id == lease.machine_id and not current.released:
             raise BadInput("this machine holds the writer lease: it is the primary; run `edgehost up`, "
                            "not `edgehost follow`")
@@ -318,9 +321,10 @@ class Follower:
         elif svc.state == Service.BACKOFF and mono >= svc.next_start_at:
             svc.start()
 
-    def _stop_following(self, now: bool = False) -> None:
+    def _stop_following(self, now: bool = False, keep_portal: bool = False) -> None:
         """Stop every `restore -f`: SIGTERM, or SIGKILL when `now` (a promotion, once each has applied the
-        replica's newest txid; a kill mid-apply would leave a hot journal, which SQLite rolls back)."""
+        replica's newest txid; a kill mid-apply would leave a hot journal, which SQLite rolls back); and
+        the portal unless `keep_portal` (a promotion hands it over to `up`)."""
         with self._lock:
             items = list(self.followed.values())
         for item in items:
@@ -335,7 +339,7 @@ class Follower:
                     os.killpg(item.proc.pid, signal.SIGKILL)
                     item.proc.wait()
                 item.proc = None
-        if self.portal is not None and self.portal.proc is not None:
+        if self.portal is not None and self.portal.proc is not None and not keep_portal:
             self.portal.stop(self.settings.portal.stop_timeout)
             self.portal.state = Service.STOPPED
         if self._follow_log is not None:
@@ -382,15 +386,15 @@ class Follower:
             t = time.monotonic()
 
         try:
-            store = ReplicaStore.from_settings(s)
-            lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
-                                s.lease_ttl_seconds)
+            lease = self._lease or WriterLease(ReplicaStore.from_settings(s), machine_id(s.state_dir, s.environ),
+                                               socket.gethostname(), os.getpid(), s.lease_ttl_seconds)
+            self._lease = lease
             from concurrent.futures import ThreadPoolExecutor
 
             pool = ThreadPoolExecutor(1)
             listing = pool.submit(self.mirror_round)  # the final listing, while the lease is taken
-            current = lease.read()
             previous = lease.acquire(take_over=True)
+            current = lease.found
             report.previous_primary = (previous or current).describe() if (previous or current) else ""
             if previous is not None and not no_wait:
                 # A primary that is alive somewhere stops writing at its next renewal: give it that long.
@@ -409,11 +413,13 @@ class Follower:
             report.databases = len(self.followed)
             step("catch_up")
             with self._tending:
-                self._stop_following(now=True)
+                self._stop_following(now=True, keep_portal=True)  # it serves reads on, and takes writes under `up`
             from concurrent.futures import ThreadPoolExecutor
 
+            paths = [item.out for item in self.followed.values()]
             with ThreadPoolExecutor(8) as pool:
-                list(pool.map(_as_primary_copy, [item.out for item in self.followed.values()]))
+                versions = dict(zip(paths, pool.map(_as_primary_copy, paths)))
+            note_current(s, versions)  # the portal's schema check on taking writes is then a stat each
             step("stop_following")
             set_role(s, "primary")
             self.handed_over.set()  # the main thread runs `up` now
@@ -441,11 +447,15 @@ class Follower:
 
     def _run_primary(self) -> int:
         """Run as the primary (`edgehost up`) in this process."""
-        from edgehost.supervisor.run import Supervisor
+        from edgehost.supervisor.run import Handover, Supervisor
 
         self._close_control()
         self.settings.pid_file.unlink(missing_ok=True)
-        sup = Supervisor(self.settings, stream=self.hub.stream)
+        handover = None
+        if self.handed_over.is_set() and self._lease is not None and self._lease.held:
+            portal = self.portal if self.portal is not None and self.portal.pid is not None else None
+            handover = Handover(self._lease, portal)
+        sup = Supervisor(self.settings, stream=self.hub.stream, handover=handover)
         if self.promotion is not None or self.handed_over.is_set():
             threading.Thread(target=self._await_primary, args=(sup,), daemon=True, name="promoted").start()
         return sup.run()
@@ -465,10 +475,11 @@ class Follower:
         return report.previous_primary if report is not None and report.previous_primary else "unknown"
 
 
-def _as_primary_copy(path: Path) -> None:
+def _as_primary_copy(path: Path) -> int:
     """A followed database made the primary's: `restore -f` leaves it in rollback-journal mode with
     its applied txid beside it; WAL mode and no sidecar is what a plain restore leaves, and litestream
-    replicate then continues the replica's history from it ("database behind replica")."""
+    replicate then continues the replica's history from it ("database behind replica"). Returns its
+    schema version (0: unknown), read while it is open."""
     import sqlite3
 
     Path(f"{path}-txid").unlink(missing_ok=True)
@@ -476,6 +487,10 @@ def _as_primary_copy(path: Path) -> None:
     try:
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            return conn.execute("SELECT max(version) FROM schema_versions").fetchone()[0] or 0
+        except sqlite3.Error:
+            return 0
     finally:
         conn.close()
 
@@ -484,26 +499,3 @@ def follow(settings: Settings, interval: float) -> int:
     if interval < 0.2:
         raise BadInput(f"--interval {interval:g}s: at least 0.2s (each round lists the whole replica)")
     return Follower(settings, interval).run()
-
-
-def request_promotion(settings: Settings, no_wait: bool, timeout: float) -> dict[str, Any]:
-    """Ask the running follower to promote itself; its report."""
-    import httpx
-
-    if not settings.supervisor_socket.exists():
-        raise EnvironmentProblem("no `edgehost follow` is running here (no control socket in the state dir)")
-    transport = httpx.HTTPTransport(uds=str(settings.supervisor_socket))
-    with httpx.Client(transport=transport, base_url="http://edgehost", timeout=timeout) as client:
-        try:
-            status = client.get("/status").json()
-        except httpx.HTTPError as exc:
-            raise EnvironmentProblem(f"the follower does not answer on {settings.supervisor_socket}: "
-                                     f"{type(exc).__name__}") from None
-        if status.get("role") != "follower":
-            raise BadInput("this machine is not following (it runs `edgehost up`): nothing to promote")
-        try:
-            answer = client.post("/promote" + ("?no_wait=1" if no_wait else ""))
-        except httpx.HTTPError as exc:
-            raise EnvironmentProblem(f"promotion did not answer within {timeout:g}s: {type(exc).__name__}") from None
-    return answer.json()
-

@@ -7,10 +7,12 @@ errors included, is JSON. A full disk answers 503 with Retry-After instead of a 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import math
+import signal
 import sqlite3
 from datetime import datetime
 from typing import Annotated, Any, Callable
@@ -237,13 +239,15 @@ def _errors(fn: Callable[..., Any]) -> Callable[[Request], Any]:
 
 
 class ReadOnly:
-    """Answer every write with 503 and the reason (another machine is the writer); reads go on."""
+    """Answer every write with 503 and the reason (another machine is the writer); reads go on.
+
+    `reason` empty: writes pass (a standby promoted in place, see `become_writable`)."""
 
     def __init__(self, app: Any, reason: str):
         self.app, self.reason = app, reason
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+        if self.reason and scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
             response = Answer({"error": f"read-only: {self.reason}", "read_only": True}, status_code=503,
                                     headers={"Retry-After": "60"})
             await response(scope, receive, send)
@@ -272,6 +276,7 @@ def create_app(settings: Settings):
     """Build the portal for one data dir. Every handler's SQLite work runs in the thread pool."""
     read_only = settings.environ.get("EDGEHOST_PORTAL_READ_ONLY", "")
     conns = store.Connections(readonly=bool(read_only))
+    gate: ReadOnly | None = None  # wraps `app` (built below) when read-only
     limit = settings.portal.max_body_bytes
     durable = settings.durable
     acks = DurableAcks(settings.litestream_socket, durable.timeout_seconds, durable.batch_ms)
@@ -281,6 +286,7 @@ def create_app(settings: Settings):
 
     async def healthz(request: Request) -> Answer:
         report = await db(store.health)
+        report["read_only"] = bool(gate is not None and gate.reason)
         return Answer(report, status_code=200 if report["ok"] else 503)
 
     async def properties(request: Request) -> Answer:
@@ -343,8 +349,26 @@ def create_app(settings: Settings):
             return await global_write(saved, user_id)
         return Answer(await db(store.get_progress, user_id))
 
+    def become_writable() -> None:
+        """A standby promoted in place (SIGUSR1 from the supervisor, once litestream replicates): bring
+        the schema up to date, then take writes. Until then every write is still answered 503."""
+        store.migrate_all(settings)
+        conns.readonly = False
+        assert gate is not None
+        gate.reason = ""
+        log.warning("promoted: the portal takes writes now")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
+        if gate is not None:
+            loop = asyncio.get_running_loop()
+
+            def on_usr1() -> None:
+                task = loop.create_task(run_in_threadpool(become_writable))
+                task.add_done_callback(lambda t: t.cancelled() or t.exception() is None or
+                                       log.error("could not become writable: %s", t.exception()))
+
+            loop.add_signal_handler(signal.SIGUSR1, on_usr1)
         yield
         acks.close()
         conns.close()
@@ -361,11 +385,13 @@ def create_app(settings: Settings):
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    if read_only:
+        gate = ReadOnly(app, read_only)
     app.state.connections = conns
     app.state.durable = acks
     outer: Any = app
-    if read_only:
-        outer = ReadOnly(outer, read_only)
+    if gate is not None:
+        outer = gate
     # Cloudflare Access at the origin: with access.team/aud set, every request needs a valid
     # Access JWT (only GET /healthz from loopback is exempt), so nothing reaching the port around
     # the tunnel gets in.

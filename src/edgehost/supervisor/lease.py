@@ -119,6 +119,7 @@ class WriterLease:
         self.ttl = ttl
         self._etag: str | None = None
         self._record: dict | None = None
+        self.found: LeaseInfo | None = None  # the lease as the last `acquire` read it
 
     @property
     def held(self) -> bool:
@@ -136,7 +137,7 @@ class WriterLease:
         """
         current: LeaseInfo | None = None
         for _ in range(ACQUIRE_TRIES):
-            current = self.read()
+            current = self.found = self.read()
             now = _now()
             record = {"host": self.host, "machine_id": self.machine_id, "pid": self.pid, "started_at": now,
                       "renewed_at": now, "released": False, "version": VERSION}

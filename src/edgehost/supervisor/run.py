@@ -38,11 +38,13 @@ from edgehost.supervisor.service import Service, ServiceSpec
 SOCKET_PATH_MAX = 103  # sun_path is 104 bytes on macOS, 108 on Linux
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def _http_ok(url: str, writable: bool = False) -> Callable[[], bool]:
+    """200 from `url`; with `writable`, also not a read-only portal (its /healthz says read_only)."""
     def check() -> bool:
         try:
-            return httpx.get(url, timeout=1.0).status_code == 200
-        except httpx.HTTPError:
+            answer = httpx.get(url, timeout=1.0)
+            return answer.status_code == 200 and not (writable and answer.json().get("read_only"))
+        except (httpx.HTTPError, ValueError, AttributeError):
             return False
 
     return check
@@ -74,7 +76,8 @@ def portal_spec(settings: Settings, **extra_env: str) -> ServiceSpec:
          "EDGEHOST_PORTAL_HOST": settings.portal.host, "EDGEHOST_PORTAL_PORT": str(settings.portal.port), **extra_env}
     )
     return ServiceSpec("portal", settings.portal_argv(), env,
-                       ready=_http_ok(f"{settings.portal_url}{settings.app.health_path}"),
+                       ready=_http_ok(f"{settings.portal_url}{settings.app.health_path}",
+                                      writable="EDGEHOST_PORTAL_READ_ONLY" not in extra_env),
                        ready_timeout=60, stop_timeout=settings.portal.stop_timeout, cwd=settings.home)
 
 
@@ -161,6 +164,18 @@ def _replicating(db: status.DatabaseStatus, limit: float) -> bool:
     return _caught_up(db) or (not db.error and db.lag_seconds is not None and db.lag_seconds <= limit / 2)
 
 
+@dataclass
+class Handover:
+    """What a standby promoted in place (ops/follow.py) hands to the `up` it becomes.
+
+    Its final listing found every database of the replica on disk at the newest txid, so `up` lists
+    nothing before it starts; it holds the writer lease already; and its read-only portal keeps
+    serving reads: once litestream replicates, SIGUSR1 makes it writable (no restart)."""
+
+    lease: WriterLease
+    portal: Service | None = None
+
+
 class Supervisor:
     """Runs the services in order and keeps them up until told to stop."""
 
@@ -169,10 +184,12 @@ class Supervisor:
     STATUS_EVERY = 5.0
     COST_EVERY = 300.0
 
-    def __init__(self, settings: Settings, stream: TextIO | None = None, take_over: bool = False):
+    def __init__(self, settings: Settings, stream: TextIO | None = None, take_over: bool = False,
+                 handover: Handover | None = None):
         self.settings = settings
         self.take_over = take_over
-        self.lease: WriterLease | None = None
+        self.handover = handover
+        self.lease: WriterLease | None = handover.lease if handover else None
         secrets = [v for k, v in settings.environ.items() if k in SECRET_NAMES]
         a = settings.alerts
         secrets += [v for v in (a.ntfy_url, a.ntfy_token, a.webhook_url, a.healthchecks_url) if v]
@@ -251,11 +268,15 @@ class Supervisor:
                 self.log(f"secrets from {s.env_file} pass to children by environment")
             ensure_data_dir(s)
             self.phase = "restoring"
-            if not self._restore_or_wait(pre):
+            if self.handover is not None:
+                self.log("promoted standby: every database is on disk at the replica's newest txid")
+            elif not self._restore_or_wait(pre):
                 return int(self.exit_status)
             provision.forget_state_of_old_replica(s, self.log)
             for spec in service_plan(s, pre.litestream):
                 self.services.append(Service(spec, Backoff(s.restart), self.hub))
+            if self.handover is not None and self.handover.portal is not None:
+                self._adopt(self.handover.portal)
             if pre.tunnel_problem:
                 cloudflared = next(svc for svc in self.services if svc.name == "cloudflared")
                 cloudflared.state, cloudflared.reason = Service.FAILED, pre.tunnel_problem
@@ -396,7 +417,23 @@ class Supervisor:
             starting = any(svc.state == Service.STARTING for svc in self.services)
             time.sleep(self.START_TICK if starting else self.TICK)
 
+    def _adopt(self, running: Service) -> None:
+        """Take over a promoted standby's read-only portal as this run's portal, still read-only:
+        `_tend` sends it SIGUSR1 once litestream is ready, and it counts as ready once writable."""
+        svc = next(svc for svc in self.services if svc.name == "portal")
+        if running.pid is None:
+            return  # not running: started afresh, as usual
+        running.hub = self.hub  # its output pump goes on, into this run's logs
+        svc.proc, svc._pump, svc.child_pid = running.proc, running._pump, running.child_pid
+        svc.starts, svc.state, svc.started_at, svc.started_wall = 1, Service.STARTING, time.monotonic(), time.time()
+        svc.adopted = True
+        self.log(f"portal (pid {svc.child_pid}) kept running read-only: writable once litestream replicates")
+
     def _tend(self, svc: Service, now: float, gate_open: bool) -> None:
+        if svc.adopted and gate_open and svc.pid is not None:
+            svc.adopted = False
+            os.kill(svc.pid, signal.SIGUSR1)  # the portal only: its guard would die of it
+            self.log(f"{svc.name}: litestream replicates, taking writes")
         if svc.state == Service.STOPPED and gate_open:
             self.log(f"starting {svc.name}")
             svc.start()

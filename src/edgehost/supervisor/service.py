@@ -51,6 +51,7 @@ class Service:
         self.last_exit: int | None = None
         self.child_pid: int | None = None
         self.reason = ""  # why a FAILED service is not retried (a config problem), shown by status
+        self.adopted = False  # a promoted standby's running portal, not yet told to take writes
         self._pump: threading.Thread | None = None
 
     @property
@@ -77,6 +78,7 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        self.adopted = False
         if self.starts:
             self.restarts += 1
         self.starts += 1
