@@ -17,8 +17,10 @@ Everything is real and on 127.0.0.1: moto's S3 app under uvicorn (bench/restore_
               straight from the bucket for the same time, its requests per hour x tenants: what a
               follower of per-database `restore -f` processes would cost.
   C  promote  the primary of B killed (-9, every process); `edgehost promote --no-wait` on the
-              follower, timed to a portal that takes a write; then a cold `edgehost restore --all` of
-              the same bucket on a third home.
+              follower, timed to a portal that takes a write; then 10 s of events one after another
+              on 10 tenants, each 201's time (litestream snapshots every restored database once after
+              the promotion, and durable acknowledgements wait behind those uploads); then a cold
+              `edgehost restore --all` of the same bucket on a third home.
 """
 
 from __future__ import annotations
@@ -221,6 +223,23 @@ def restore_f_requests(root: Path, endpoint: str, home: Home, seconds: float) ->
     return {"requests": n, "seconds": seconds, "per_hour": round(n * 3600 / seconds)}
 
 
+def acks_after(home: Home, slugs: list[str], seconds: float) -> dict:
+    """Events posted one after another for `seconds`, round robin over `slugs`: how long each 201 took."""
+    took, refused, end = [], 0, time.monotonic() + seconds
+    with httpx.Client(timeout=60) as client:
+        i = 0
+        while time.monotonic() < end:
+            t = time.monotonic()
+            code = client.post(f"{home.url}/properties/{slugs[i % len(slugs)]}/events", json={"kind": "after"}).status_code
+            if code == 201:
+                took.append(time.monotonic() - t)
+            else:
+                refused += 1
+            i += 1
+    return {"seconds": seconds, "acked": len(took), "refused": refused,
+            "p50_ms": round(pct(took, 50) * 1000), "max_ms": round(max(took, default=0) * 1000)}
+
+
 def phase_idle_and_promote(root: Path, endpoint: str, s3c, idle: int, seconds: float, kib: int) -> dict:
     s3c.create_bucket(Bucket="bench-idle")
     proxy = CountingProxy(endpoint)
@@ -259,6 +278,9 @@ def phase_idle_and_promote(root: Path, endpoint: str, s3c, idle: int, seconds: f
                    lambda: client.post(f"{b.url}/properties/idle000/events", json={"kind": "after"}).status_code == 201,
                    timeout=120, every=0.05)
         out["promote"] = {"dead_to_writable_seconds": round(time.monotonic() - killed, 2), "report": report}
+        # Then litestream snapshots every database once (a restored database continues the replica's
+        # history with a full snapshot), and durable acknowledgements wait behind those uploads.
+        out["acks_after_promote"] = acks_after(b, [f"idle{i:03d}" for i in range(min(idle, 10))], 10.0)
 
         c = Home(root, "cold", endpoint, "bench-idle", "e")
         t = time.monotonic()

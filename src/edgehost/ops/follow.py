@@ -132,6 +132,7 @@ class Follower:
         self.last_round: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._tending = threading.Lock()  # the main loop's tending and a promotion's stop never interleave
+        self._rounding = threading.Lock()  # one mirror round at a time (a promotion's final one waits its turn)
         self._follow_log = None
         self._control: ControlServer | None = None
         self.promotion: PromoteReport | None = None
@@ -212,6 +213,9 @@ class Follower:
         failing = False
         while not self.stopping.is_set() and not self.handed_over.is_set():
             started = time.monotonic()
+            if self.promoting.is_set():  # the promotion makes the final round itself
+                self.stopping.wait(0.05)
+                continue
             try:
                 self.mirror_round()
                 if failing:
@@ -225,7 +229,8 @@ class Follower:
 
     def mirror_round(self) -> dict[str, Any]:
         """One listing of the replica, its new files fetched into the mirror, each database's newest txid noted."""
-        report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed)
+        with self._rounding:
+            report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed)
         if report.errors and not report.listed:
             raise EnvironmentProblem("; ".join(report.errors[:3]))
         self.rounds += 1

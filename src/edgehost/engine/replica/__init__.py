@@ -69,8 +69,21 @@ def s3_client(endpoint: str, region: str, environ: dict[str, str] | None = None)
         return client
 
 
+def _timestamp(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is not None:
+            return parsed
+    except (TypeError, ValueError):
+        pass
+    from botocore.utils import parse_timestamp
+
+    return parse_timestamp(value)  # an HTTP date (Last-Modified) or an epoch number
+
+
 def _new_s3_client(endpoint: str, region: str, key_id: str, secret: str, token: str):
     import boto3
+    import botocore.session
     from botocore.config import Config
 
     config = Config(
@@ -84,8 +97,12 @@ def _new_s3_client(endpoint: str, region: str, key_id: str, secret: str, token: 
         connect_timeout=5,
         read_timeout=30,
     )
+    core = botocore.session.get_session()
+    # A listing page is 1,000 keys, each with a LastModified that botocore parses with dateutil by
+    # default: that was most of a mirror round's CPU. S3's timestamps are ISO 8601; others fall back.
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
     session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
-                                    aws_session_token=token or None)
+                                    aws_session_token=token or None, botocore_session=core)
     return session.client("s3", endpoint_url=endpoint or None, config=config)
 
 
