@@ -130,6 +130,8 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
         status = supervisor_status(sb)
         assert status["lease"]["held"] and all(s["state"] == "running" for s in status["services"])
         assert next(s["pid"] for s in status["services"] if s["name"] == "portal") == portal_pid
+        again_promoted = edgehost(b, "promote", "--no-wait")
+        assert again_promoted.returncode == 2 and "not following" in again_promoted.stderr, again_promoted.stderr
 
         # The old primary restarted is refused by the lease and writes nothing to the replica.
         again = Proc(edgehost_argv("up"), a.environ(), a.path / "again.log")

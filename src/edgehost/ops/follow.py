@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from edgehost.engine import layout, litestream
 from edgehost.engine.bucket import Listing
@@ -326,10 +327,12 @@ class Follower:
         elif svc.state == Service.BACKOFF and mono >= svc.next_start_at:
             svc.start()
 
-    def _stop_following(self, now: bool = False, keep_portal: bool = False) -> None:
+    def _stop_following(self, now: bool = False, keep_portal: bool = False,
+                        then: Callable[[Followed], Any] | None = None) -> None:
         """Stop every `restore -f`: SIGTERM, or SIGKILL when `now` (a promotion, once each has applied the
         replica's newest txid; a kill mid-apply would leave a hot journal, which SQLite rolls back); and
-        the portal unless `keep_portal` (a promotion hands it over to `up`)."""
+        the portal unless `keep_portal` (a promotion hands it over to `up`). `then(item)` is called as
+        soon as an item's process is gone."""
         with self._lock:
             items = list(self.followed.values())
         for item in items:
@@ -344,6 +347,8 @@ class Follower:
                     os.killpg(item.proc.pid, signal.SIGKILL)
                     item.proc.wait()
                 item.proc = None
+            if then is not None:
+                then(item)
         if self.portal is not None and self.portal.proc is not None and not keep_portal:
             self.portal.stop(self.settings.portal.stop_timeout)
             self.portal.state = Service.STOPPED
@@ -394,7 +399,6 @@ class Follower:
             lease = self._lease or WriterLease(ReplicaStore.from_settings(s), machine_id(s.state_dir, s.environ),
                                                socket.gethostname(), os.getpid(), s.lease_ttl_seconds)
             self._lease = lease
-            from concurrent.futures import ThreadPoolExecutor
 
             pool = ThreadPoolExecutor(1)
             listing = pool.submit(self.mirror_round)  # the final listing, while the lease is taken
@@ -417,13 +421,13 @@ class Follower:
             self._catch_up(catch_up_timeout)
             report.databases = len(self.followed)
             step("catch_up")
-            with self._tending:
-                self._stop_following(now=True, keep_portal=True)  # it serves reads on, and takes writes under `up`
-            from concurrent.futures import ThreadPoolExecutor
-
-            paths = [item.out for item in self.followed.values()]
-            with ThreadPoolExecutor(8) as pool:
-                versions = dict(zip(paths, pool.map(_as_primary_copy, paths)))
+            converted: dict[Path, Any] = {}
+            with ThreadPoolExecutor(8) as converting, self._tending:
+                # Each database goes to WAL mode as soon as its `restore -f` is gone, beside the other exits;
+                # the portal serves reads on, and takes writes under `up`.
+                self._stop_following(now=True, keep_portal=True, then=lambda item: converted.setdefault(
+                    item.out, converting.submit(_as_primary_copy, item.out)))
+                versions = {path: done.result() for path, done in converted.items()}
             note_current(s, versions)  # the portal's schema check on taking writes is then a stat each
             step("stop_following")
             set_role(s, "primary")

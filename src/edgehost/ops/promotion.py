@@ -21,15 +21,13 @@ def request_promotion(settings: Settings, no_wait: bool, timeout: float) -> dict
     transport = httpx.HTTPTransport(uds=str(settings.supervisor_socket))
     with httpx.Client(transport=transport, base_url="http://edgehost", timeout=timeout) as client:
         try:
-            status = client.get("/status").json()
-        except httpx.HTTPError as exc:
-            raise EnvironmentProblem(f"the follower does not answer on {settings.supervisor_socket}: "
-                                     f"{type(exc).__name__}") from None
-        if status.get("role") != "follower":
-            raise BadInput("this machine is not following (it runs `edgehost up`): nothing to promote")
-        try:
             answer = client.post("/promote" + ("?no_wait=1" if no_wait else ""))
         except httpx.HTTPError as exc:
-            raise EnvironmentProblem(f"promotion did not answer within {timeout:g}s: {type(exc).__name__}") from None
-    return answer.json()
-
+            raise EnvironmentProblem(f"the follower did not answer on {settings.supervisor_socket} within "
+                                     f"{timeout:g}s: {type(exc).__name__}") from None
+    if answer.status_code == 404:  # `edgehost up` answers there, and knows no promotion
+        raise BadInput("this machine is not following (it runs `edgehost up`): nothing to promote")
+    try:
+        return answer.json()
+    except ValueError:
+        raise EnvironmentProblem(f"the follower answered {answer.status_code} without a report") from None

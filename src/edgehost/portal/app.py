@@ -325,7 +325,8 @@ def create_app(settings: Settings):
         if not is_loopback(request.client) or "cf-connecting-ip" in request.headers:
             return _error(403, "durable-ack stats are served to this machine only")
         return Answer({"property_dbs": durable.property_dbs, "global_db": durable.global_db,
-                       "timeout_seconds": durable.timeout_seconds, "databases": acks.stats()})
+                       "timeout_seconds": durable.timeout_seconds, "databases": acks.stats(),
+                       "read_only": bool(gate is not None and gate.reason)})
 
     async def users(request: Request) -> Answer:
         return Answer({"users": await db(store.list_users)})

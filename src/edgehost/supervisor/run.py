@@ -420,6 +420,8 @@ class Supervisor:
     def _adopt(self, running: Service) -> None:
         """Take over a promoted standby's read-only portal as this run's portal, still read-only:
         `_tend` sends it SIGUSR1 once litestream is ready, and it counts as ready once writable."""
+        from edgehost.ops.durable_acks import DURABLE_PATH
+
         svc = next(svc for svc in self.services if svc.name == "portal")
         if running.pid is None:
             return  # not running: started afresh, as usual
@@ -427,6 +429,9 @@ class Supervisor:
         svc.proc, svc._pump, svc.child_pid = running.proc, running._pump, running.child_pid
         svc.starts, svc.state, svc.started_at, svc.started_wall = 1, Service.STARTING, time.monotonic(), time.time()
         svc.adopted = True
+        # Ready once it says it takes writes. Its /healthz would open every database again: it has
+        # served them for as long as it followed, and the health watch goes on probing it.
+        svc.adopted_ready = _http_ok(f"{self.settings.portal_url}{DURABLE_PATH}", writable=True)
         self.log(f"portal (pid {svc.child_pid}) kept running read-only: writable once litestream replicates")
 
     def _tend(self, svc: Service, now: float, gate_open: bool) -> None:
@@ -442,7 +447,7 @@ class Supervisor:
             if code is not None:
                 self._exited(svc, code, now)
             elif svc.state == Service.STARTING:
-                if svc.spec.ready():
+                if (svc.adopted_ready or svc.spec.ready)():
                     svc.state = Service.RUNNING
                     svc.ready_once = True
                     self.log(f"{svc.name} ready in {now - svc.started_at:.2f}s (pid {svc.pid})")

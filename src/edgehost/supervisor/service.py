@@ -52,6 +52,7 @@ class Service:
         self.child_pid: int | None = None
         self.reason = ""  # why a FAILED service is not retried (a config problem), shown by status
         self.adopted = False  # a promoted standby's running portal, not yet told to take writes
+        self.adopted_ready: Callable[[], bool] | None = None  # its readiness probe, instead of the spec's
         self._pump: threading.Thread | None = None
 
     @property
@@ -78,7 +79,7 @@ class Service:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.adopted = False
+        self.adopted, self.adopted_ready = False, None
         if self.starts:
             self.restarts += 1
         self.starts += 1
