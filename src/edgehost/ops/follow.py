@@ -133,7 +133,6 @@ class Follower:
         self.last_round: dict[str, Any] = {}
         self._lock = threading.RLock()
         self._tending = threading.Lock()  # the main loop's tending and a promotion's stop never interleave
-        self._rounding = threading.Lock()  # one mirror round at a time (a promotion's final one waits its turn)
         self._follow_log = None
         self._control: ControlServer | None = None
         self.promotion: PromoteReport | None = None
@@ -230,8 +229,9 @@ class Follower:
 
     def mirror_round(self) -> dict[str, Any]:
         """One listing of the replica, its new files fetched into the mirror, each database's newest txid noted."""
-        with self._rounding:
-            report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed)
+        # A promotion's final round may overlap the loop's last one: files are written under unique
+        # temporary names, and a listing only ever raises a database's newest txid.
+        report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed)
         if report.errors and not report.listed:
             raise EnvironmentProblem("; ".join(report.errors[:3]))
         self.rounds += 1

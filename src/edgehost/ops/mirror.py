@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ def _load_state(to: Path, source: str) -> dict:
 
 
 def _save_state(to: Path, state: dict) -> None:
-    tmp = to / f".{STATE_FILE}.tmp"
+    tmp = to / f".{STATE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"  # two rounds may overlap (a promotion's)
     tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
     os.replace(tmp, to / STATE_FILE)
 
