@@ -272,12 +272,15 @@ def phase_idle_and_promote(root: Path, endpoint: str, s3c, idle: int, seconds: f
         power_cut(a.status().get("services", []), up)
         killed = time.monotonic()
         promoted = b.run("promote", "--no-wait", "--json", timeout=900)
+        answered = time.monotonic()
         report = json.loads(promoted.stdout) if promoted.stdout.strip().startswith("{") else {"error": promoted.stderr}
         with httpx.Client(timeout=10) as client:
             b.wait("a write on the new primary",
                    lambda: client.post(f"{b.url}/properties/idle000/events", json={"kind": "after"}).status_code == 201,
                    timeout=120, every=0.05)
-        out["promote"] = {"dead_to_writable_seconds": round(time.monotonic() - killed, 2), "report": report}
+        out["promote"] = {"dead_to_writable_seconds": round(time.monotonic() - killed, 2),
+                          "command_seconds": round(answered - killed, 2),  # `edgehost promote` run to its exit
+                          "first_write_seconds": round(time.monotonic() - answered, 2), "report": report}
         # Then litestream snapshots every database once (a restored database continues the replica's
         # history with a full snapshot), and durable acknowledgements wait behind those uploads.
         out["acks_after_promote"] = acks_after(b, [f"idle{i:03d}" for i in range(min(idle, 10))], 10.0)
