@@ -64,3 +64,37 @@ def test_with_access_configured_the_portal_refuses_requests_without_a_jwt(kit_ho
     assert resp.status_code == 403
     assert client.post("/properties", json={"slug": "x"}).status_code == 403
     assert not (settings.data_dir / "x").exists()
+
+
+def test_each_database_is_migrated_as_the_portal_first_opens_it_and_a_failing_one_fails_alone(kit_home, tmp_path):
+    """The portal starts without a pass over every database: a tenant behind the latest migration gets
+    it on its first request, and a tenant whose migration fails fails alone (its requests and /healthz
+    say so) while the others are served."""
+    import shutil
+    import sqlite3
+
+    from edgehost.engine import layout
+    from edgehost.engine.sqlite import schema_version
+
+    settings = kit_home.settings()
+    store.ensure_global(settings)
+    for slug in ("a1", "b2"):
+        store.create_property(settings, slug)
+    with sqlite3.connect(layout.property_db(settings, "b2").path) as conn:
+        conn.execute("CREATE TABLE extra(y)")  # the new migration cannot apply here
+    folder = tmp_path / "migrations"
+    shutil.copytree(settings.app.migrations_dir, folder)
+    (folder / "property" / "0099_extra.sql").write_text("CREATE TABLE extra(x);")
+    settings = settings.with_changes(app__migrations_dir=folder, durable__property_dbs=False)  # no litestream here
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+
+    assert client.post("/properties/a1/events", json={"kind": "k"}).status_code == 201
+    with sqlite3.connect(layout.property_db(settings, "a1").path) as conn:
+        assert schema_version(conn) == 99
+    assert client.post("/properties/b2/events", json={"kind": "k"}).status_code >= 500
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    dbs = health.json()["databases"]
+    assert dbs["a1"]["ok"] and dbs["a1"]["schema_version"] == 99 and dbs["global"]["ok"]
+    assert not dbs["b2"]["ok"] and "extra" in dbs["b2"]["error"]
+    assert client.get("/properties/a1/events").json()["events"]  # a1 is served on

@@ -98,30 +98,3 @@ def test_a_replaced_or_behind_database_is_migrated_even_when_the_last_start_foun
     assert dict(migrate_all(settings))["b2"] == ["0099_extra.sql"]
     with sqlite3.connect(layout.property_db(settings, "b2").path) as conn:
         assert schema_version(conn) == 99
-
-
-def test_a_promotion_stamps_only_databases_it_read_at_the_latest_schema(kit_home, tmp_path):
-    """A promotion reads each database's schema version while it has it open; only those at the latest
-    version are stamped, so the portal still migrates one the follower's newer kit has a migration for."""
-    import shutil
-    import sqlite3
-
-    from edgehost.engine import layout
-    from edgehost.engine.schema import create_property, ensure_global, migrate_all, note_current
-    from edgehost.engine.sqlite import schema_version
-
-    settings = kit_home.settings()
-    ensure_global(settings)
-    paths = {slug: create_property(settings, slug) for slug in ("a1", "b2")}
-    with sqlite3.connect(paths["a1"]) as conn:
-        version = schema_version(conn)
-    folder = tmp_path / "migrations"
-    shutil.copytree(settings.app.migrations_dir, folder)
-    (folder / "property" / "0099_extra.sql").write_text("CREATE TABLE extra(x);")
-    newer = settings.with_changes(app__migrations_dir=folder)
-    assert note_current(newer, {paths["a1"]: version, paths["b2"]: 99}) == 1
-    applied = dict(migrate_all(newer))
-    assert applied["a1"] == ["0099_extra.sql"]  # read behind the latest: not stamped, migrated
-    assert applied["b2"] == []  # stamped: not opened
-    with sqlite3.connect(layout.property_db(newer, "a1").path) as conn:
-        assert schema_version(conn) == 99

@@ -14,8 +14,8 @@ from contextlib import closing
 from pathlib import Path
 
 from edgehost.engine import layout
-from edgehost.engine.sqlite import connect, load_migrations, migrate
-from edgehost.errors import BadInput
+from edgehost.engine.sqlite import connect, load_migrations, migrate, schema_version
+from edgehost.errors import BadInput, EdgehostError
 from edgehost.settings import Settings
 
 
@@ -155,18 +155,27 @@ def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
     return done
 
 
-def note_current(settings: Settings, versions: dict[Path, int]) -> int:
-    """Stamp databases whose schema version was read by someone who had them open anyway (a promotion
-    opens each one to put it in WAL mode), so the next `migrate_all` costs those a stat; the number
-    found at the latest version. The stamp is the file as it is now: a later write voids it."""
-    _, latest = _latest(settings)
-    stamps = _load_stamps(settings)
-    fresh = 0
-    for path, version in versions.items():
-        kind = "global" if path == settings.global_db else "property"
-        ident = _identity(path)
-        if ident is not None and version >= latest[kind]:
-            stamps[str(path)] = [*ident, latest[kind]]
-            fresh += 1
-    _save_stamps(settings, stamps)
-    return fresh
+class SchemaGate:
+    """Brings each database to the latest schema the first time a process opens it (the portal's
+    connections): the check is one query on a connection it opens anyway, so a portal over a
+    thousand tenants starts without a pass over every file, and one tenant's failed migration fails
+    that tenant's requests (and /healthz), not the whole portal."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._known: tuple[dict[str, list], dict[str, int]] | None = None  # the folders, read on first use
+
+    def __call__(self, conn, path: Path) -> None:
+        if self._known is None:
+            self._known = _latest(self.settings)
+        folders, latest = self._known
+        kind = "global" if Path(path) == self.settings.global_db else "property"
+        if schema_version(conn) < latest[kind]:
+            try:
+                migrate(conn, folders[kind], path)
+            except BadInput as exc:  # the request was fine: this database is not
+                raise MigrationFailed(str(exc)) from None
+
+
+class MigrationFailed(EdgehostError):
+    """A database the portal opened could not be brought to the latest schema (it stays as it was)."""

@@ -29,7 +29,6 @@ from typing import Any, Callable, TextIO
 
 from edgehost.engine import layout, litestream
 from edgehost.engine.bucket import Listing
-from edgehost.engine.schema import note_current
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.ops.mirror import mirror_once
@@ -427,8 +426,8 @@ class Follower:
                 # the portal serves reads on, and takes writes under `up`.
                 self._stop_following(now=True, keep_portal=True, then=lambda item: converted.setdefault(
                     item.out, converting.submit(_as_primary_copy, item.out)))
-                versions = {path: done.result() for path, done in converted.items()}
-            note_current(s, versions)  # the portal's schema check on taking writes is then a stat each
+                for done in converted.values():
+                    done.result()
             step("stop_following")
             set_role(s, "primary")
             self.handed_over.set()  # the main thread runs `up` now
@@ -484,11 +483,10 @@ class Follower:
         return report.previous_primary if report is not None and report.previous_primary else "unknown"
 
 
-def _as_primary_copy(path: Path) -> int:
+def _as_primary_copy(path: Path) -> None:
     """A followed database made the primary's: `restore -f` leaves it in rollback-journal mode with
     its applied txid beside it; WAL mode and no sidecar is what a plain restore leaves, and litestream
-    replicate then continues the replica's history from it ("database behind replica"). Returns its
-    schema version (0: unknown), read while it is open."""
+    replicate then continues the replica's history from it ("database behind replica")."""
     import sqlite3
 
     Path(f"{path}-txid").unlink(missing_ok=True)
@@ -496,10 +494,6 @@ def _as_primary_copy(path: Path) -> int:
     try:
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             conn.execute("PRAGMA journal_mode=WAL")
-        try:
-            return conn.execute("SELECT max(version) FROM schema_versions").fetchone()[0] or 0
-        except sqlite3.Error:
-            return 0
     finally:
         conn.close()
 

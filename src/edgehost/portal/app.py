@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from edgehost.engine import layout
+from edgehost.engine.schema import MigrationFailed, SchemaGate
 from edgehost.errors import BadInput
 from edgehost.portal import store
 from edgehost.portal.access import DURABLE_PATH, access_config, is_loopback
@@ -224,6 +225,9 @@ def _errors(fn: Callable[..., Any]) -> Callable[[Request], Any]:
             return _error(400, f"the database refused the value: {exc}")
         except TooLarge as exc:
             return _error(413, str(exc))
+        except MigrationFailed as exc:
+            log.error("%s", exc)
+            return _error(503, f"this database could not be brought to the current schema: {exc}")
         except BadInput as exc:
             return _error(400, str(exc))
         except sqlite3.OperationalError as exc:
@@ -275,7 +279,7 @@ def _not_replicated(exc: NotReplicated, **written: Any) -> Answer:
 def create_app(settings: Settings):
     """Build the portal for one data dir. Every handler's SQLite work runs in the thread pool."""
     read_only = settings.environ.get("EDGEHOST_PORTAL_READ_ONLY", "")
-    conns = store.Connections(readonly=bool(read_only))
+    conns = store.Connections(readonly=bool(read_only), on_open=SchemaGate(settings))
     gate: ReadOnly | None = None  # wraps `app` (built below) when read-only
     limit = settings.portal.max_body_bytes
     durable = settings.durable
@@ -351,9 +355,8 @@ def create_app(settings: Settings):
         return Answer(await db(store.get_progress, user_id))
 
     def become_writable() -> None:
-        """A standby promoted in place (SIGUSR1 from the supervisor, once litestream replicates): bring
-        the schema up to date, then take writes. Until then every write is still answered 503."""
-        store.migrate_all(settings)
+        """A standby promoted in place (SIGUSR1 from the supervisor, once litestream replicates): take
+        writes from now on (each database's schema is brought up to date as it is first opened)."""
         conns.readonly = False
         assert gate is not None
         gate.reason = ""
@@ -412,7 +415,7 @@ def serve(settings: Settings) -> None:
             from edgehost.ops.provision import prepare_data_dir
 
             prepare_data_dir(settings, lambda line: print(line, flush=True))
-        store.migrate_all(settings)
+        # No pass over every database here: each is migrated as the portal first opens it (SchemaGate).
     uvicorn.run(
         create_app(settings),
         host=settings.portal.host,

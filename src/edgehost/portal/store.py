@@ -12,7 +12,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from edgehost.engine import layout
 from edgehost.errors import BadInput
@@ -51,8 +51,9 @@ class Connections:
     new inode: the next request opens the new file instead of writing to the old one.
     """
 
-    def __init__(self, readonly: bool = False) -> None:
+    def __init__(self, readonly: bool = False, on_open: Callable[[sqlite3.Connection, Path], None] | None = None) -> None:
         self.readonly = readonly  # a standby's databases are written by `litestream restore -f` only
+        self.on_open = on_open  # run on each writable connection as it is opened (the schema check)
         self._lock = threading.Lock()
         self._open: dict[Path, tuple[sqlite3.Connection, threading.Lock, int]] = {}
 
@@ -76,7 +77,15 @@ class Connections:
             if entry is None or entry[2] != inode:
                 if entry is not None:
                     entry[0].close()
-                entry = (connect(path, readonly=self.readonly), threading.Lock(), inode)
+                conn = connect(path, readonly=self.readonly)
+                if self.on_open is not None:
+                    try:
+                        self.on_open(conn, path)
+                    except BaseException:
+                        conn.close()  # not kept: the next request tries again
+                        self._open.pop(path, None)
+                        raise
+                entry = (conn, threading.Lock(), inode)
                 self._open[path] = entry
         conn, lock, _ = entry
         with lock:
