@@ -678,6 +678,8 @@ class Supervisor:
                     poll_failing = True
                     self.db_status = status.aged(self.settings, self.db_status, time.time(),
                                                  since=time.time() - ls.uptime())
+                if self.stopping.is_set():
+                    return  # litestream was stopped under the poll: its errors say nothing about replication
                 self._alert()
                 self._unstick(ls)
                 portal = next((s for s in self.services if s.name == "portal"), None)
