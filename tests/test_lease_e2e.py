@@ -49,6 +49,8 @@ def test_a_second_machine_is_refused_and_a_take_over_fences_the_first(s3_home, t
         refusal = httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "late"}).json()
         assert refusal["read_only"] and "machine bbbbbbbb" in refusal["error"]
         assert httpx.get(f"{sa.portal_url}/properties/acme/events").status_code == 200  # reads go on
+        # ... from a portal the supervisor counts as running, not one it restarts until it turns writable.
+        wait_until(lambda: service(sa, "portal")["state"] == "running", 30, what="A's read-only portal to be running")
         assert service(sa, "litestream")["state"] == "held"
         status_a = edgehost(a, "status", "--json")
         assert status_a.returncode == 1 and json.loads(status_a.stdout)["lease"]["fenced"] is True

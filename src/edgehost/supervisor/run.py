@@ -38,12 +38,12 @@ from edgehost.supervisor.service import Service, ServiceSpec
 SOCKET_PATH_MAX = 103  # sun_path is 104 bytes on macOS, 108 on Linux
 
 
-def _http_ok(url: str, writable: bool = False) -> Callable[[], bool]:
-    """200 from `url`; with `writable`, also not a read-only portal (its /healthz says read_only)."""
+def _http_ok(url: str, writable: Callable[[], bool] = lambda: False) -> Callable[[], bool]:
+    """200 from `url`; while `writable()`, also not a read-only portal (its /healthz says read_only)."""
     def check() -> bool:
         try:
             answer = httpx.get(url, timeout=1.0)
-            return answer.status_code == 200 and not (writable and answer.json().get("read_only"))
+            return answer.status_code == 200 and not (writable() and answer.json().get("read_only"))
         except (httpx.HTTPError, ValueError, AttributeError):
             return False
 
@@ -76,8 +76,9 @@ def portal_spec(settings: Settings, **extra_env: str) -> ServiceSpec:
          "EDGEHOST_PORTAL_HOST": settings.portal.host, "EDGEHOST_PORTAL_PORT": str(settings.portal.port), **extra_env}
     )
     return ServiceSpec("portal", settings.portal_argv(), env,
+                       # A fenced primary's portal is restarted read-only by adding the variable to `env`.
                        ready=_http_ok(f"{settings.portal_url}{settings.app.health_path}",
-                                      writable="EDGEHOST_PORTAL_READ_ONLY" not in extra_env),
+                                      writable=lambda: "EDGEHOST_PORTAL_READ_ONLY" not in env),
                        ready_timeout=60, stop_timeout=settings.portal.stop_timeout, cwd=settings.home)
 
 
@@ -431,7 +432,7 @@ class Supervisor:
         svc.adopted = True
         # Ready once it says it takes writes. Its /healthz would open every database again: it has
         # served them for as long as it followed, and the health watch goes on probing it.
-        svc.adopted_ready = _http_ok(f"{self.settings.portal_url}{DURABLE_PATH}", writable=True)
+        svc.adopted_ready = _http_ok(f"{self.settings.portal_url}{DURABLE_PATH}", writable=lambda: True)
         self.log(f"portal (pid {svc.child_pid}) kept running read-only: writable once litestream replicates")
 
     def _tend(self, svc: Service, now: float, gate_open: bool) -> None:
