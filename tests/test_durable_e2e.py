@@ -92,7 +92,7 @@ def test_group_commit_one_sync_serves_many_concurrent_writes(s3_home):
         assert httpx.post(f"{url}/properties", json={"slug": "acme"}).status_code == 201
         assert httpx.post(f"{url}/properties/acme/events", json={"kind": "first"}, timeout=15).status_code == 201
         counting.reset()
-        before = httpx.get(f"{url}/_edgehost/durable").json()["databases"]["acme"]["syncs"]
+        before = httpx.get(f"{url}/_edgehost/durable").json()["databases"]["acme"]
         codes: list[int] = []
 
         def client() -> None:
@@ -106,9 +106,14 @@ def test_group_commit_one_sync_serves_many_concurrent_writes(s3_home):
         for t in threads:
             t.join()
         assert codes.count(201) == 200, codes
-        syncs = httpx.get(f"{url}/_edgehost/durable").json()["databases"]["acme"]["syncs"] - before
+        acme = httpx.get(f"{url}/_edgehost/durable").json()["databases"]["acme"]
+        # A sync answered before the replica reached its txid (another sync in flight wrote a newer
+        # LTX file) releases nobody: its batch rides the next one. Count the syncs that released one.
+        retried = acme["failed_syncs"] - before["failed_syncs"]
+        syncs = acme["syncs"] - before["syncs"] - retried
         ltx_puts = sum(1 for m, target in counting.requests if m == "PUT" and "/acme/" in target and ".ltx" in target)
-        print(f"200 durable events from 8 clients: {syncs} syncs, {ltx_puts} LTX uploads")
+        print(f"200 durable events from 8 clients: {syncs} syncs released a batch ({retried} retried), "
+              f"{ltx_puts} LTX uploads")
         # One sync per event would be 200; 8 clients allow at most 8 events a batch (25 syncs). Up to 4
         # syncs per database are in flight, so a loaded machine sees batches of 2-3.
         assert syncs <= 200 / 2 and ltx_puts <= 200 / 2, (syncs, ltx_puts)
