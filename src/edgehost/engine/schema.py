@@ -101,28 +101,6 @@ def _latest(settings: Settings) -> tuple[dict[str, list], dict[str, int]]:
     return folders, {kind: max((m.version for m in migs), default=0) for kind, migs in folders.items()}
 
 
-def _load_stamps(settings: Settings) -> dict[str, list]:
-    try:
-        stamps = json.loads((settings.state_dir / STAMPS).read_text())
-    except (OSError, ValueError):
-        return {}
-    return stamps if isinstance(stamps, dict) else {}
-
-
-def _save_stamps(settings: Settings, stamps: dict[str, list]) -> None:
-    path = settings.state_dir / STAMPS
-    try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(stamps))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # only a cache: the next start reads each database again
-
-
-STAMPS = "schema-stamps.json"  # under state_dir
-
-
 def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
     """Bring every database on disk to the latest schema; returns (label, applied) pairs.
 
@@ -132,7 +110,13 @@ def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
     """
     done = []
     folders, latest = _latest(settings)
-    stamps = _load_stamps(settings)
+    stamps_path = settings.state_dir / "schema-stamps.json"
+    try:
+        stamps = json.loads(stamps_path.read_text())
+    except (OSError, ValueError):
+        stamps = {}
+    if not isinstance(stamps, dict):
+        stamps = {}
     current: dict[str, list] = {}
     for ref in layout.local_databases(settings):
         kind = "global" if ref.is_global else "property"
@@ -151,7 +135,13 @@ def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
         ident = _identity(ref.path)
         if ident is not None:
             current[key] = [*ident, latest[kind]]
-    _save_stamps(settings, current)
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = stamps_path.with_name(f".{stamps_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(current))
+        os.replace(tmp, stamps_path)
+    except OSError:
+        pass  # only a cache: the next start reads each database again
     return done
 
 

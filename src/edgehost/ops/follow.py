@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 import signal
-from concurrent.futures import ThreadPoolExecutor
 import socket
 import subprocess
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
@@ -420,13 +420,13 @@ class Follower:
             self._catch_up(catch_up_timeout)
             report.databases = len(self.followed)
             step("catch_up")
-            converted: dict[Path, Any] = {}
+            converted: list[Future] = []
             with ThreadPoolExecutor(8) as converting, self._tending:
                 # Each database goes to WAL mode as soon as its `restore -f` is gone, beside the other exits;
                 # the portal serves reads on, and takes writes under `up`.
-                self._stop_following(now=True, keep_portal=True, then=lambda item: converted.setdefault(
-                    item.out, converting.submit(_as_primary_copy, item.out)))
-                for done in converted.values():
+                self._stop_following(now=True, keep_portal=True,
+                                     then=lambda item: converted.append(converting.submit(_as_primary_copy, item.out)))
+                for done in converted:
                     done.result()
             step("stop_following")
             set_role(s, "primary")

@@ -132,8 +132,8 @@ class RestoreEngine:
         root, rel = self.locate(key)
         with self._lock:
             listing = self._listings.setdefault(root, Listing(root, whole=False))
-            have = {(f.level, f.min_txid, f.max_txid) for f in listing.files(rel)}
-            new = [f for f in files if (f.level, f.min_txid, f.max_txid) not in have]
+            have = {ltx_order(f) for f in listing.files(rel)}
+            new = [f for f in files if ltx_order(f) not in have]
             if new:
                 listing.dbs[rel] = sorted(listing.files(rel) + new, key=ltx_order)
                 self._indexes.pop(key, None)

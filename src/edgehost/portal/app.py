@@ -288,9 +288,12 @@ def create_app(settings: Settings):
     def db(fn: Callable[..., Any], *args: Any) -> Any:
         return run_in_threadpool(fn, settings, *args, conns=conns)
 
+    def read_only_now() -> bool:
+        return bool(gate is not None and gate.reason)
+
     async def healthz(request: Request) -> Answer:
         report = await db(store.health)
-        report["read_only"] = bool(gate is not None and gate.reason)
+        report["read_only"] = read_only_now()
         return Answer(report, status_code=200 if report["ok"] else 503)
 
     async def properties(request: Request) -> Answer:
@@ -330,7 +333,7 @@ def create_app(settings: Settings):
             return _error(403, "durable-ack stats are served to this machine only")
         return Answer({"property_dbs": durable.property_dbs, "global_db": durable.global_db,
                        "timeout_seconds": durable.timeout_seconds, "databases": acks.stats(),
-                       "read_only": bool(gate is not None and gate.reason)})
+                       "read_only": read_only_now()})
 
     async def users(request: Request) -> Answer:
         return Answer({"users": await db(store.list_users)})
