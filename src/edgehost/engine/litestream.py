@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 import httpx
 import yaml
 
+from edgehost.engine import loopback
 from edgehost.errors import BadInput, EnvironmentProblem
 from edgehost.engine.layout import DatabaseRef
 from edgehost.settings import Settings
@@ -381,16 +382,15 @@ class ControlSocket:
     def __init__(self, path: Path, timeout: float = 10.0):
         self.path = Path(path)
         self.timeout = timeout
-        # One client, kept: building one loads the CA bundle (~20 ms), and the supervisor asks every
-        # database's state every few seconds. httpx clients are safe to share between threads.
+        # One client, kept: the supervisor asks every database's state every few seconds. httpx
+        # clients are safe to share between threads.
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
 
     def _client(self) -> httpx.Client:
         with self._lock:
             if self._http is None:
-                self._http = httpx.Client(transport=httpx.HTTPTransport(uds=str(self.path)),
-                                          base_url="http://litestream", timeout=self.timeout)
+                self._http = loopback.client(uds=str(self.path), base_url="http://litestream", timeout=self.timeout)
             return self._http
 
     def _drop_client(self, client: httpx.Client) -> None:

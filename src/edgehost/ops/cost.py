@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from edgehost.engine import loopback
 from edgehost.errors import BadInput, EnvironmentProblem
 from edgehost.settings import Settings
 
@@ -121,7 +122,7 @@ def read_metrics(settings: Settings, timeout: float = 5.0) -> LitestreamMetrics:
     held = (f"{url} does not answer as litestream's metrics: another program holds the port (litestream "
             f"replicates on without metrics); set litestream_metrics_port to a free port and restart")
     try:
-        resp = httpx.get(url, timeout=timeout)
+        resp = loopback.get(url, timeout=timeout)
     except httpx.ConnectError:
         raise EnvironmentProblem(f"litestream is not running (no metrics at {url}); start it with `edgehost up`") from None
     except httpx.HTTPError:

@@ -11,15 +11,16 @@ from typing import Any, Iterator
 import httpx
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from edgehost.engine import loopback
+from edgehost.portal import DURABLE_PATH
 from edgehost.settings import Settings
 
-DURABLE_PATH = "/_edgehost/durable"  # the portal's route (portal/access.py names the same path)
 
 
 def fetch(settings: Settings, timeout: float = 1.0) -> dict[str, Any] | None:
     """The portal's durable-ack figures, or None when it does not answer (not running, or another app)."""
     try:
-        resp = httpx.get(f"{settings.portal_url}{DURABLE_PATH}", timeout=timeout)
+        resp = loopback.get(f"{settings.portal_url}{DURABLE_PATH}", timeout=timeout)
         return resp.json() if resp.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         return None

@@ -462,7 +462,7 @@ class Follower:
         handover = None
         if self.handed_over.is_set() and self._lease is not None and self._lease.held:
             portal = self.portal if self.portal is not None and self.portal.pid is not None else None
-            handover = Handover(self._lease, portal)
+            handover = Handover(self._lease, portal, self.ls)
         sup = Supervisor(self.settings, stream=self.hub.stream, handover=handover)
         if self.promotion is not None or self.handed_over.is_set():
             threading.Thread(target=self._await_primary, args=(sup,), daemon=True, name="promoted").start()

@@ -25,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
 from edgehost.errors import BadInput
+from edgehost.portal import DURABLE_PATH
 from edgehost.settings import AccessSettings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ DEFAULT_REFETCH_INTERVAL = 30.0  # at most one JWKS refetch per this many second
 DEFAULT_JWKS_LIFESPAN = 300.0  # how long PyJWKClient trusts its cached key set before refetching
 DEFAULT_JWKS_TIMEOUT = 5.0
 HEALTH_PATH = "/healthz"
-DURABLE_PATH = "/_edgehost/durable"  # durable-ack stats for the supervisor (portal/durable.py)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import httpx
 
+from edgehost.engine import loopback
 from edgehost.errors import EnvironmentProblem
 
 Handler = Callable[[str, str], tuple[int, Any]]  # (method, path) -> (status, json body | text | Page)
@@ -113,8 +114,7 @@ class SupervisorClient:
         if not self.path.exists():
             raise EnvironmentProblem(f"no supervisor running (no control socket at {self.path}); start it with: edgehost up")
         try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(self.path)), base_url="http://edgehost",
-                              timeout=self.timeout) as client:
+            with loopback.client(uds=str(self.path), base_url="http://edgehost", timeout=self.timeout) as client:
                 resp = client.request(method, url)
         except httpx.HTTPError as exc:
             raise EnvironmentProblem(f"supervisor control socket {self.path}: {exc or type(exc).__name__}") from None

@@ -17,7 +17,7 @@ from typing import Any, Callable, TextIO
 
 import httpx
 
-from edgehost.engine import layout, litestream
+from edgehost.engine import layout, litestream, loopback
 
 from edgehost.ops import alerts as alerts_lib, provision, state, status
 from edgehost.ops.restore import human_duration
@@ -27,6 +27,7 @@ from edgehost.engine.schema import ensure_data_dir
 from edgehost.engine.replica import ReplicaStore
 from edgehost.settings import SECRET_NAMES, Settings
 from edgehost.engine.sqlite import journal_mode
+from edgehost.portal import DURABLE_PATH
 from edgehost.supervisor import statuspage
 from edgehost.supervisor.control import ControlServer, MetricsServer, Page
 from edgehost.supervisor.final_sync import final_sync
@@ -42,7 +43,7 @@ def _http_ok(url: str, writable: Callable[[], bool] = lambda: False) -> Callable
     """200 from `url`; while `writable()`, also not a read-only portal (its /healthz says read_only)."""
     def check() -> bool:
         try:
-            answer = httpx.get(url, timeout=1.0)
+            answer = loopback.get(url, timeout=1.0)
             return answer.status_code == 200 and not (writable() and answer.json().get("read_only"))
         except (httpx.HTTPError, ValueError, AttributeError):
             return False
@@ -118,9 +119,13 @@ class Preflight:
         return self.litestream.replication
 
 
-def preflight(settings: Settings) -> Preflight:
-    """Refuse to start on anything that would make the run unsafe, with one line saying what."""
-    ls = litestream.Litestream.from_settings(settings)
+def preflight(settings: Settings, handover: "Handover | None" = None) -> Preflight:
+    """Refuse to start on anything that would make the run unsafe, with one line saying what.
+
+    A promoted standby's `handover` brings its litestream (binary version-checked, config read) and
+    has just put every database in WAL mode itself: neither is done twice."""
+    ls = handover.litestream if handover is not None and handover.litestream is not None \
+        else litestream.Litestream.from_settings(settings)
     repl = ls.replication
     sock = repl.config.socket_path
     if sock is None or sock.resolve() != settings.litestream_socket.resolve():
@@ -130,7 +135,7 @@ def preflight(settings: Settings) -> Preflight:
         if len(str(path).encode()) > SOCKET_PATH_MAX:
             raise BadInput(f"{path}: socket path too long for a unix socket; use a shorter state_dir")
     ls.binary  # found and version-checked now: a missing or old binary stops the start here
-    for ref in layout.local_databases(settings):
+    for ref in layout.local_databases(settings) if handover is None else []:
         mode = journal_mode(ref.path)
         if mode != "wal":
             raise BadInput(f"{ref.path}: database is in '{mode}' journal mode, edgehost needs WAL; "
@@ -170,11 +175,13 @@ class Handover:
     """What a standby promoted in place (ops/follow.py) hands to the `up` it becomes.
 
     Its final listing found every database of the replica on disk at the newest txid, so `up` lists
-    nothing before it starts; it holds the writer lease already; and its read-only portal keeps
-    serving reads: once litestream replicates, SIGUSR1 makes it writable (no restart)."""
+    nothing before it starts; it holds the writer lease already; its litestream binary is checked
+    and its databases are in WAL mode; and its read-only portal keeps serving reads: once litestream
+    replicates, SIGUSR1 makes it writable (no restart)."""
 
     lease: WriterLease
     portal: Service | None = None
+    litestream: litestream.Litestream | None = None
 
 
 class Supervisor:
@@ -260,7 +267,7 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._on_hup)
         try:
             self.log(f"edgehost up (pid {os.getpid()}), home {s.home}")
-            pre = preflight(s)
+            pre = preflight(s, self.handover)
             self._store = pre.store
             self.log(f"preflight ok: litestream {pre.litestream.version}, replica {s.replica_url}")
             for note in pre.litestream.env_notes:
@@ -421,8 +428,6 @@ class Supervisor:
     def _adopt(self, running: Service) -> None:
         """Take over a promoted standby's read-only portal as this run's portal, still read-only:
         `_tend` sends it SIGUSR1 once litestream is ready, and it counts as ready once writable."""
-        from edgehost.ops.durable_acks import DURABLE_PATH
-
         svc = next(svc for svc in self.services if svc.name == "portal")
         if running.pid is None:
             return  # not running: started afresh, as usual

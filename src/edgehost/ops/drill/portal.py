@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from edgehost.engine import layout
+from edgehost.engine import layout, loopback
 from edgehost.engine.layout import GLOBAL
 from edgehost.errors import EnvironmentProblem
 from edgehost.ops.drill.report import DrillDatabase, DrillReport
@@ -56,7 +56,7 @@ def boot_portal(settings: Settings, data_dir: Path, log: Path, timeout: float = 
     def ready() -> bool:
         nonlocal unhealthy
         try:
-            resp = httpx.get(health, timeout=1)
+            resp = loopback.get(health, timeout=1)
         except httpx.HTTPError:
             return False
         unhealthy = "" if resp.status_code == 200 else _unhealthy(resp)
@@ -110,7 +110,7 @@ def _smoke(settings: Settings, report: DrillReport, keys: list[str], url: str,
     for db, path in asks:
         # A connection of its own per request: a portal that drops a connection after failing one
         # database's request must not make the next database's request fail.
-        with httpx.Client(base_url=url, timeout=30) as client:
+        with loopback.client(base_url=url, timeout=30) as client:
             try:
                 resp = client.get(path)
                 problem = "" if resp.status_code == 200 else f"GET {path} answered {resp.status_code}"
