@@ -494,6 +494,17 @@ def test_litestream_yml_mutations_read_or_bad_input(muts):
         assert config_problems(cfg) == [], muts
 
 
+@pytest.mark.parametrize("key, value", [("addr", {"\n": "${NOT_SET}"}), ("bad\nkey", 1)],
+                         ids=["unset variable", "unknown key"])
+def test_a_key_with_a_line_break_is_named_on_one_line(key, value):
+    """Found by the mutations above: an error named the key as it is, line break and all."""
+    import copy
+
+    doc = copy.deepcopy(BASE_YML)
+    doc[key] = value
+    assert _read_config(yaml.safe_dump(doc)) is None  # a BadInput of one line
+
+
 @FILES
 @given(st.integers(0, 2000), st.text(max_size=20))
 def test_litestream_yml_text_edits_read_or_bad_input(position, insert):

@@ -195,12 +195,18 @@ def _check_keys(node: Any, known: set[str], where: str, source: Path) -> None:
         raise BadInput(f"{source}: {where or 'top level'}: must be a mapping")
     for key in node:
         if key not in known:
-            raise BadInput(f"{source}: {where + '.' if where else ''}{key}: unknown key")
+            raise BadInput(f"{source}: {where + '.' if where else ''}{_shown(key)}: unknown key")
+
+
+def _shown(key: Any) -> str:
+    """A YAML key as an error names it: quoted when it holds a line break or another unprintable."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
 
 
 def _walk_expand(node: Any, env: Mapping[str, str], where: str, source: Path) -> Any:
     if isinstance(node, dict):
-        return {k: _walk_expand(v, env, f"{where}.{k}" if where else str(k), source) for k, v in node.items()}
+        return {k: _walk_expand(v, env, f"{where}.{_shown(k)}" if where else _shown(k), source) for k, v in node.items()}
     if isinstance(node, list):
         return [_walk_expand(v, env, f"{where}[{i}]", source) for i, v in enumerate(node)]
     if isinstance(node, str):
