@@ -114,9 +114,11 @@ def test_group_commit_one_sync_serves_many_concurrent_writes(s3_home):
         ltx_puts = sum(1 for m, target in counting.requests if m == "PUT" and "/acme/" in target and ".ltx" in target)
         print(f"200 durable events from 8 clients: {syncs} syncs released a batch ({retried} retried), "
               f"{ltx_puts} LTX uploads")
-        # One sync per event would be 200; 8 clients allow at most 8 events a batch (25 syncs). Up to 4
-        # syncs per database are in flight, so a loaded machine sees batches of 2-3.
-        assert syncs <= 200 / 2 and ltx_puts <= 200 / 2, (syncs, ltx_puts)
+        # One sync per event would be 200; 8 clients allow at most 8 events a batch (25 syncs). The
+        # coordinator lingers for the writers it has just answered, so they stay in one batch: 28-30
+        # syncs here, also beside the fast suite. Without the linger they split into groups that take
+        # turns: 50-56 syncs and 46-52 uploads on an idle machine.
+        assert syncs <= 40 and ltx_puts <= 45, (syncs, ltx_puts)
     finally:
         sup.stop()
         counting.close()

@@ -165,7 +165,7 @@ class DurableSettings(_Section):
     global_db: StrictBool = Field(False, json_schema_extra=env("EDGEHOST_DURABLE_GLOBAL_DB"))  # study users and progress
     timeout_seconds: Seconds = Field(10.0, json_schema_extra=env("EDGEHOST_DURABLE_TIMEOUT_SECONDS"))
     batch_ms: Annotated[float, BeforeValidator(_number), Field(ge=0, le=1000, allow_inf_nan=False)] = Field(
-        2.0, json_schema_extra=env("EDGEHOST_DURABLE_BATCH_MS"))  # gather concurrent writes into one sync
+        8.0, json_schema_extra=env("EDGEHOST_DURABLE_BATCH_MS"))  # most a sync waits for the writers the last one answered
 
 
 SECRET_KEYS = frozenset({"alerts.ntfy_url", "alerts.ntfy_token", "alerts.webhook_url", "alerts.healthchecks_url"})

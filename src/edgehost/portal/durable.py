@@ -1,8 +1,9 @@
 """Durable acknowledgements: a write is answered only once Litestream reports it in the replica.
 
-Group commit, one coordinator thread per database: a request registers after its commit, the
-coordinator waits `batch_ms` for others to join, then asks Litestream's control socket for one
-`sync -wait` (a few may be in flight at once) (WAL to LTX, then wait for the upload of everything up to that point). A sync that
+Group commit, one coordinator thread per database: a request registers after its commit, and the
+coordinator asks Litestream's control socket for one `sync -wait` (WAL to LTX, then wait for the
+upload of everything up to that point) for every waiter gathered meanwhile, lingering up to
+`batch_ms` for the writers the previous sync answered (`_Coordinator`). A sync that
 started after a waiter's commit covers it, so when it comes back with replicated txid >= txid every
 waiter taken into that batch is released; otherwise the batch stays and the next sync tries again,
 until each waiter's own deadline answers it 503. Waiting holds no database lock: other writers keep
@@ -16,7 +17,6 @@ import math
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from edgehost.errors import EnvironmentProblem
 
 LATENCY_SAMPLES = 4096  # per database: the recent acknowledgements p50/p99 are taken over
 RETRY_PAUSE = 0.2  # after a sync that failed, before the next (Litestream retries its uploads meanwhile)
-PIPELINE = 4  # syncs in flight per database
 
 
 class NotReplicated(Exception):
@@ -73,11 +72,14 @@ def _ms(samples: deque, q: float) -> float | None:
 
 
 class _Coordinator:
-    """One database's batches: every waiter that joined before a sync started rides along with it.
+    """One database's batches, one `sync -wait` at a time: every waiter that joined before a sync
+    started rides along with it, and the waiters arriving meanwhile form the next batch.
 
-    Up to PIPELINE syncs are in flight at once, so a write committed while one is uploading does not
-    wait for it to finish before its own sync starts; while all are busy, new waiters gather into
-    the next batch.
+    Before a sync the coordinator lingers, at most `batch_ms`, until as many writers wait as the
+    previous sync had in hand (those it answered and those already waiting for the next). A writer
+    just answered usually commits its next event within a few milliseconds: riding this sync instead
+    of the next saves it a whole upload, and the writers stay in one batch instead of splitting into
+    groups that take turns. A lone writer, or fewer writers than before, costs at most one linger.
     """
 
     def __init__(self, acks: "DurableAcks", path: Path, stats: DbStats):
@@ -85,8 +87,6 @@ class _Coordinator:
         self._cond = threading.Condition()
         self._waiting: list[_Waiter] = []
         self._closed = False
-        self._slots = threading.BoundedSemaphore(PIPELINE)
-        self._pool = ThreadPoolExecutor(PIPELINE, thread_name_prefix=f"durable-sync:{path.parent.name}")
         self._thread = threading.Thread(target=self._run, name=f"durable:{path.parent.name}/{path.name}", daemon=True)
         self._thread.start()
 
@@ -99,42 +99,35 @@ class _Coordinator:
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
+        expect = 0  # writers the previous sync had in hand
         while True:
             with self._cond:
                 while not self._waiting and not self._closed:
                     self._cond.wait()
+                until = time.monotonic() + self.acks.batch_seconds
+                while len(self._waiting) < expect and not self._closed:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 if self._closed:
                     return
-            if self.acks.batch_seconds:
-                time.sleep(self.acks.batch_seconds)  # let concurrent commits join this sync
-            self._slots.acquire()  # all syncs busy: the waiters arriving meanwhile form the next batch
-            with self._cond:
                 batch = [w for w in self._waiting if not w.future.done()]
                 self._waiting = []
-            if not batch or self._closed:
-                self._slots.release()
+            if not batch:
                 continue
-            try:
-                self._pool.submit(self._settle, batch)
-            except RuntimeError:  # shut down
-                self._slots.release()
-                return
-
-    def _settle(self, batch: list[_Waiter]) -> None:
-        try:
             outcome = self._sync(max(w.deadline for w in batch) - time.monotonic())
             if outcome == "replicated":
+                with self._cond:
+                    expect = len(batch) + len(self._waiting)
                 for w in batch:
                     w.release()
-                return
+                continue
             if outcome == "error":
                 time.sleep(RETRY_PAUSE)  # litestream down or failing: do not hammer it
             self.join_all(batch)  # not off the machine yet: these ride the next sync
-        finally:
-            self._slots.release()
 
     def join_all(self, batch: list[_Waiter]) -> None:
         with self._cond:
