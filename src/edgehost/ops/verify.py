@@ -114,12 +114,13 @@ def pin_after_sentinel(db: Path, sock: litestream.ControlSocket) -> Pinned:
                 reader.execute("BEGIN")
                 reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot is taken here
                 break
-            except EdgehostError:
+            except EdgehostError as exc:
                 if reader.in_transaction:
                     reader.execute("ROLLBACK")
                 if attempt == PAUSE_TRIES - 1:
                     raise EdgehostError(f"litestream did not cut a txid within {PAUSE_LIMIT:g}s "
-                                        f"in {PAUSE_TRIES} tries; writers were released each time")
+                                        f"in {PAUSE_TRIES} tries; writers were released each time "
+                                        f"(last answer: {exc})") from None
             finally:
                 writer.execute("ROLLBACK")
                 longest = max(longest, time.monotonic() - paused)
