@@ -294,7 +294,25 @@ def verify_passes(home, attempts: int = 3, pause: float = 3.0) -> int:
         print(f"[chaos] verify attempt {attempt} exit {proc.returncode}: {why}")
         time.sleep(pause)
     raise AssertionError(f"edgehost verify --all never passed; last exit {last.returncode}:\n"
-                         f"{last.stdout}\n{last.stderr}")
+                         f"{last.stdout}\n{last.stderr}\n{_logs_of_failed(home, last.stdout)}")
+
+
+def _logs_of_failed(home, stdout: str) -> str:
+    """The supervisor's and litestream's log lines naming a database verify failed, for the report."""
+    try:
+        names = [r["name"] for r in json.loads(stdout)["results"] if not r["ok"]]
+    except (ValueError, KeyError):
+        return ""
+    logs = home.settings().log_dir
+    out = []
+    for log in ("litestream.log", "edgehost.log"):
+        try:
+            lines = (logs / log).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        hits = [line for line in lines if any(f"/{n}/" in line or f" {n}" in line for n in names)]
+        out += [f"--- {log}, lines naming {', '.join(names)} (last 40 of {len(hits)}):"] + hits[-40:]
+    return "\n".join(out)
 
 
 def _verify_failures(stdout: str) -> str:
