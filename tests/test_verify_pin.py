@@ -38,6 +38,7 @@ class _UnixHTTP(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def test_a_refused_sync_is_named_and_the_writers_are_released(tmp_path):
+    _Refusing.calls = 0
     db = tmp_path / "honestcam.db"
     connect(db, create=True).close()
     path = tmp_path / "ls.sock"

@@ -16,7 +16,6 @@ from edgehost.portal import DURABLE_PATH
 from edgehost.settings import Settings
 
 
-
 def fetch(settings: Settings, timeout: float = 1.0) -> dict[str, Any] | None:
     """The portal's durable-ack figures, or None when it does not answer (not running, or another app)."""
     try:

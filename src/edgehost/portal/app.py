@@ -28,8 +28,7 @@ from starlette.routing import Route
 from edgehost.engine import layout
 from edgehost.engine.schema import MigrationFailed, SchemaGate
 from edgehost.errors import BadInput
-from edgehost.portal import store
-from edgehost.portal import DURABLE_PATH
+from edgehost.portal import DURABLE_PATH, store
 from edgehost.portal.access import access_config, is_loopback
 from edgehost.portal.durable import DurableAcks, NotReplicated
 from edgehost.settings import Settings
