@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from edgehost.engine import layout
+from edgehost.engine.sqlite import journal_mode
 from edgehost.supervisor import SupervisorClient
 from procs import machine, power_cut, twin, Proc, Writer, edgehost, edgehost_argv, rows, start_supervisor, supervisor_status, wait_until
 
@@ -130,6 +132,10 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
         status = supervisor_status(sb)
         assert status["lease"]["held"] and all(s["state"] == "running" for s in status["services"])
         assert next(s["pid"] for s in status["services"] if s["name"] == "portal") == portal_pid
+        # The promotion converts nothing itself: litestream and the portal put each copy in WAL mode as
+        # they open it, and the `-txid` files of the killed `restore -f` processes go once they are reaped.
+        wait_until(lambda: all(journal_mode(ref.path) == "wal" and not Path(f"{ref.path}-txid").exists()
+                               for ref in layout.local_databases(sb)), 30, what="every copy in WAL mode, no -txid left")
         again_promoted = edgehost(b, "promote", "--no-wait")
         assert again_promoted.returncode == 2 and "not following" in again_promoted.stderr, again_promoted.stderr
 

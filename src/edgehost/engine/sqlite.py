@@ -23,13 +23,15 @@ def _pragmas(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA wal_autocheckpoint = 0")
 
 
-def connect(path: Path, *, create: bool = False, readonly: bool = False, any_journal: bool = False) -> sqlite3.Connection:
+def connect(path: Path, *, create: bool = False, readonly: bool = False, any_journal: bool = False,
+            to_wal: bool = False) -> sqlite3.Connection:
     """Open a database in WAL mode with the kit's pragmas.
 
     ``create`` makes a new file (and turns on WAL); otherwise the file must exist and already be
     in WAL mode, since Litestream streams the WAL and a rollback-journal DB would not replicate.
     ``any_journal`` (read-only use of a standby's copy, which `litestream restore -f` keeps in
-    rollback mode) skips that check.
+    rollback mode) skips that check. ``to_wal`` (a promoted standby's copy, taking writes now) turns
+    a rollback-journal database into WAL mode, as ``create`` does a new one.
     """
     path = Path(path)
     if not create and not path.is_file():
@@ -48,7 +50,7 @@ def connect(path: Path, *, create: bool = False, readonly: bool = False, any_jou
         _pragmas(conn)
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         if mode != "wal" and not any_journal:
-            if create and not readonly:
+            if (create or to_wal) and not readonly:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise BadInput(

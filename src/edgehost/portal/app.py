@@ -360,7 +360,7 @@ def create_app(settings: Settings):
     def become_writable() -> None:
         """A standby promoted in place (SIGUSR1 from the supervisor, once litestream replicates): take
         writes from now on (each database's schema is brought up to date as it is first opened)."""
-        conns.readonly = False
+        conns.promoted, conns.readonly = True, False
         assert gate is not None
         gate.reason = ""
         log.warning("promoted: the portal takes writes now")

@@ -53,6 +53,7 @@ class Connections:
 
     def __init__(self, readonly: bool = False, on_open: Callable[[sqlite3.Connection, Path], None] | None = None) -> None:
         self.readonly = readonly  # a standby's databases are written by `litestream restore -f` only
+        self.promoted = False  # a standby's portal taking writes: its copies may still be in rollback mode
         self.on_open = on_open  # run on each writable connection as it is opened (the schema check)
         self._lock = threading.Lock()
         self._open: dict[Path, tuple[sqlite3.Connection, threading.Lock, int]] = {}
@@ -77,7 +78,7 @@ class Connections:
             if entry is None or entry[2] != inode:
                 if entry is not None:
                     entry[0].close()
-                conn = connect(path, readonly=self.readonly)
+                conn = connect(path, readonly=self.readonly, to_wal=self.promoted)
                 if self.on_open is not None:
                     try:
                         self.on_open(conn, path)

@@ -122,8 +122,9 @@ class Preflight:
 def preflight(settings: Settings, handover: "Handover | None" = None) -> Preflight:
     """Refuse to start on anything that would make the run unsafe, with one line saying what.
 
-    A promoted standby's `handover` brings its litestream (binary version-checked, config read) and
-    has just put every database in WAL mode itself: neither is done twice."""
+    A promoted standby's `handover` brings its litestream (binary version-checked, config read), and
+    its databases are the copies `restore -f` left, which litestream and the promoted portal put in
+    WAL mode as they open them: neither the version check nor the journal-mode scan is done again."""
     ls = handover.litestream if handover is not None and handover.litestream is not None \
         else litestream.Litestream.from_settings(settings)
     repl = ls.replication
@@ -175,9 +176,9 @@ class Handover:
     """What a standby promoted in place (ops/follow.py) hands to the `up` it becomes.
 
     Its final listing found every database of the replica on disk at the newest txid, so `up` lists
-    nothing before it starts; it holds the writer lease already; its litestream binary is checked
-    and its databases are in WAL mode; and its read-only portal keeps serving reads: once litestream
-    replicates, SIGUSR1 makes it writable (no restart)."""
+    nothing before it starts; it holds the writer lease already; its litestream binary is checked;
+    its databases go to WAL mode as litestream and the portal open them; and its read-only portal
+    keeps serving reads: once litestream replicates, SIGUSR1 makes it writable (no restart)."""
 
     lease: WriterLease
     portal: Service | None = None
