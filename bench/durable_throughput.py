@@ -6,7 +6,8 @@
 All on 127.0.0.1: moto S3 in its own process under uvicorn, and for the delayed pass the delaying TCP
 proxy, both from bench/restore_all.py (see its docstring). Per network and mode a fresh kit home and
 bucket, `edgehost up` (the real litestream 0.5.17, the repo's litestream.yml), one property made
-replicating first, then CLIENTS threads posting events to it back to back for SECONDS; every answer's
+replicating first, then CLIENTS clients posting events to it back to back for SECONDS, each in its
+own process (as separate machines are; `--client-threads`: threads of this one); every answer's
 latency is timed on the client. `async` is durable mode off (201 once committed locally); `durable`
 answers 201 once Litestream reports the event in the bucket. The endpoint's upload round trip is
 the median of 30 sequential 4 KiB PUTs over one kept connection (boto3), on the same path.
@@ -16,6 +17,7 @@ Results go to bench/results/durable-<date>.md.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import subprocess
 import sys
@@ -54,7 +56,87 @@ def upload_rtt(endpoint: str, bucket: str) -> float:
     return statistics.median(took)
 
 
-def run(work: Path, endpoint: str, durable: bool, clients: int, seconds: float) -> dict:
+def post_events(url: str, deadline: float) -> tuple[list[float], list[float], int]:
+    """One client: post events back to back until `deadline` (time.monotonic, the same clock in every
+    process); each 201's latency and when it came back, and how many answers were not 201."""
+    latencies: list[float] = []
+    stamps: list[float] = []
+    failed = 0
+    with httpx.Client(timeout=30) as c:
+        i = 0
+        while time.monotonic() < deadline:
+            t = time.perf_counter()
+            resp = c.post(url, json={"kind": "bench", "payload": {"i": i}})
+            if resp.status_code == 201:
+                latencies.append(time.perf_counter() - t)
+                stamps.append(time.monotonic())
+            else:
+                failed += 1
+            i += 1
+    return latencies, stamps, failed
+
+
+def _client_process(url: str, ready, go, deadline, results) -> None:
+    with httpx.Client(timeout=30) as c:  # the imports and first connection, before the clock starts
+        c.get(url.rsplit("/properties/", 1)[0] + "/healthz")
+    ready.release()
+    go.wait()
+    results.put(post_events(url, deadline.value))
+
+
+def drive(url: str, clients: int, seconds: float, threads: bool) -> tuple[list[float], list[float], int, float]:
+    """CLIENTS clients posting to `url` for SECONDS: each its own process (as separate machines are),
+    or with `threads` all threads of this one (the GIL then serializes their request handling: the
+    harness before 2026-12-06). Returns latencies, their stamps, non-201 count and the start time."""
+    latencies: list[float] = []
+    stamps: list[float] = []
+    failed = 0
+    if threads:
+        start = threading.Event()
+        deadline = [0.0]
+        lock = threading.Lock()
+
+        def client() -> None:
+            nonlocal failed
+            start.wait()
+            lat, st, bad = post_events(url, deadline[0])
+            with lock:
+                latencies.extend(lat)
+                stamps.extend(st)
+                failed += bad
+
+        workers = [threading.Thread(target=client) for _ in range(clients)]
+        for t in workers:
+            t.start()
+        began = time.monotonic()
+        deadline[0] = began + seconds
+        start.set()
+        for t in workers:
+            t.join()
+        return latencies, stamps, failed, began
+    ctx = multiprocessing.get_context("spawn")
+    ready, go, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
+    deadline = ctx.Value("d", 0.0)
+    procs = [ctx.Process(target=_client_process, args=(url, ready, go, deadline, results)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        if not ready.acquire(timeout=60):
+            raise SystemExit("error: a client process did not start within 60 s")
+    began = time.monotonic()
+    deadline.value = began + seconds
+    go.set()
+    for _ in procs:
+        lat, st, bad = results.get(timeout=seconds + 60)
+        latencies.extend(lat)
+        stamps.extend(st)
+        failed += bad
+    for p in procs:
+        p.join(10)
+    return latencies, stamps, failed, began
+
+
+def run(work: Path, endpoint: str, durable: bool, clients: int, seconds: float, threads: bool = False) -> dict:
     bucket = f"bench-{'d' if durable else 'a'}-{int(time.time() * 1000) % 10**9}"
     ra.s3(endpoint).create_bucket(Bucket=bucket)
     home = new_home(work, bucket, endpoint, bucket, EDGEHOST_DURABLE_PROPERTY_DBS="true" if durable else "false",
@@ -66,35 +148,8 @@ def run(work: Path, endpoint: str, durable: bool, clients: int, seconds: float) 
         url = settings.portal_url
         httpx.post(f"{url}/properties", json={"slug": "acme"}, timeout=10).raise_for_status()
         sync_db(settings, layout.property_db(settings, "acme"))
-        latencies: list[float] = []
-        stamps: list[float] = []  # when each acknowledgement came back
-        failed = [0]
-        start = threading.Event()
-        deadline = [0.0]
-
-        def client() -> None:
-            with httpx.Client(timeout=30) as c:
-                start.wait()
-                i = 0
-                while time.monotonic() < deadline[0]:
-                    t = time.perf_counter()
-                    resp = c.post(f"{url}/properties/acme/events", json={"kind": "bench", "payload": {"i": i}})
-                    if resp.status_code == 201:
-                        latencies.append(time.perf_counter() - t)
-                        stamps.append(time.monotonic())
-                    else:
-                        failed[0] += 1
-                    i += 1
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        for t in threads:
-            t.start()
-        deadline[0] = time.monotonic() + seconds
-        start.set()
-        for t in threads:
-            t.join()
+        latencies, stamps, failed, began = drive(f"{url}/properties/acme/events", clients, seconds, threads)
         stats = httpx.get(f"{url}/_edgehost/durable", timeout=5).json()["databases"].get("acme", {})
-        began = deadline[0] - seconds
         windows = []  # (end of window s, events/s, p50 ms) per tenth of the run: does it hold up?
         step = seconds / 10
         for i in range(10):
@@ -102,7 +157,7 @@ def run(work: Path, endpoint: str, durable: bool, clients: int, seconds: float) 
             lat = [lt for lt, st in zip(latencies, stamps) if lo <= st < hi]
             windows.append((round((i + 1) * step), round(len(lat) / step), round(pct(lat, 0.5) * 1000, 1) if lat else None))
         local_l0 = len(list((layout.property_db(settings, "acme").path.parent / ".honestcam.db-litestream" / "ltx" / "0").glob("*.ltx")))
-        return {"durable": durable, "events": len(latencies), "rate": len(latencies) / seconds, "failed": failed[0],
+        return {"durable": durable, "events": len(latencies), "rate": len(latencies) / seconds, "failed": failed,
                 "p50": pct(latencies, 0.50), "p99": pct(latencies, 0.99), "syncs": stats.get("syncs", 0), "sync_p50": stats.get("sync_p50_ms"), "sync_p99": stats.get("sync_p99_ms"), "failed_syncs": stats.get("failed_syncs"), "last_error": stats.get("last_error"),
                 "rtt": upload_rtt(endpoint, bucket), "windows": windows, "local_l0": local_l0}
     finally:
@@ -116,6 +171,8 @@ def main() -> None:
     ap.add_argument("--delay-ms", type=float, default=30.0, help="the emulated RTT of the delayed pass (0: none)")
     ap.add_argument("--durable-only", action="store_true",
                     help="only the durable mode, at loopback: with a long --seconds, shows whether throughput holds up")
+    ap.add_argument("--client-threads", action="store_true",
+                    help="the clients as threads of this process, not processes (the harness before 2026-12-06)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / f"durable-{date.today()}.md"))
     args = ap.parse_args()
     if args.clients < 1 or args.seconds <= 0 or args.delay_ms < 0:
@@ -137,13 +194,14 @@ def main() -> None:
             networks.append((f"+{args.delay_ms:g} ms RTT", f"http://127.0.0.1:{proxy_port}"))
         lines = [f"# Durable acknowledgements: throughput and latency ({date.today()})", "",
                  f"`bench/durable_throughput.py --clients {args.clients} --seconds {args.seconds:g} "
-                 f"--delay-ms {args.delay_ms:g}`: {args.clients} clients posting events back to back to one property; "
+                 f"--delay-ms {args.delay_ms:g}{' --client-threads' if args.client_threads else ''}`: {args.clients} clients "
+                 f"({'threads of one process' if args.client_threads else 'each its own process'}) posting events back to back to one property; "
                  "moto under uvicorn on loopback, the delay by restore_all.py's proxy; the real litestream 0.5.17.", "",
                  "| network | mode | events/s | ratio to async | ack p50 ms | ack p99 ms | syncs | upload RTT ms | "
                  "p99 bound (2 x RTT + 50) ms | p99 within | non-201 |",
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         if args.durable_only:
-            r = run(work, networks[0][1], True, args.clients, args.seconds)
+            r = run(work, networks[0][1], True, args.clients, args.seconds, args.client_threads)
             print(f"durable, {args.seconds:g} s: {r['rate']:.0f} events/s overall, p50 {r['p50']*1000:.1f} ms, p99 {r['p99']*1000:.1f} ms, "
                   f"{r['syncs']} syncs; {r['local_l0']} L0 files kept beside the database at the end")
             print("| seconds into the run | events/s | ack p50 ms |")
@@ -154,7 +212,7 @@ def main() -> None:
         for name, endpoint in networks:
             results = {}
             for durable in (False, True):
-                r = results[durable] = run(work, endpoint, durable, args.clients, args.seconds)
+                r = results[durable] = run(work, endpoint, durable, args.clients, args.seconds, args.client_threads)
                 print(f"{name} {'durable' if durable else 'async'}: {r['rate']:.0f} events/s, p50 {r['p50']*1000:.1f} ms, "
                       f"p99 {r['p99']*1000:.1f} ms, {r['syncs']} syncs (p50 {r['sync_p50']} ms, p99 {r['sync_p99']} ms), upload RTT {r['rtt']*1000:.1f} ms, "
                       f"{r['failed']} non-201, failed syncs {r['failed_syncs']} {r['last_error']}", file=sys.stderr, flush=True)
