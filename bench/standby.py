@@ -268,13 +268,15 @@ def phase_idle_and_promote(root: Path, endpoint: str, s3c, idle: int, seconds: f
         out["restore_f_one_db"] = one
         out["restore_f_all_per_hour_computed"] = one["per_hour"] * (idle + 1)
 
-        # C: the primary dies; promote the follower.
+        # C: the primary dies; promote the follower. The client that writes afterwards is built first:
+        # building one loads the CA bundle (25-65 ms of CPU), which is the bench's cost, not the kit's.
+        client = httpx.Client(timeout=10)
         power_cut(a.status().get("services", []), up)
         killed = time.monotonic()
         promoted = b.run("promote", "--no-wait", "--json", timeout=900)
         answered = time.monotonic()
         report = json.loads(promoted.stdout) if promoted.stdout.strip().startswith("{") else {"error": promoted.stderr}
-        with httpx.Client(timeout=10) as client:
+        with client:
             b.wait("a write on the new primary",
                    lambda: client.post(f"{b.url}/properties/idle000/events", json={"kind": "after"}).status_code == 201,
                    timeout=120, every=0.05)
