@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from edgehost.errors import BadInput, EnvironmentProblem
+from edgehost.files import write_atomic
 from edgehost.settings import Settings
 
 DEFAULT_USER = "_edgehost"  # macOS convention: service accounts start with an underscore
@@ -190,12 +191,7 @@ def make_owned_dir(path: Path, user: str, group: str, mode: int) -> None:
 
 def write_file(path: Path, content: bytes, mode: int) -> None:
     """Write atomically with the mode launchd and newsyslog insist on (root-owned, not group-writable)."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(content)
-        tmp.chmod(mode)
-        os.replace(tmp, path)
+        write_atomic(path, content, mode=mode)
     except PermissionError:
-        tmp.unlink(missing_ok=True)
         raise EnvironmentProblem(f"{path}: permission denied (run it with sudo)") from None

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from edgehost.errors import BadInput, EnvironmentProblem
+from edgehost.files import write_atomic
 from edgehost.checks import Check, Level
 from edgehost.settings import SECRET_NAMES, Settings
 from edgehost.engine.yamlfile import read_yaml
@@ -224,10 +225,7 @@ def write_config(text: str, path: Path, *, force: bool = False) -> None:
     """Write a rendered config, refusing to replace an existing file unless force is set."""
     if path.exists() and not force:
         raise BadInput(f"{path}: already exists; pass --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 # ---------------------------------------------------------------------------- lint

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from edgehost.errors import EnvironmentProblem
+from edgehost.files import write_atomic
 
 SNAPSHOT_LEVEL = 9
 _FILE_LTX_KEY = re.compile(r"^(?:(.+)/)?ltx/(\d+)/([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
@@ -205,20 +206,8 @@ def check_object(f: LtxFile, data: bytes, etag: str = "") -> str:
 def write_ltx(path: Path, data: bytes, durable: bool = True) -> None:
     """Write one LTX file whole (temp file, fsync unless `durable` is off, rename) with its mtime set
     to the LTX timestamp, which is what a file replica's reader takes as the file's time."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
-        if data[:4] == _LTX_MAGIC:
-            ns = _HEADER.unpack_from(data)[6] * 1_000_000
-            os.utime(tmp, ns=(ns, ns))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    mtime_ns = _HEADER.unpack_from(data)[6] * 1_000_000 if data[:4] == _LTX_MAGIC else None
+    write_atomic(path, data, fsync=durable, mtime_ns=mtime_ns)
 
 
 class Fetcher:

@@ -16,6 +16,7 @@ from pathlib import Path
 from edgehost.engine import layout
 from edgehost.engine.sqlite import connect, load_migrations, migrate, schema_version
 from edgehost.errors import BadInput, EdgehostError
+from edgehost.files import write_atomic
 from edgehost.settings import Settings
 
 
@@ -136,10 +137,7 @@ def migrate_all(settings: Settings) -> list[tuple[str, list[str]]]:
         if ident is not None:
             current[key] = [*ident, latest[kind]]
     try:
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = stamps_path.with_name(f".{stamps_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(current))
-        os.replace(tmp, stamps_path)
+        write_atomic(stamps_path, json.dumps(current))
     except OSError:
         pass  # only a cache: the next start reads each database again
     return done

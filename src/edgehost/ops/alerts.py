@@ -16,7 +16,6 @@ supervisor restarted by launchd neither repeats an alert nor forgets to send its
 from __future__ import annotations
 
 import json
-import os
 import queue
 import socket
 import threading
@@ -29,6 +28,7 @@ from typing import Any, Callable, Protocol
 
 import httpx
 
+from edgehost.files import write_atomic
 from edgehost.settings import Settings
 
 # event -> severity of its alert (a recovery is always "info")
@@ -300,10 +300,8 @@ class Alerter:
         data = {"active": {k: asdict(v) for k, v in self.active.items()},
                 "recovered_at": {k: v for k, v in self.recovered_at.items() if v > horizon},
                 "recent": list(self.recent), "first_seen": self._first_seen}
-        tmp = self.state_path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(data, indent=1))
-            os.replace(tmp, self.state_path)
+            write_atomic(self.state_path, json.dumps(data, indent=1))
         except OSError as exc:  # a full disk must not stop the supervisor; the disk alert says why
             self.log(f"warning: cannot save alert state to {self.state_path}: {exc.strerror}")
 

@@ -31,6 +31,7 @@ from edgehost.engine import layout, litestream
 from edgehost.engine.bucket import Listing
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
+from edgehost.files import write_atomic
 from edgehost.ops.mirror import mirror_once
 from edgehost.ops.recovery import mirror_roots
 from edgehost.settings import Settings
@@ -53,10 +54,8 @@ def role(settings: Settings) -> str:
 
 
 def set_role(settings: Settings, value: str) -> None:
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = settings.state_dir / f".{ROLE_FILE}.tmp"
-    tmp.write_text(value + "\n")
-    os.replace(tmp, settings.state_dir / ROLE_FILE)
+    # fsync: a promoted machine that loses power must come back as the primary, not follow again.
+    write_atomic(settings.state_dir / ROLE_FILE, value + "\n", fsync=True)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from edgehost.engine import litestream
 from edgehost.engine.bucket import Fetcher, Listing, list_root
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError
+from edgehost.files import write_atomic
 from edgehost.ops.recovery import GLOBAL_ROOT_DIR, mirror_roots
 from edgehost.settings import Settings
 
@@ -82,9 +82,7 @@ def _load_state(to: Path, source: str) -> dict:
 
 
 def _save_state(to: Path, state: dict) -> None:
-    tmp = to / f".{STATE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"  # two rounds may overlap (a promotion's)
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    os.replace(tmp, to / STATE_FILE)
+    write_atomic(to / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))  # two rounds may overlap (a promotion's)
 
 
 def _local_files(root: Path) -> dict[str, int]:

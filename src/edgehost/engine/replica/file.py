@@ -6,7 +6,6 @@ import fcntl
 import os
 import shutil
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -14,6 +13,7 @@ from urllib.parse import unquote, urlparse
 
 from edgehost.engine.replica import PreconditionFailed, ReplicaObject, ReplicaStore, _sha256
 from edgehost.errors import EnvironmentProblem
+from edgehost.files import write_atomic
 
 
 class FileStore(ReplicaStore):
@@ -101,16 +101,7 @@ class FileStore(ReplicaStore):
 
     def _replace(self, rel: str, data: bytes) -> str:
         # A temp file and os.replace: a reader sees the old version or the new one, never half of one.
-        path = self.root / rel
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(self.root / rel, data, fsync=True)
         return _sha256(data)
 
 

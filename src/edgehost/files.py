@@ -1,0 +1,47 @@
+"""Files the kit writes whole: state, generated configs, a mirror's LTX files."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes | str, *, mode: int | None = None, fsync: bool = False,
+                 mtime_ns: int | None = None) -> None:
+    """Replace `path` with `data` in one rename: a reader (or a crash) finds the old file or the new
+    one, never part of one.
+
+    The temporary file sits beside `path` under a name no other process or thread uses, so two
+    writers of one file never write into each other's; it is removed if anything fails. `mode` is set
+    before the rename (a plist must never be group-writable, not even for a moment); `fsync` makes
+    the file and the rename durable before returning (what a power cut must not undo); `mtime_ns`
+    sets the file's modification time.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data.encode() if isinstance(data, str) else data)
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        if mtime_ns is not None:
+            os.utime(tmp, ns=(mtime_ns, mtime_ns))
+        os.replace(tmp, path)
+        if fsync:
+            _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
