@@ -117,6 +117,8 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
         assert served > 10 and not failed_reads, failed_reads[:5]
         report = json.loads(promote.stdout)
         assert report["ok"] and set(report["steps"]) == {"lease", "catch_up", "stop_following", "primary_ready"}
+        final = report["final_round"]  # what catch_up spent its time on: the listing, and who was behind
+        assert final["listed"] >= 4 and final["seconds"] > 0 and 0 <= final["databases_behind"] <= 4, final
         assert "machine aaaaaaaa" in report["previous_primary"]
 
         # Every event acknowledged more than the RPO before the kill is on the new primary.

@@ -98,13 +98,16 @@ class PromoteReport:
     previous_primary: str = ""
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
     databases: int = 0
+    # The final listing's round: its seconds, objects listed, files fetched, and how many databases
+    # then had a newer txid to apply (what catch_up waited for besides the listing).
+    final_round: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "host": self.host, "previous_primary": self.previous_primary, "steps": self.steps,
                 "total_seconds": round(sum(self.steps.values()), 3), "databases": self.databases,
-                "error": self.error, "notes": self.notes}
+                "final_round": self.final_round, "error": self.error, "notes": self.notes}
 
 
 class Follower:
@@ -413,11 +416,13 @@ class Follower:
                     self.log(f"promote: waiting {wait:.0f}s for the old primary to notice it lost the lease")
                     time.sleep(wait)
             step("lease")
-            listing.result()
+            final = listing.result()
             pool.shutdown()
             if previous is not None and not no_wait:
-                self.mirror_round()  # after the wait: what the old primary uploaded meanwhile
-            self._catch_up(catch_up_timeout)
+                final = self.mirror_round()  # after the wait: what the old primary uploaded meanwhile
+            waited_for = self._catch_up(catch_up_timeout)
+            report.final_round = {"seconds": final["seconds"], "listed": final["listed"],
+                                  "fetched": final["fetched"], "databases_behind": waited_for}
             report.databases = len(self.followed)
             step("catch_up")
             with self._tending:
@@ -436,13 +441,15 @@ class Follower:
             self.promoting.clear()
         return report
 
-    def _catch_up(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _catch_up(self, timeout: float) -> int:
+        """Wait until every database has applied the replica's newest txid; how many were behind."""
+        deadline, first = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             with self._lock:
                 behind = [i.label for i in self.followed.values() if i.applied() < i.replica_txid]
+            first = len(behind) if first is None else first
             if not behind:
-                return
+                return first
             time.sleep(0.05)
         raise EnvironmentProblem(f"{len(behind)} database(s) did not apply the replica's newest txid within "
                                  f"{timeout:.0f}s: {', '.join(behind[:5])}")
