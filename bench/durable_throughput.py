@@ -77,11 +77,15 @@ def post_events(url: str, deadline: float) -> tuple[list[float], list[float], in
 
 
 def _client_process(url: str, ready, go, deadline, results) -> None:
-    with httpx.Client(timeout=30) as c:  # the imports and first connection, before the clock starts
-        c.get(url.rsplit("/properties/", 1)[0] + "/healthz")
-    ready.release()
-    go.wait()
-    results.put(post_events(url, deadline.value))
+    try:
+        with httpx.Client(timeout=30) as c:  # the imports and first connection, before the clock starts
+            c.get(url.rsplit("/properties/", 1)[0] + "/healthz")
+        ready.release()
+        go.wait()
+        results.put(post_events(url, deadline.value))
+    except Exception as exc:  # said to the parent, which would otherwise wait for a result never coming
+        ready.release()
+        results.put(f"{type(exc).__name__}: {exc}")
 
 
 def drive(url: str, clients: int, seconds: float, threads: bool) -> tuple[list[float], list[float], int, float]:
@@ -117,7 +121,8 @@ def drive(url: str, clients: int, seconds: float, threads: bool) -> tuple[list[f
     ctx = multiprocessing.get_context("spawn")
     ready, go, results = ctx.Semaphore(0), ctx.Event(), ctx.Queue()
     deadline = ctx.Value("d", 0.0)
-    procs = [ctx.Process(target=_client_process, args=(url, ready, go, deadline, results)) for _ in range(clients)]
+    procs = [ctx.Process(target=_client_process, args=(url, ready, go, deadline, results), daemon=True)
+             for _ in range(clients)]
     for p in procs:
         p.start()
     for _ in procs:
@@ -127,7 +132,10 @@ def drive(url: str, clients: int, seconds: float, threads: bool) -> tuple[list[f
     deadline.value = began + seconds
     go.set()
     for _ in procs:
-        lat, st, bad = results.get(timeout=seconds + 60)
+        got = results.get(timeout=seconds + 60)
+        if isinstance(got, str):
+            raise SystemExit(f"error: a client process failed: {got}")
+        lat, st, bad = got
         latencies.extend(lat)
         stamps.extend(st)
         failed += bad

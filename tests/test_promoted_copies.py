@@ -12,8 +12,9 @@ import pytest
 from edgehost.engine import layout
 from edgehost.engine.sqlite import journal_mode
 from edgehost.errors import BadInput
-from edgehost.ops.follow import finish_promoted_copies
+from edgehost.ops.follow import finish_promoted_copies, set_role
 from edgehost.portal import store
+from edgehost.supervisor.run import preflight
 
 
 def _follower_copy(path: Path, txid: int = 7) -> None:
@@ -28,20 +29,27 @@ def _follower_copy(path: Path, txid: int = 7) -> None:
     Path(f"{path}-txid").write_text(f"{txid:016x}\n")
 
 
-def test_a_restart_after_the_promotion_finishes_the_copies_litestream_had_not_opened(kit_home):
+def test_a_restart_after_the_promotion_finishes_the_copies_left_as_restore_f_left_them(kit_home):
+    """`up` on a promoted machine (state/role: primary) stopped before every copy was made the primary's:
+    its preflight finishes them instead of refusing a rollback-journal database."""
     settings = kit_home.settings()
     left = layout.property_db(settings, "acme").path
     opened = layout.property_db(settings, "beta").path
-    _follower_copy(left)
-    _follower_copy(opened)
+    no_txid = layout.property_db(settings, "gamma").path
+    for path in (left, opened, no_txid):
+        _follower_copy(path)
     conn = sqlite3.connect(opened)
     conn.execute("PRAGMA journal_mode=WAL")  # litestream got to this one
     conn.close()
     Path(f"{opened}-txid").unlink()
+    Path(f"{no_txid}-txid").unlink()  # rollback mode, its -txid gone: still not the primary's
 
-    assert finish_promoted_copies(settings) == 1
-    assert journal_mode(left) == "wal" and not Path(f"{left}-txid").exists()
-    assert journal_mode(opened) == "wal"
+    with pytest.raises(BadInput, match="journal mode"):
+        preflight(settings)  # a machine that was never promoted refuses, as before
+    set_role(settings, "primary")
+    preflight(settings)
+    for path in (left, opened, no_txid):
+        assert journal_mode(path) == "wal" and not Path(f"{path}-txid").exists(), path
     assert sqlite3.connect(left).execute("SELECT x FROM t").fetchall() == [(1,)]
     assert finish_promoted_copies(settings) == 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import threading
 import uuid
@@ -27,7 +29,7 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int | None = None, fsyn
             out.write(data.encode() if isinstance(data, str) else data)
             if fsync:
                 out.flush()
-                os.fsync(out.fileno())
+                _fsync(out.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
         if mtime_ns is not None:
@@ -39,9 +41,29 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int | None = None, fsyn
         tmp.unlink(missing_ok=True)
 
 
+def _fsync(fd: int) -> None:
+    """To the disk itself: on macOS plain fsync() leaves the data in the drive's cache, F_FULLFSYNC
+    flushes it (what SQLite's `PRAGMA fullfsync` does)."""
+    if hasattr(fcntl, "F_FULLFSYNC"):
+        try:
+            fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
+            return
+        except OSError:
+            pass  # a filesystem without it: plain fsync
+    os.fsync(fd)
+
+
 def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+    """The rename made durable. The new file is in place already, so a filesystem that cannot sync a
+    directory (some network and FUSE ones) is no reason to report the write as failed."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.EACCES):
+            raise
     finally:
         os.close(fd)

@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 from edgehost.engine import layout, litestream
 from edgehost.engine.bucket import Listing
@@ -331,12 +331,14 @@ class Follower:
     def _stop_following(self, now: bool = False, keep_portal: bool = False) -> None:
         """Stop every `restore -f`, and the portal unless `keep_portal` (a promotion hands it over to `up`).
 
-        Normally SIGTERM, each waited for. With `now` (a promotion, once each has applied the replica's
-        newest txid and nothing new is in the mirror, so none is applying): SIGKILL, and a thread reaps
-        them and removes their `-txid` files while the kernel tears them down (0.2-0.3 s for 200 on two
-        cores). A SIGKILLed process runs none of its own code again, and whatever opens a database next
-        takes SQLite's locks, which wait out any lock a dying one still held (a kill mid-apply leaves a
-        hot journal, which SQLite rolls back once the process is gone).
+        Normally SIGTERM, each waited for. With `now` (a promotion): SIGKILL, and a thread reaps them and
+        makes each database the primary's while the kernel tears them down (0.2-0.3 s for 200 on two
+        cores), so nothing waits for that. `restore -f` writes pages straight into the database file,
+        and a kill mid-apply would tear it: the kill comes only after catch-up, when each has applied
+        the newest txid the final listing found, and that listing saw at least every file a mirror
+        round still in flight can fetch (that round listed earlier), so none has anything left to
+        apply. A SIGKILLed process runs none of its own code again, and whatever opens a database next
+        takes SQLite's locks, which wait out any lock a dying one still held.
         """
         with self._lock:
             items = list(self.followed.values())
@@ -348,7 +350,7 @@ class Follower:
                 procs.append((item.proc, item.out))
                 item.proc = None
         if now:
-            threading.Thread(target=_reap, args=(procs, None, True), daemon=True, name="reap").start()
+            threading.Thread(target=_reap, args=(procs, None, True, self.log), daemon=True, name="reap").start()
         else:
             _reap(procs, time.monotonic() + 10)
         if self.portal is not None and self.portal.proc is not None and not keep_portal:
@@ -428,7 +430,10 @@ class Follower:
             with self._tending:
                 self._stop_following(now=True, keep_portal=True)
             step("stop_following")
-            set_role(s, "primary")
+            try:
+                set_role(s, "primary")
+            except OSError as exc:
+                raise EnvironmentProblem(f"cannot record the role in {s.state_dir}: {exc.strerror}") from None
             self.handed_over.set()  # the main thread runs `up` now
             if not self.promoted_ready.wait(180):
                 raise EnvironmentProblem("the primary did not get every service running within 180s")
@@ -464,8 +469,6 @@ class Follower:
         if self.handed_over.is_set() and self._lease is not None and self._lease.held:
             portal = self.portal if self.portal is not None and self.portal.pid is not None else None
             handover = Handover(self._lease, portal, self.ls)
-        else:
-            finish_promoted_copies(self.settings)
         sup = Supervisor(self.settings, stream=self.hub.stream, handover=handover)
         if self.promotion is not None or self.handed_over.is_set():
             threading.Thread(target=self._await_primary, args=(sup,), daemon=True, name="promoted").start()
@@ -487,26 +490,34 @@ class Follower:
 
 
 def _reap(procs: list[tuple[subprocess.Popen[bytes], Path]], deadline: float | None = None,
-          drop_txid: bool = False) -> None:
-    """Wait for each process (past `deadline`, SIGKILL its group first); with `drop_txid`, then remove
-    the `<db>-txid` file it kept: a promoted copy is the primary's now."""
+          promoted: bool = False, log: Any = None) -> None:
+    """Wait for each process (past `deadline`, SIGKILL its group first). With `promoted`, then make its
+    database the primary's (`_as_primary_copy`: WAL mode, then no `-txid`), which litestream or the
+    portal may have done already; off the promotion's critical path, and never leaving a copy in
+    rollback mode without the `-txid` that tells a restart to finish it."""
     for proc, out in procs:
         try:
-            proc.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        if drop_txid:
-            Path(f"{out}-txid").unlink(missing_ok=True)
+            try:
+                proc.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            if promoted:
+                _as_primary_copy(out)
+        except Exception as exc:  # one database must not leave the others unreaped; a restart finishes it
+            if log is not None:
+                log(f"warning: {out}: {exc}")
 
 
 def finish_promoted_copies(settings: Settings) -> int:
-    """A primary restarted after its promotion (state/role) before litestream had opened every database:
-    those it had not are still as `restore -f` left them (`-txid` beside them, maybe rollback mode), and
-    `up` takes only WAL databases. Made the primary's here; how many."""
+    """A promoted machine started again (`up`'s preflight, when state/role says primary) before every
+    copy was made the primary's: those are still as `restore -f` left them (rollback mode, `-txid`
+    beside them), and `up` takes only WAL databases. Made the primary's here; how many."""
+    from edgehost.engine.sqlite import journal_mode
+
     done = 0
     for ref in layout.local_databases(settings):
-        if Path(f"{ref.path}-txid").exists():
+        if Path(f"{ref.path}-txid").exists() or journal_mode(ref.path) != "wal":
             _as_primary_copy(ref.path)
             done += 1
     return done
@@ -518,12 +529,14 @@ def _as_primary_copy(path: Path) -> None:
     replicate then continues the replica's history from it ("database behind replica")."""
     import sqlite3
 
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+    from edgehost.engine.sqlite import journal_mode
+
+    if journal_mode(path) != "wal":  # a header read: litestream or the portal may have done it already
+        conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+        try:
             conn.execute("PRAGMA journal_mode=WAL")
-    finally:
-        conn.close()
+        finally:
+            conn.close()
     Path(f"{path}-txid").unlink(missing_ok=True)  # last: until then a restart finds it and does this again
 
 

@@ -136,6 +136,11 @@ def preflight(settings: Settings, handover: "Handover | None" = None) -> Preflig
         if len(str(path).encode()) > SOCKET_PATH_MAX:
             raise BadInput(f"{path}: socket path too long for a unix socket; use a shorter state_dir")
     ls.binary  # found and version-checked now: a missing or old binary stops the start here
+    if handover is None:
+        from edgehost.ops.follow import finish_promoted_copies, role
+
+        if role(settings) == "primary":  # promoted, then stopped before every copy was finished
+            finish_promoted_copies(settings)
     for ref in layout.local_databases(settings) if handover is None else []:
         mode = journal_mode(ref.path)
         if mode != "wal":
