@@ -492,7 +492,7 @@ class Follower:
 def _reap(procs: list[tuple[subprocess.Popen[bytes], Path]], deadline: float | None = None,
           promoted: bool = False, log: Any = None) -> None:
     """Wait for each process (past `deadline`, SIGKILL its group first). With `promoted`, then make its
-    database the primary's (`_as_primary_copy`: WAL mode, then no `-txid`), which litestream or the
+    database the primary's (`as_primary_copy`: WAL mode, then no `-txid`), which litestream or the
     portal may have done already; off the promotion's critical path, and never leaving a copy in
     rollback mode without the `-txid` that tells a restart to finish it."""
     for proc, out in procs:
@@ -503,30 +503,17 @@ def _reap(procs: list[tuple[subprocess.Popen[bytes], Path]], deadline: float | N
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             if promoted:
-                _as_primary_copy(out)
+                as_primary_copy(out)
         except Exception as exc:  # one database must not leave the others unreaped; a restart finishes it
             if log is not None:
                 log(f"warning: {out}: {exc}")
 
 
-def finish_promoted_copies(settings: Settings) -> int:
-    """A promoted machine started again (`up`'s preflight, when state/role says primary) before every
-    copy was made the primary's: those are still as `restore -f` left them (rollback mode, `-txid`
-    beside them), and `up` takes only WAL databases. Made the primary's here; how many."""
-    from edgehost.engine.sqlite import journal_mode
-
-    done = 0
-    for ref in layout.local_databases(settings):
-        if Path(f"{ref.path}-txid").exists() or journal_mode(ref.path) != "wal":
-            _as_primary_copy(ref.path)
-            done += 1
-    return done
-
-
-def _as_primary_copy(path: Path) -> None:
-    """A followed database made the primary's: `restore -f` leaves it in rollback-journal mode with
-    its applied txid beside it; WAL mode and no sidecar is what a plain restore leaves, and litestream
-    replicate then continues the replica's history from it ("database behind replica")."""
+def as_primary_copy(path: Path) -> None:
+    """A followed database made the primary's, after a promotion (by the reaper, or by `up`'s preflight
+    when the machine stopped before the reaper was done): `restore -f` leaves it in rollback-journal
+    mode with its applied txid beside it; WAL mode and no sidecar is what a plain restore leaves, and
+    litestream replicate then continues the replica's history from it ("database behind replica")."""
     import sqlite3
 
     from edgehost.engine.sqlite import journal_mode

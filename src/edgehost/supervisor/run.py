@@ -136,13 +136,19 @@ def preflight(settings: Settings, handover: "Handover | None" = None) -> Preflig
         if len(str(path).encode()) > SOCKET_PATH_MAX:
             raise BadInput(f"{path}: socket path too long for a unix socket; use a shorter state_dir")
     ls.binary  # found and version-checked now: a missing or old binary stops the start here
-    if handover is None:
-        from edgehost.ops.follow import finish_promoted_copies, role
-
-        if role(settings) == "primary":  # promoted, then stopped before every copy was finished
-            finish_promoted_copies(settings)
+    promoted = None  # read only when a database needs it: ops.follow is not imported on an ordinary start
     for ref in layout.local_databases(settings) if handover is None else []:
         mode = journal_mode(ref.path)
+        if mode != "wal" or Path(f"{ref.path}-txid").exists():
+            from edgehost.ops.follow import as_primary_copy, role
+
+            if promoted is None:
+                promoted = role(settings) == "primary"
+            if promoted:
+                # Promoted, then stopped before every copy was made the primary's: those are still as
+                # `restore -f` left them (rollback mode, `-txid` beside them): finished here, not refused.
+                as_primary_copy(ref.path)
+                continue
         if mode != "wal":
             raise BadInput(f"{ref.path}: database is in '{mode}' journal mode, edgehost needs WAL; "
                            f"stop its writers and run: sqlite3 {ref.path} 'PRAGMA journal_mode=WAL'")
