@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import threading
 import uuid
 from pathlib import Path
 
@@ -23,7 +22,7 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int | None = None, fsyn
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as out:
             out.write(data.encode() if isinstance(data, str) else data)
