@@ -62,6 +62,19 @@ class Reads:
         return self.failed, self.served
 
 
+def _restores(home) -> list[str]:
+    """The command lines of this home's `litestream restore` processes, running or stopped."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"restore" in argv and any(str(home.path).encode() in a for a in argv):
+            found.append(b" ".join(argv).decode(errors="replace"))
+    return found
+
+
 def _follower(settings) -> dict:
     return SupervisorClient(settings.supervisor_socket, timeout=5).status()
 
@@ -110,6 +123,7 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
 
         # Reads go on through the whole promotion: the standby's portal is kept, not restarted.
         portal_pid = _follower(sb)["services"][0]["pid"]
+        assert len(_restores(b)) >= 4  # global, acme, beta, gamma
         reads = Reads(f"{sb.portal_url}/properties/acme/events").start()
         promote = edgehost(b, "promote", "--json", "--no-wait", timeout=300)
         assert promote.returncode == 0, promote.stdout + promote.stderr
@@ -138,6 +152,8 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
         # they open it, and the `-txid` files of the killed `restore -f` processes go once they are reaped.
         wait_until(lambda: all(journal_mode(ref.path) == "wal" and not Path(f"{ref.path}-txid").exists()
                                for ref in layout.local_databases(sb)), 30, what="every copy in WAL mode, no -txid left")
+        # The followers the promotion stopped are gone once the primary runs: none left stopped or unreaped.
+        wait_until(lambda: not _restores(b), 30, what="no `litestream restore` of the standby left")
         again_promoted = edgehost(b, "promote", "--no-wait")
         assert again_promoted.returncode == 2 and "not following" in again_promoted.stderr, again_promoted.stderr
 

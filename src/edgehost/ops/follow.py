@@ -44,6 +44,7 @@ from edgehost.supervisor.service import Service
 ROLE_FILE = "role"  # under state_dir: "follower" or "primary"
 MIRROR_DIR = "standby-mirror"  # under state_dir
 APPLY_INTERVAL = "250ms"  # how often each `restore -f` looks at the local mirror (no bucket cost)
+FROZEN_SECONDS = 5.0  # a promotion's stopped `restore -f` are killed once the primary is ready, or after this
 
 
 def role(settings: Settings) -> str:
@@ -138,6 +139,7 @@ class Follower:
         self._control: ControlServer | None = None
         self.promotion: PromoteReport | None = None
         self._lease: WriterLease | None = None  # built at start: a promotion takes it with a warm client
+        self._frozen: list[tuple[subprocess.Popen[bytes], Path]] = []  # stopped by a promotion, not yet killed
         self.promoted_ready = threading.Event()
         # Where the global DB sits in the mirror, and under which name: it has its own root when it is
         # not beside the tenants.
@@ -331,14 +333,15 @@ class Follower:
     def _stop_following(self, now: bool = False, keep_portal: bool = False) -> None:
         """Stop every `restore -f`, and the portal unless `keep_portal` (a promotion hands it over to `up`).
 
-        Normally SIGTERM, each waited for. With `now` (a promotion): SIGKILL, and a thread reaps them and
-        makes each database the primary's while the kernel tears them down (0.2-0.3 s for 200 on two
-        cores), so nothing waits for that. `restore -f` writes pages straight into the database file,
-        and a kill mid-apply would tear it: the kill comes only after catch-up, when each has applied
-        the newest txid the final listing found, and that listing saw at least every file a mirror
-        round still in flight can fetch (that round listed earlier), so none has anything left to
-        apply. A SIGKILLed process runs none of its own code again, and whatever opens a database next
-        takes SQLite's locks, which wait out any lock a dying one still held.
+        Normally SIGTERM, each waited for. With `now` (a promotion): SIGSTOP, which takes effect at
+        once and costs nothing, and the stopped processes are killed one at a time only once the
+        primary is ready (`_release_frozen`): a kill of 200 at once had the kernel tear them down
+        (0.2-0.3 s of CPU on two cores) while litestream and the portal were starting. `restore -f`
+        writes pages straight into the database file, and stopping it mid-apply would tear it: the
+        stop comes only after catch-up, when each has applied the newest txid the final listing found,
+        and that listing saw at least every file a mirror round still in flight can fetch (that round
+        listed earlier), so none has anything left to apply. A stopped process holds no SQLite lock and
+        runs none of its own code again; whatever opens a database next takes SQLite's locks.
         """
         with self._lock:
             items = list(self.followed.values())
@@ -346,11 +349,13 @@ class Follower:
         for item in items:
             if item.proc is not None:
                 if item.proc.poll() is None:
-                    os.killpg(item.proc.pid, signal.SIGKILL if now else signal.SIGTERM)
+                    os.killpg(item.proc.pid, signal.SIGSTOP if now else signal.SIGTERM)
                 procs.append((item.proc, item.out))
                 item.proc = None
         if now:
-            threading.Thread(target=_reap, args=(procs, None, True, self.log), daemon=True, name="reap").start()
+            with self._lock:
+                self._frozen.extend(procs)
+            threading.Thread(target=self._release_frozen, args=(FROZEN_SECONDS,), daemon=True, name="reap").start()
         else:
             _reap(procs, time.monotonic() + 10)
         if self.portal is not None and self.portal.proc is not None and not keep_portal:
@@ -359,6 +364,23 @@ class Follower:
         if self._follow_log is not None:
             self._follow_log.close()
             self._follow_log = None
+
+    def _release_frozen(self, wait: float | None) -> None:
+        """Kill the `restore -f` processes a promotion stopped, one at a time so their teardown never
+        competes with the new primary's start, and, when the promotion handed over, make each database
+        the primary's (`as_primary_copy`). With `wait`, first until the primary is ready (at most that
+        long); a failed promotion calls it with None before following resumes."""
+        if wait is not None:
+            self.promoted_ready.wait(wait)
+        with self._lock:
+            procs, self._frozen = self._frozen, []
+        promoted = self.handed_over.is_set()
+        for proc, out in procs:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # a stopped process dies of it too
+            except ProcessLookupError:
+                pass
+            _reap([(proc, out)], None, promoted, self.log)
 
     def _close_control(self) -> None:
         if self._control is not None:
@@ -443,6 +465,8 @@ class Follower:
         except EdgehostError as exc:
             report.error = str(exc)
             self.log(f"!!! promote failed: {exc}")
+            if not self.handed_over.is_set():
+                self._release_frozen(None)  # before following resumes and restores those databases anew
             self.promoting.clear()
         return report
 
