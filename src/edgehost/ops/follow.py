@@ -153,16 +153,20 @@ class Follower:
     # --- the run --------------------------------------------------------------------------------
 
     def run(self) -> int:
+        from edgehost.supervisor.run import claim_pid_file
+
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(s.state_dir, 0o700)
+        claim_pid_file(s.pid_file)  # no other follow or up of this home runs: what follows its data dir is stray
+        strays = kill_stray_followers(s.data_dir)
+        if strays:
+            self.log(f"killed {len(strays)} `litestream restore -f` left by an earlier run (pids {', '.join(map(str, strays[:5]))}"
+                     f"{', ...' if len(strays) > 5 else ''})")
         if role(s) == "primary":
             self.log("state/role says this machine was promoted: running as the primary (edgehost up)")
             return self._run_primary()
-        from edgehost.supervisor.run import claim_pid_file
-
         self._check_not_the_writer()
-        claim_pid_file(s.pid_file)
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         set_role(s, "follower")
@@ -531,6 +535,31 @@ def _reap(procs: list[tuple[subprocess.Popen[bytes], Path]], deadline: float | N
         except Exception as exc:  # one database must not leave the others unreaped; a restart finishes it
             if log is not None:
                 log(f"warning: {out}: {exc}")
+
+
+def kill_stray_followers(data_dir: Path) -> list[int]:
+    """SIGKILL every `litestream restore -f` writing under `data_dir`; their pids.
+
+    Called by a follower that holds the home's pid file, so none of them is its own: they are left by
+    an earlier `edgehost follow` that was killed (kill -9, a crash), running on (applying into files
+    a new run replaces) or stopped (a promotion stops them until the primary is ready).
+    """
+    try:
+        listing = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,args="], capture_output=True, text=True,
+                                 timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    marker = f" -o {data_dir}{os.sep}"
+    killed = []
+    for line in listing.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if " restore -f " in args and marker in args and pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(int(pid))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return killed
 
 
 def as_primary_copy(path: Path) -> None:
