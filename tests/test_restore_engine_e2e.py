@@ -343,3 +343,27 @@ def test_a_mirror_round_with_the_bucket_unreachable_fails_and_deletes_nothing(bu
     proc = edgehost(offline, "mirror", "--to", str(mirror), "--grace", "0s", "--json")
     assert proc.returncode == 1 and "list failed" in json.loads(proc.stdout)["errors"][0]
     assert sorted(p for p in mirror.rglob("*.ltx")) == files
+
+
+def test_a_cancelled_mirror_round_stops_listing_and_deletes_nothing(bucket, tmp_path):
+    """A promotion cancels the standby's round in flight: what that round saw is not the whole bucket,
+    so nothing it did not see may be taken for deleted, whatever the grace."""
+    from edgehost.ops.mirror import mirror_once
+
+    home, settings, _, _ = bucket
+    mirror = tmp_path / "m"
+    assert edgehost(home, "mirror", "--to", str(mirror)).returncode == 0
+    one = next(mirror.rglob("*.ltx"))
+    stray = one.with_name("00000000ffffff00-00000000ffffff00.ltx")  # in the mirror, not in the bucket
+    shutil.copy(one, stray)
+    asked = []
+
+    def cancel() -> bool:
+        asked.append(1)
+        return len(asked) > 3  # after three objects of the listing
+
+    ls = litestream.Litestream.from_settings(settings)
+    report = mirror_once(settings, ls, mirror, grace=0, cancel=cancel)
+    assert any("cancelled after 3 object(s)" in e for e in report.errors), report.errors
+    assert report.listed == 0 and report.deleted == 0 and stray.exists()
+    assert mirror_once(settings, ls, mirror, grace=0).deleted == 1 and not stray.exists()  # a whole round does

@@ -83,16 +83,19 @@ class Listing:
 
 
 def list_root(store, rel: str = "", on_db: Callable[[str, list[LtxFile]], None] | None = None,
-              into: Listing | None = None) -> Listing:
+              into: Listing | None = None, cancel: Callable[[], bool] | None = None) -> Listing:
     """One paginated walk of the root (or of one database under it, `rel`).
 
     `on_db(db, files)`: called as soon as the walk has passed a database's files (keys come in
     order, so a database's files are listed together), while later pages are still to come; a
     caller can start fetching them then. `into`: the (empty) Listing to fill, for a caller that
-    reads it while the walk goes on."""
+    reads it while the walk goes on. `cancel()` true: the walk stops before its next object, and so
+    asks for no further page, raising ListingCancelled (the listing is incomplete)."""
     listing = into if into is not None else Listing(store.url)
     current = None
     for obj in store.walk(rel):
+        if cancel is not None and cancel():
+            raise ListingCancelled(f"listing of {store.url} cancelled after {listing.objects} object(s)")
         parsed = parse_key(obj.key, store.scheme)
         if parsed is None:
             continue
@@ -169,6 +172,10 @@ def ltx_timestamp(head: bytes) -> datetime | None:
     if magic != _LTX_MAGIC:
         return None
     return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+class ListingCancelled(EnvironmentProblem):
+    """A walk stopped by its caller before the end: what it found is not the whole replica."""
 
 
 class ObjectGone(EnvironmentProblem):

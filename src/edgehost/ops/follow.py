@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 from edgehost.engine import layout, litestream
 from edgehost.engine.bucket import Listing
@@ -224,21 +224,26 @@ class Follower:
                 self.stopping.wait(0.05)
                 continue
             try:
-                self.mirror_round()
+                # A promotion stops this round's listing before its next page: on a server that
+                # answers one request at a time, the rest of it would slow the promotion's own.
+                self.mirror_round(cancel=self.promoting.is_set)
                 if failing:
                     self.log("the replica answers again")
                 failing = False
             except EdgehostError as exc:
+                if self.promoting.is_set():
+                    continue
                 if not failing:
                     self.log(f"warning: mirror round failed ({exc}); retrying every {self.interval:g}s")
                 failing = True
             self.stopping.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
-    def mirror_round(self) -> dict[str, Any]:
+    def mirror_round(self, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """One listing of the replica, its new files fetched into the mirror, each database's newest txid noted."""
-        # A promotion's final round may overlap the loop's last one: files are written under unique
-        # temporary names, and a listing only ever raises a database's newest txid.
-        report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed)
+        # A promotion's final round may overlap the loop's last one (until `cancel` stops its listing):
+        # files are written under unique temporary names, and a listing only ever raises a database's
+        # newest txid.
+        report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed, cancel=cancel)
         if report.errors and not report.listed:
             raise EnvironmentProblem("; ".join(report.errors[:3]))
         self.rounds += 1

@@ -102,10 +102,13 @@ FETCH_DBS = 8  # databases whose new files are fetched at once (their GETs share
 
 def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grace: float = 3600,
                 parallel: int = 16, now: float | None = None,
-                on_listing: Callable[[Path, Listing], None] | None = None) -> MirrorReport:
+                on_listing: Callable[[Path, Listing], None] | None = None,
+                cancel: Callable[[], bool] | None = None) -> MirrorReport:
     """One round: list the replica once per root, fetch what is new, delete what is long gone.
 
-    `on_listing(local root, listing)` is called once a root's new files are in the mirror."""
+    `on_listing(local root, listing)` is called once a root's new files are in the mirror. `cancel()`
+    true stops the listing before its next page; the round then reports an error and, as with a
+    replica that does not answer, deletes nothing."""
     started = time.monotonic()
     now = time.time() if now is None else now
     to = check_target(settings, to)
@@ -137,7 +140,7 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
                     fetches.append((db, dbs.submit(fetcher.fetch, db, new, local / db, listing)))
 
             try:
-                walked = list_root(store, on_db=fetch_new, into=listing)
+                walked = list_root(store, on_db=fetch_new, into=listing, cancel=cancel)
             except EdgehostError as exc:  # the replica did not answer: nothing is deleted, next round retries
                 report.errors.append(str(exc))
                 for _, fut in fetches:
