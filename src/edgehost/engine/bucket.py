@@ -89,8 +89,9 @@ def list_root(store, rel: str = "", on_db: Callable[[str, list[LtxFile]], None] 
     `on_db(db, files)`: called as soon as the walk has passed a database's files (keys come in
     order, so a database's files are listed together), while later pages are still to come; a
     caller can start fetching them then. `into`: the (empty) Listing to fill, for a caller that
-    reads it while the walk goes on. `cancel()` true: the walk stops before its next object, and so
-    asks for no further page, raising ListingCancelled (the listing is incomplete)."""
+    reads it while the walk goes on. `cancel()` true: the walk stops at its next object (once the
+    page in flight has arrived), asking for no further page, and raises ListingCancelled (the
+    listing is incomplete)."""
     listing = into if into is not None else Listing(store.url)
     current = None
     for obj in store.walk(rel):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, TextIO
 
 from edgehost.engine import layout, litestream
-from edgehost.engine.bucket import Listing
+from edgehost.engine.bucket import Listing, ListingCancelled
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.files import write_atomic
@@ -139,7 +139,7 @@ class Follower:
         self._control: ControlServer | None = None
         self.promotion: PromoteReport | None = None
         self._lease: WriterLease | None = None  # built at start: a promotion takes it with a warm client
-        self._frozen: list[tuple[subprocess.Popen[bytes], Path]] = []  # stopped by a promotion, not yet killed
+        self._frozen: list[list[tuple[subprocess.Popen[bytes], Path]]] = []  # stopped by a promotion, not yet killed
         self.promoted_ready = threading.Event()
         # Where the global DB sits in the mirror, and under which name: it has its own root when it is
         # not beside the tenants.
@@ -166,7 +166,11 @@ class Follower:
         if role(s) == "primary":
             self.log("state/role says this machine was promoted: running as the primary (edgehost up)")
             return self._run_primary()
-        self._check_not_the_writer()
+        try:
+            self._check_not_the_writer()
+        except BaseException:
+            s.pid_file.unlink(missing_ok=True)
+            raise
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
         set_role(s, "follower")
@@ -185,11 +189,16 @@ class Follower:
                 self.handed_over.wait(self.TICK)  # a promotion's hand-over is taken at once
         finally:
             if not self.handed_over.is_set():
-                self._stop_following()
+                with self._tending:
+                    self._stop_following()
+                self._release_frozen()  # a promotion under way stopped some: they must not outlive us
                 self._close_control()
                 s.pid_file.unlink(missing_ok=True)
         if self.handed_over.is_set():
-            return self._run_primary()
+            try:
+                return self._run_primary()
+            finally:
+                self._release_frozen()  # `up` stopped before its services were ready
         self.log("stopped following")
         self.hub.close()
         return int(ExitStatus.OK)
@@ -224,15 +233,15 @@ class Follower:
                 self.stopping.wait(0.05)
                 continue
             try:
-                # A promotion stops this round's listing before its next page: on a server that
-                # answers one request at a time, the rest of it would slow the promotion's own.
+                # A promotion stops this round's listing once its page in flight arrives: on a
+                # server that answers one request at a time, the rest would slow the promotion's own.
                 self.mirror_round(cancel=self.promoting.is_set)
                 if failing:
                     self.log("the replica answers again")
                 failing = False
+            except ListingCancelled:
+                continue
             except EdgehostError as exc:
-                if self.promoting.is_set():
-                    continue
                 if not failing:
                     self.log(f"warning: mirror round failed ({exc}); retrying every {self.interval:g}s")
                 failing = True
@@ -240,10 +249,13 @@ class Follower:
 
     def mirror_round(self, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """One listing of the replica, its new files fetched into the mirror, each database's newest txid noted."""
-        # A promotion's final round may overlap the loop's last one (until `cancel` stops its listing):
+        # A promotion's final round may overlap the loop's last one (until `cancel` stops its listing,
+        # which raises ListingCancelled here):
         # files are written under unique temporary names, and a listing only ever raises a database's
         # newest txid.
         report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed, cancel=cancel)
+        if report.cancelled:
+            raise ListingCancelled("; ".join(report.errors[:3]))
         if report.errors and not report.listed:
             raise EnvironmentProblem("; ".join(report.errors[:3]))
         self.rounds += 1
@@ -354,17 +366,19 @@ class Follower:
         """
         with self._lock:
             items = list(self.followed.values())
-        procs = []
-        for item in items:
-            if item.proc is not None:
-                if item.proc.poll() is None:
-                    os.killpg(item.proc.pid, signal.SIGSTOP if now else signal.SIGTERM)
-                procs.append((item.proc, item.out))
-                item.proc = None
+        procs: list[tuple[subprocess.Popen[bytes], Path]] = []
         if now:
             with self._lock:
-                self._frozen.extend(procs)
-            threading.Thread(target=self._release_frozen, args=(FROZEN_SECONDS,), daemon=True, name="reap").start()
+                self._frozen.append(procs)  # each registered before it is stopped: nothing escapes the kill
+        for item in items:
+            if item.proc is not None:
+                procs.append((item.proc, item.out))
+                if item.proc.poll() is None:
+                    _signal_group(item.proc.pid, signal.SIGSTOP if now else signal.SIGTERM)
+                item.proc = None
+        if now:
+            threading.Thread(target=self._release_frozen, args=(procs, FROZEN_SECONDS), daemon=True,
+                             name="reap").start()
         else:
             _reap(procs, time.monotonic() + 10)
         if self.portal is not None and self.portal.proc is not None and not keep_portal:
@@ -374,22 +388,25 @@ class Follower:
             self._follow_log.close()
             self._follow_log = None
 
-    def _release_frozen(self, wait: float | None) -> None:
+    def _release_frozen(self, batch: list | None = None, wait: float | None = None) -> None:
         """Kill the `restore -f` processes a promotion stopped, one at a time so their teardown never
         competes with the new primary's start, and, when the promotion handed over, make each database
-        the primary's (`as_primary_copy`). With `wait`, first until the primary is ready (at most that
-        long); a failed promotion calls it with None before following resumes."""
+        the primary's (`as_primary_copy`). `batch`: one promotion's (its thread waits first, with
+        `wait`, until the primary is ready); None: every batch not yet killed (a failed promotion
+        before following resumes, and this process on its way out). Each batch is killed once."""
         if wait is not None:
             self.promoted_ready.wait(wait)
         with self._lock:
-            procs, self._frozen = self._frozen, []
+            if batch is None:
+                batches, self._frozen = self._frozen, []
+            else:
+                batches = [b for b in self._frozen if b is batch]
+                self._frozen = [b for b in self._frozen if b is not batch]
         promoted = self.handed_over.is_set()
-        for proc, out in procs:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # a stopped process dies of it too
-            except ProcessLookupError:
-                pass
-            _reap([(proc, out)], None, promoted, self.log)
+        for procs in batches:
+            for proc, out in procs:
+                _signal_group(proc.pid, signal.SIGKILL)  # a stopped process dies of it too
+                _reap([(proc, out)], None, promoted, self.log)
 
     def _close_control(self) -> None:
         if self._control is not None:
@@ -474,9 +491,14 @@ class Follower:
         except EdgehostError as exc:
             report.error = str(exc)
             self.log(f"!!! promote failed: {exc}")
-            if not self.handed_over.is_set():
-                self._release_frozen(None)  # before following resumes and restores those databases anew
-            self.promoting.clear()
+        except Exception as exc:  # not ours: reported like one, and the standby goes on following
+            report.error = f"{type(exc).__name__}: {exc}"
+            self.log(f"!!! promote failed: {report.error}")
+        finally:
+            if not report.ok:
+                if not self.handed_over.is_set():
+                    self._release_frozen()  # before following resumes and restores those databases anew
+                self.promoting.clear()
         return report
 
     def _catch_up(self, timeout: float) -> int:
@@ -522,6 +544,20 @@ class Follower:
         return report.previous_primary if report is not None and report.previous_primary else "unknown"
 
 
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal a follower's process group (it leads its own session); gone already is fine. macOS
+    answers EPERM for a group left with only a zombie: then the process itself."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
 def _reap(procs: list[tuple[subprocess.Popen[bytes], Path]], deadline: float | None = None,
           promoted: bool = False, log: Any = None) -> None:
     """Wait for each process (past `deadline`, SIGKILL its group first). With `promoted`, then make its
@@ -533,7 +569,7 @@ def _reap(procs: list[tuple[subprocess.Popen[bytes], Path]], deadline: float | N
             try:
                 proc.wait(None if deadline is None else max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
             if promoted:
                 as_primary_copy(out)
@@ -549,22 +585,44 @@ def kill_stray_followers(data_dir: Path) -> list[int]:
     an earlier `edgehost follow` that was killed (kill -9, a crash), running on (applying into files
     a new run replaces) or stopped (a promotion stops them until the primary is ready).
     """
+    follower, into = " restore -f ", f" -o {data_dir}{os.sep}"
+    killed = []
+    for pid, line in _command_lines():
+        if pid == os.getpid() or follower not in f" {line} " or into not in f" {line}":
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+def _command_lines() -> list[tuple[int, str]]:
+    """Every process's pid and command line, its arguments joined by spaces: from /proc where there
+    is one (Linux: the exact bytes), else from `ps` (macOS, which may escape non-ASCII bytes)."""
+    proc = Path("/proc")
+    if (proc / "self" / "cmdline").exists():
+        found = []
+        for entry in proc.iterdir():
+            if entry.name.isdigit():
+                try:
+                    raw = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                found.append((int(entry.name), os.fsdecode(raw.rstrip(b"\0").replace(b"\0", b" "))))
+        return found
     try:
         listing = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,args="], capture_output=True, text=True,
-                                 timeout=10, check=False).stdout
+                                 errors="replace", timeout=10, check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return []
-    marker = f" -o {data_dir}{os.sep}"
-    killed = []
+    found = []
     for line in listing.splitlines():
         pid, _, args = line.strip().partition(" ")
-        if " restore -f " in args and marker in args and pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append(int(pid))
-            except (ProcessLookupError, PermissionError):
-                pass
-    return killed
+        if pid.isdigit():
+            found.append((int(pid), args))
+    return found
 
 
 def as_primary_copy(path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgehost.engine import litestream
-from edgehost.engine.bucket import Fetcher, Listing, list_root
+from edgehost.engine.bucket import Fetcher, Listing, ListingCancelled, list_root
 from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError
 from edgehost.files import write_atomic
@@ -44,6 +44,7 @@ class MirrorReport:
     seconds: float = 0.0
     databases: int = 0
     errors: list[str] = field(default_factory=list)
+    cancelled: bool = False  # `cancel` stopped a listing: the round saw part of the replica
 
     @property
     def ok(self) -> bool:
@@ -107,8 +108,9 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
     """One round: list the replica once per root, fetch what is new, delete what is long gone.
 
     `on_listing(local root, listing)` is called once a root's new files are in the mirror. `cancel()`
-    true stops the listing before its next page; the round then reports an error and, as with a
-    replica that does not answer, deletes nothing."""
+    true stops the listing once the page in flight arrives (no further page is asked for), and a
+    root not begun is not listed; the round is then `cancelled` and, as for a replica that does not
+    answer, deletes nothing under that root."""
     started = time.monotonic()
     now = time.time() if now is None else now
     to = check_target(settings, to)
@@ -118,6 +120,10 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mirror") as pool, \
             ThreadPoolExecutor(max_workers=FETCH_DBS, thread_name_prefix="mirror-db") as dbs:
         for remote, local in mirror_roots(ls.replication, to).items():
+            if cancel is not None and cancel():
+                report.cancelled = True
+                report.errors.append(f"listing of {remote} cancelled before it began")
+                continue
             store = ReplicaStore.from_settings(settings, remote)
             local_files = dbs.submit(_local_files, local)  # the mirror's own walk, beside the first page
             fetcher = Fetcher(store, pool)
@@ -143,6 +149,7 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
                 walked = list_root(store, on_db=fetch_new, into=listing, cancel=cancel)
             except EdgehostError as exc:  # the replica did not answer: nothing is deleted, next round retries
                 report.errors.append(str(exc))
+                report.cancelled = report.cancelled or isinstance(exc, ListingCancelled)
                 for _, fut in fetches:
                     fut.cancel()
                 continue
@@ -161,7 +168,8 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
             report.fetched += fetcher.stats.gets
             report.fetched_bytes += fetcher.stats.bytes
             _expire(local, local_files.result(), wanted, state, grace, now, report, prefix=str(local.relative_to(to)))
-    state["last_round"] = datetime.fromtimestamp(now, timezone.utc).isoformat()
+    if not report.cancelled:
+        state["last_round"] = datetime.fromtimestamp(now, timezone.utc).isoformat()
     _save_state(to, state)
     report.seconds = round(time.monotonic() - started, 3)
     return report
