@@ -4,6 +4,7 @@ real supervisor, litestream and moto over HTTP."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import threading
@@ -22,8 +23,6 @@ from procs import machine, power_cut, twin, Proc, Writer, edgehost, edgehost_arg
 pytestmark = pytest.mark.e2e
 
 RPO = 3.0  # seconds: events acknowledged longer than this before the primary died must survive
-
-
 
 
 class TimedWriter(Writer):
@@ -66,9 +65,9 @@ class Reads:
 
 
 def _restores(home) -> list[str]:
-    """The command lines of this home's `litestream restore` processes, running or stopped."""
-    listing = subprocess.run(["ps", "-A", "-ww", "-o", "args="], capture_output=True, text=True, check=True).stdout
-    return [line for line in listing.splitlines() if " restore " in line and str(home.path) in line]
+    """This home's `litestream restore` processes, running or stopped: "pid command line" each."""
+    listing = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [line.strip() for line in listing.splitlines() if " restore " in line and str(home.path) in line]
 
 
 def _follower(settings) -> dict:
@@ -167,3 +166,50 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
             code = follower.stop()
         up_a.stop()
     assert code == 0, follower.output()[-3000:]
+
+
+def test_a_promotion_that_fails_leaves_a_standby_that_follows_and_promotes_later(s3_home, tmp_path_factory):
+    """The role cannot be recorded (state/role is a directory): the promotion fails after it stopped the
+    followers; they are killed and following resumes, new writes of the primary still arrive, and
+    the next promotion succeeds."""
+    a = machine(s3_home, "a")
+    b = twin(a, tmp_path_factory, "b")
+    sa, sb = a.settings(), b.settings()
+    up_a = start_supervisor(a)
+    follower = None
+    try:
+        httpx.post(f"{sa.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "one"}).raise_for_status()
+        follower = Proc(edgehost_argv("follow", "--interval", "0.5s"), b.environ(), b.path / "follow.log")
+
+        def reads(kind: str) -> bool:
+            got = httpx.get(f"{sb.portal_url}/properties/acme/events")
+            return got.status_code == 200 and kind in {e["kind"] for e in got.json()["events"]}
+
+        wait_until(lambda: reads("one"), 60, interval=0.3, what="the first event on the standby")
+        before = set(_restores(b))
+        role = sb.state_dir / "role"
+        role.unlink()
+        (role / "blocked").mkdir(parents=True)  # a rename onto a non-empty directory fails, even for root
+
+        failed = edgehost(b, "promote", "--json", "--no-wait", timeout=120)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        assert "cannot record the role" in json.loads(failed.stdout)["error"]
+        # Following resumes: a new event of the (still running) primary reaches the standby, through new
+        # `restore -f` processes; none of the ones the promotion stopped is left.
+        httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "two"}).raise_for_status()
+        wait_until(lambda: reads("two"), 60, interval=0.3, what="the standby following again")
+        assert _restores(b) and not before & set(_restores(b))
+        refused = httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "x"})
+        assert refused.status_code == 503 and refused.json()["read_only"]
+
+        shutil.rmtree(role)
+        power_cut(supervisor_status(sa)["services"], up_a.popen)
+        promoted = edgehost(b, "promote", "--json", "--no-wait", timeout=120)
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        assert httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "three"}).status_code == 201
+        assert reads("two")
+    finally:
+        if follower is not None:
+            follower.stop()
+        up_a.stop()
