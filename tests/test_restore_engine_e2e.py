@@ -360,10 +360,12 @@ def test_a_cancelled_mirror_round_stops_listing_and_deletes_nothing(bucket, tmp_
 
     def cancel() -> bool:
         asked.append(1)
-        return len(asked) > 3  # after three objects of the listing (the lease's, if any, among them)
+        return len(asked) > 3  # asked before the walk, then at each object: stops after two objects
 
     ls = litestream.Litestream.from_settings(settings)
     report = mirror_once(settings, ls, mirror, grace=0, cancel=cancel)
     assert report.cancelled and any(" cancelled after " in e for e in report.errors), report.errors
     assert report.listed == 0 and report.deleted == 0 and stray.exists()
+    untouched = mirror_once(settings, ls, mirror, grace=0, cancel=lambda: True)  # cancelled before it began
+    assert untouched.cancelled and untouched.listed == 0 and untouched.deleted == 0 and stray.exists()
     assert mirror_once(settings, ls, mirror, grace=0).deleted == 1 and not stray.exists()  # a whole round does

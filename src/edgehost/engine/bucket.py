@@ -89,14 +89,19 @@ def list_root(store, rel: str = "", on_db: Callable[[str, list[LtxFile]], None] 
     `on_db(db, files)`: called as soon as the walk has passed a database's files (keys come in
     order, so a database's files are listed together), while later pages are still to come; a
     caller can start fetching them then. `into`: the (empty) Listing to fill, for a caller that
-    reads it while the walk goes on. `cancel()` true: the walk stops at its next object (once the
-    page in flight has arrived), asking for no further page, and raises ListingCancelled (the
-    listing is incomplete)."""
+    reads it while the walk goes on. `cancel()` true: the walk does not begin, or stops at its next
+    object (once the page in flight has arrived), asking for no further page, and raises
+    ListingCancelled (the listing is incomplete)."""
     listing = into if into is not None else Listing(store.url)
     current = None
-    for obj in store.walk(rel):
+
+    def stop_if_cancelled() -> None:
         if cancel is not None and cancel():
             raise ListingCancelled(f"listing of {store.url} cancelled after {listing.objects} object(s)")
+
+    stop_if_cancelled()  # before the first page is asked for
+    for obj in store.walk(rel):
+        stop_if_cancelled()
         parsed = parse_key(obj.key, store.scheme)
         if parsed is None:
             continue

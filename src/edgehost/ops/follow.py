@@ -249,10 +249,9 @@ class Follower:
 
     def mirror_round(self, cancel: Callable[[], bool] | None = None) -> dict[str, Any]:
         """One listing of the replica, its new files fetched into the mirror, each database's newest txid noted."""
-        # A promotion's final round may overlap the loop's last one (until `cancel` stops its listing,
-        # which raises ListingCancelled here):
-        # files are written under unique temporary names, and a listing only ever raises a database's
-        # newest txid.
+        # A promotion's final round may overlap the loop's last one until `cancel` stops that one's
+        # listing (ListingCancelled, raised here): files are written under unique temporary names, and
+        # a listing only ever raises a database's newest txid.
         report = mirror_once(self.settings, self.ls, self.mirror, grace=3600, on_listing=self._listed, cancel=cancel)
         if report.cancelled:
             raise ListingCancelled("; ".join(report.errors[:3]))

@@ -108,8 +108,8 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
     """One round: list the replica once per root, fetch what is new, delete what is long gone.
 
     `on_listing(local root, listing)` is called once a root's new files are in the mirror. `cancel()`
-    true stops the listing once the page in flight arrives (no further page is asked for), and a
-    root not begun is not listed; the round is then `cancelled` and, as for a replica that does not
+    true stops the listing once the page in flight arrives (no further page is asked for; a root
+    not begun is not listed); the round is then `cancelled` and, as for a replica that does not
     answer, deletes nothing under that root."""
     started = time.monotonic()
     now = time.time() if now is None else now
@@ -120,10 +120,6 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="mirror") as pool, \
             ThreadPoolExecutor(max_workers=FETCH_DBS, thread_name_prefix="mirror-db") as dbs:
         for remote, local in mirror_roots(ls.replication, to).items():
-            if cancel is not None and cancel():
-                report.cancelled = True
-                report.errors.append(f"listing of {remote} cancelled before it began")
-                continue
             store = ReplicaStore.from_settings(settings, remote)
             local_files = dbs.submit(_local_files, local)  # the mirror's own walk, beside the first page
             fetcher = Fetcher(store, pool)
