@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +14,9 @@ import pytest
 from edgehost.engine import layout, litestream
 from procs import (machine, twin, Proc, Writer, edgehost, edgehost_argv, plain_restore, rows, service, start_supervisor,
                    supervisor_status, wait_until)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "chaos"))
+from chaos_kit import SwitchableProxy  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +108,63 @@ def test_the_file_replica_has_the_same_lease(kit_home, tmp_path_factory):
     up_b = start_supervisor(b)  # released on A's clean stop
     assert up_b.stop() == 0
     assert "writer lease released" in up_b.output()
+
+
+def test_a_primary_cut_off_from_the_bucket_stops_replicating_before_its_lease_goes_stale(s3_home, tmp_path_factory, tmp_path):
+    """The most common reason to fail over is the primary's network going down, not the primary. A
+    cut-off primary keeps its portal (writes stay on its disk) but must stop litestream before another
+    machine may find its lease stale; when its network returns it must neither upload its backlog
+    over the new primary's history nor push it in a final sync."""
+    proxy = SwitchableProxy(s3_home.env["EDGEHOST_S3_ENDPOINT"])
+    a = machine(s3_home, "a")
+    b = twin(a, tmp_path_factory, "b")  # B reaches the bucket directly
+    for home in (a, b):  # stale 6 s after the last renewal; A stops litestream 3.5 s after it
+        home.env.update({"EDGEHOST_LEASE_RENEW_SECONDS": "1", "EDGEHOST_LEASE_TTL_SECONDS": "6",
+                         "EDGEHOST_DURABLE_PROPERTY_DBS": "false"})
+    a.env["EDGEHOST_S3_ENDPOINT"] = proxy.endpoint
+    sa, sb = a.settings(), b.settings()
+    up_a = start_supervisor(a)
+    up_b = None
+    try:
+        httpx.post(f"{sa.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        before = [httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "a"}).json()["id"] for _ in range(10)]
+        litestream.ControlSocket(sa.litestream_socket).sync(layout.property_db(sa, "acme").path, wait=True)
+
+        proxy.set_mode("refuse")  # A's uplink goes down; its portal goes on taking (local) writes
+        cut = time.monotonic()
+        cut_off = Writer(sa.portal_url, "acme", pause=0.2).start()  # all through the cut: many local txids
+        wait_until(lambda: service(sa, "litestream")["state"] != "running", 15, what="A to stop litestream")
+        stopped_after = time.monotonic() - cut
+        assert stopped_after < 6, stopped_after  # before the lease can be stale anywhere
+        assert "writer lease" in service(sa, "litestream")["reason"]
+        assert service(sa, "portal")["state"] == "running"
+
+        # B starts once A's lease is stale: no --take-over needed, and it restores what A replicated.
+        wait_until(lambda: time.monotonic() - cut > 7, 15)
+        up_b = start_supervisor(b, log_name="up-b.log")
+        after = [httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "b"}).json()["id"] for _ in range(2)]
+        litestream.ControlSocket(sb.litestream_socket).sync(layout.property_db(sb, "acme").path, wait=True)
+        assert len(cut_off.stop()) > 20 and cut_off.errors == 0  # A's portal took every one
+
+        proxy.set_mode("up")  # A's network returns: it finds itself fenced and uploads nothing
+        wait_until(lambda: supervisor_status(sa)["lease"]["fenced"], 30, what="A to find itself fenced")
+        assert service(sa, "litestream")["state"] == "held"
+        time.sleep(3)  # room for any upload A would still make
+        more = [httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "b"}).json()["id"] for _ in range(3)]
+        litestream.ControlSocket(sb.litestream_socket).sync(layout.property_db(sb, "acme").path, wait=True)
+        assert up_b.stop() == 0, up_b.output()[-3000:]
+        up_b = None
+    finally:
+        if up_b is not None:
+            up_b.stop()
+        code_a = up_a.stop()
+    assert code_a == 6, up_a.output()[-2000:]
+
+    # The replica holds one history, B's, on top of what A replicated before its network went down.
+    out = tmp_path / "acme.db"
+    proc = plain_restore(litestream.replication(sb).restore_url(layout.property_db(sb, "acme")), out, b.environ())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert rows(out, "PRAGMA integrity_check") == [("ok",)]
+    got = rows(out, "SELECT id, kind FROM compliance_events ORDER BY id")
+    assert [r[0] for r in got[:10]] == before and [r[0] for r in got[10:]] == after + more
+    assert "w" not in {r[1] for r in got}  # none of A's writes from after the cut

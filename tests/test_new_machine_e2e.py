@@ -131,17 +131,41 @@ def test_a_replica_outage_at_boot_delays_the_start_and_then_restores(s3_home, mo
 
 
 def test_a_replica_outage_on_a_machine_with_its_data_starts_at_once(s3_home):
-    from procs import free_port, service
+    """The portal serves at once; litestream waits until the replica answers and the writer lease is
+    this machine's (another may have taken it meanwhile), then uploads what was written."""
+    from moto.server import ThreadedMotoServer
+
+    from procs import free_port, service, wait_until
 
     up = start_supervisor(s3_home)
     _write_some(s3_home)
     assert up.stop() == 0
-    s3_home.env["EDGEHOST_S3_ENDPOINT"] = f"http://127.0.0.1:{free_port()}"  # nothing answers there
-    up = start_supervisor(s3_home)  # waits until every service runs
+    port = free_port()
+    s3_home.env["EDGEHOST_S3_ENDPOINT"] = f"http://127.0.0.1:{port}"  # nothing answers there yet
+    settings = s3_home.settings()
+    up = start_supervisor(s3_home, wait=False)
+    late = None
     try:
-        settings = s3_home.settings()
-        assert service(settings, "litestream")["state"] == "running"
+        wait_until(lambda: service(settings, "portal")["state"] == "running", 60, what="the portal to serve")
+        ls = service(settings, "litestream")
+        assert ls["state"] == "held" and "waiting for the writer lease" in ls["reason"], ls
         assert len(httpx.get(f"{settings.portal_url}/study/users").json()["users"]) == 5
-        assert "litestream uploads when the replica answers" in up.output()
+        assert "litestream once the replica answers and the writer lease is this machine's" in up.output()
+        added = httpx.post(f"{settings.portal_url}/properties/alpha/events", json={"kind": "offline"}).json()["id"]
+
+        late = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)  # the same moto backend
+        late.start()
+        wait_until(lambda: service(settings, "litestream")["state"] == "running", 30, what="litestream after the outage")
+        assert "writer lease confirmed" in up.output() or "writer lease held by this machine" in up.output()
+        assert up.stop() == 0, up.output()[-2000:]  # the final sync landed: the offline write is in the replica
+        up = None
+        out = s3_home.path / "alpha-restored.db"
+        ref = layout.property_db(settings, "alpha")
+        proc = plain_restore(litestream.replication(settings).restore_url(ref), out, s3_home.environ())
+        assert proc.returncode == 0, proc.stderr
+        assert added in [r[0] for r in rows(out, "SELECT id FROM compliance_events")]
     finally:
-        up.stop(timeout=90)
+        if up is not None:
+            up.stop(timeout=90)
+        if late is not None:
+            late.stop()

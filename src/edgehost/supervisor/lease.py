@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -120,6 +121,9 @@ class WriterLease:
         self._etag: str | None = None
         self._record: dict | None = None
         self.found: LeaseInfo | None = None  # the lease as the last `acquire` read it
+        # time.monotonic() when the newest write of our lease that landed was sent. The server stamps
+        # it later, so no other machine can find the lease stale before confirmed_at + ttl.
+        self.confirmed_at: float | None = None
 
     @property
     def held(self) -> bool:
@@ -143,6 +147,7 @@ class WriterLease:
                       "renewed_at": now, "released": False, "version": VERSION}
             data = _encode(record)
             previous = None
+            sent = time.monotonic()
             try:
                 if current is None:
                     self._etag = self.store.put_if_absent(self.KEY, data)
@@ -157,7 +162,7 @@ class WriterLease:
                     self._etag = self.store.put_if_match(self.KEY, data, current.etag)
             except PreconditionFailed:
                 continue  # someone wrote between our read and our write: judge the new version
-            self._record = record
+            self._record, self.confirmed_at = record, sent
             return previous
         last = current.describe() if current else "nobody (it kept appearing and vanishing)"
         raise LeaseHeld(f"writer lease kept changing hands while this machine tried to take it; last held by {last}",
@@ -169,21 +174,22 @@ class WriterLease:
             raise LeaseLost("writer lease not held by this machine")
         record = {**self._record, "renewed_at": _now()}
         data = _encode(record)
+        sent = time.monotonic()
         try:
             self._etag = self.store.put_if_match(self.KEY, data, self._etag)
         except PreconditionFailed:
             found = self.store.get_versioned(self.KEY)
             # A retried PUT whose first try landed reports a lost condition, yet the object is ours.
             if found and found[0] == data:
-                self._etag, self._record = found[1], record
+                self._etag, self._record, self.confirmed_at = found[1], record, sent
                 return
-            self._etag = None
+            self._etag, self.confirmed_at = None, None
             holder = _parse(*found) if found else None
             if holder is None:
                 raise LeaseLost("writer lease vanished from the replica: this machine must stop writing") from None
             raise LeaseLost(f"writer lease taken by {holder.describe()}: this machine must stop writing",
                             holder) from None
-        self._record = record
+        self._record, self.confirmed_at = record, sent
 
     def release(self) -> None:
         """Mark our lease released so another machine can take it at once; quiet when it is no longer ours."""
@@ -194,7 +200,7 @@ class WriterLease:
             self.store.put_if_match(self.KEY, _encode(record), self._etag)
         except PreconditionFailed:
             pass  # someone took it over already: nothing of ours to release
-        self._etag = None
+        self._etag, self.confirmed_at = None, None
 
     def _stale(self, info: LeaseInfo) -> bool:
         # Unknown age (a server without a Date header) counts as live: never steal on a guess.

@@ -235,6 +235,7 @@ class Supervisor:
         self._metrics: MetricsServer | None = None
         self._store: ReplicaStore | None = None
         self.fenced = False  # another machine took the writer lease: never write to the replica again
+        self._lease_wait = False  # litestream kept stopped: the writer lease is not confirmed (`_may_replicate`)
         self.cost_summary: dict[str, Any] | None = None  # the month's estimated bill (edgehost cost), when known
         self._drills = statuspage.CachedDrills(lambda: drill_history(settings, limit=statuspage.DRILLS_CHARTED,
                                                                      replica=False))
@@ -329,9 +330,10 @@ class Supervisor:
         """Restore what the replica holds and the disk lacks, waiting out an unreachable replica.
 
         After a power cut the network is often late. With the global DB on disk this machine has
-        run before: start at once, litestream uploads when the replica answers. Without it, nothing
-        may be created before the replica has been listed, so wait and ask again. False when
-        told to stop meanwhile.
+        run before: start at once; the portal serves, and litestream starts once the replica answers
+        and the writer lease is this machine's (`_guard_replication`). Without it, nothing may be
+        created before the replica has been listed, so wait and ask again. False when told to stop
+        meanwhile.
         """
         s, delay = self.settings, 1.0
         while not self.stopping.is_set():
@@ -342,8 +344,8 @@ class Supervisor:
                 return True
             except EnvironmentProblem as exc:
                 if s.global_db.exists():
-                    self.log(f"warning: {exc}; the databases are on disk: starting now, litestream uploads "
-                             f"when the replica answers")
+                    self.log(f"warning: {exc}; the databases are on disk: starting now, litestream once the "
+                             f"replica answers and the writer lease is this machine's")
                     return True
                 self.log(f"{exc}; nothing is started or created until the replica answers: "
                          f"asking again in {delay:.0f}s")
@@ -393,6 +395,56 @@ class Supervisor:
                     self.log(f"warning: cannot renew the writer lease ({exc}); trying every {quick:.0f}s")
                 failing, interval = True, quick
 
+    def _may_replicate(self) -> bool:
+        """Whether litestream may write to the replica: this machine holds the writer lease, and its
+        newest renewal that landed is recent enough that nobody can have found it stale.
+
+        A machine cut off from the bucket cannot renew, and another may take the lease once it is
+        ttl old. Litestream must be stopped before that: when the network comes back it would
+        upload this machine's backlog over the new writer's history before the next renewal finds
+        the lease lost. The limit is halfway between the renewal due and the ttl (with the defaults,
+        10 minutes without a renewal; the lease goes stale after 15).
+        """
+        lease, s = self.lease, self.settings
+        if self.fenced or lease is None or not lease.held or lease.confirmed_at is None:
+            return False
+        return time.monotonic() < lease.confirmed_at + (s.lease_ttl_seconds + s.lease_renew_seconds) / 2
+
+    def _guard_replication(self) -> None:
+        """Keep litestream stopped (at once, no final sync) while `_may_replicate` says no, and let it
+        start again when a renewal lands: the conditional write proves nobody took the lease meanwhile."""
+        ls = next((svc for svc in self.services if svc.name == "litestream"), None)
+        if ls is None or self.fenced:
+            return
+        if self._may_replicate():
+            if self._lease_wait:
+                self._lease_wait = False
+                if ls.state == Service.HELD and ls.reason.startswith(self.LEASE_WAIT):
+                    ls.state, ls.reason = Service.STOPPED, ""
+                self.log("writer lease confirmed: litestream may write to the replica again")
+                self.alerts.clear("lease", "writer lease confirmed: litestream replicates again")
+            return
+        if self._lease_wait:
+            return
+        self._lease_wait = True
+        lease = self.lease
+        if lease is not None and lease.confirmed_at is not None:
+            why = f"not renewed for {time.monotonic() - lease.confirmed_at:.0f}s (the replica does not answer)"
+        else:
+            why = "not taken yet (the replica does not answer)"
+        if ls.state in (Service.STARTING, Service.RUNNING):
+            code = ls.stop(0, graceful=False)
+            self.log(f"!!! litestream stopped (exit {code}): the writer lease was {why}; another machine may take "
+                     f"it once it is {self.settings.lease_ttl_seconds:.0f}s old, and this one must not write "
+                     f"over its history. Writes stay on this disk until a renewal lands")
+            self.alerts.raise_("lease", "lease", f"writer lease {why}: litestream stopped, writes stay on this "
+                                                 f"disk until the replica answers and the lease is renewed")
+        if ls.state != Service.HELD:
+            ls.state = Service.HELD
+        ls.reason = f"{self.LEASE_WAIT}: {why}"
+
+    LEASE_WAIT = "waiting for the writer lease"
+
     def _fence(self, why: str) -> None:
         """Another machine is the writer now: stop replicating, make the portal read-only, say so loudly."""
         self.fenced = True
@@ -431,11 +483,17 @@ class Supervisor:
         while not self.stopping.is_set():
             now = time.monotonic()
             self._run_commands()
+            self._guard_replication()
             for i, svc in enumerate(self.services):
-                self._tend(svc, now, gate_open=all(prev.ready_once for prev in self.services[:i]))
+                self._tend(svc, now, gate_open=all(self._passed(prev) for prev in self.services[:i]))
             # While a service starts, look often: each readiness step would otherwise wait a tick.
             starting = any(svc.state == Service.STARTING for svc in self.services)
             time.sleep(self.START_TICK if starting else self.TICK)
+
+    def _passed(self, svc: Service) -> bool:
+        """Whether the services after `svc` may start: it was ready once, or it is a litestream kept
+        stopped until the writer lease is this machine's (the portal serves meanwhile)."""
+        return svc.ready_once or (svc.name == "litestream" and self._lease_wait)
 
     def _adopt(self, running: Service) -> None:
         """Take over a promoted standby's read-only portal as this run's portal, still read-only:
@@ -550,6 +608,11 @@ class Supervisor:
         refs = layout.local_databases(self.settings)
         if not refs:
             return 0.0
+        if not self._may_replicate():
+            self.exit_status = ExitStatus.FINAL_SYNC_FAILED
+            self.log(f"!!! final sync skipped: {ls.reason or 'the writer lease is not confirmed'}; the newest writes "
+                     f"are only on this disk until `edgehost up` runs with the replica reachable")
+            return 0.0
         budget = max(5.0, self.settings.litestream_stop_timeout - 5.0)
         if ls.state not in (Service.RUNNING, Service.STARTING) or ls.poll() is not None:
             # Backoff, held or crashed: run litestream once more, or the newest writes stay on this disk.
@@ -606,8 +669,9 @@ class Supervisor:
                 done.set()
                 continue
             svc = next(s for s in self.services if s.name == name)
-            if self.fenced and name == "litestream" and verb in ("restart", "release"):
-                reply.update(ok=False, state=svc.state, error="fenced: another machine holds the writer lease")
+            if name == "litestream" and verb in ("restart", "release") and not self._may_replicate():
+                why = "fenced: another machine holds the writer lease" if self.fenced else svc.reason or self.LEASE_WAIT
+                reply.update(ok=False, state=svc.state, error=why)
                 done.set()
                 continue
             if verb == "restart":
@@ -636,8 +700,9 @@ class Supervisor:
 
     def _apply_fence(self, why: str) -> None:
         for svc in self.services:
-            if svc.name == "litestream" and svc.state != Service.HELD:
-                code = svc.stop(5)
+            if svc.name == "litestream":
+                # SIGKILL, not SIGTERM: on SIGTERM litestream pushes what it has in a final sync.
+                code = svc.stop(0, graceful=False) if svc.state in (Service.STARTING, Service.RUNNING) else None
                 svc.state, svc.reason = Service.HELD, "fenced: another machine holds the writer lease"
                 self.log(f"litestream stopped (exit {code}): fenced")
             elif svc.name == "portal":

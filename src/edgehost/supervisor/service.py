@@ -115,18 +115,22 @@ class Service:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def stop(self, timeout: float, hurry: threading.Event | None = None) -> int | None:
-        """SIGTERM the group, wait up to `timeout` (less if hurried), then SIGKILL. Returns the exit code."""
+    def stop(self, timeout: float, hurry: threading.Event | None = None, graceful: bool = True) -> int | None:
+        """SIGTERM the group, wait up to `timeout` (less if hurried), then SIGKILL. Returns the exit code.
+
+        `graceful=False`: SIGKILL at once. For a litestream that must not write to the replica any
+        more: on SIGTERM it would push everything it has in a final sync.
+        """
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
+        if graceful and self.proc.poll() is None:
             self.signal(signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while self.proc.poll() is None and time.monotonic() < deadline:
                 if hurry is not None and hurry.is_set():
                     break
                 time.sleep(0.05)
-        if self.proc.poll() is None:
+        if graceful and self.proc.poll() is None:
             self.hub.line("edgehost", f"{self.name} did not stop in time: SIGKILL")
         # Always sweep the group: a grandchild must not outlive its service.
         self.signal(signal.SIGKILL)
