@@ -80,6 +80,22 @@ def test_take_over_returns_the_previous_holder_and_fences_it(machines):
     assert new.read().host == "mini-2"
 
 
+def test_a_take_over_knows_how_long_the_holder_may_still_write_by_its_own_settings(machines, store):
+    # The holder renews every 60 s with a 600 s ttl; the one taking over runs with 1 s / 30 s.
+    holder = WriterLease(store, uuid.uuid4().hex, "mini-1", 1001, 600.0, 60.0)
+    holder.acquire()
+    previous = machines(2).acquire(take_over=True)
+    assert (previous.renew_seconds, previous.ttl_seconds) == (60.0, 600.0)
+    # Online it stops at its next renewal; cut off, halfway between that and its ttl: 330 s, + 5.
+    assert previous.quiet_after(1.0, 30.0) == 335.0
+    # A lease written before the settings were recorded (or garbled ones): the reader's own.
+    legacy = store.get_versioned(WriterLease.KEY)
+    record = {**json.loads(legacy[0]), "renew_seconds": "soon", "ttl_seconds": -1}
+    del record["renew_seconds"]
+    store.put_if_match(WriterLease.KEY, json.dumps(record).encode(), legacy[1])
+    assert machines(3).read().quiet_after(1.0, 30.0) == 20.5
+
+
 def test_release_lets_another_machine_in_without_take_over(machines):
     first, second = machines(1), machines(2)
     first.acquire()

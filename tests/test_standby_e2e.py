@@ -195,9 +195,14 @@ def test_a_promotion_that_fails_leaves_a_standby_that_follows_and_promotes_later
         failed = edgehost(b, "promote", "--json", "--no-wait", timeout=120)
         assert failed.returncode == 1, failed.stdout + failed.stderr
         assert "cannot record the role" in json.loads(failed.stdout)["error"]
-        # Following resumes: a new event of the (still running) primary reaches the standby, through new
-        # `restore -f` processes; none of the ones the promotion stopped is left.
-        httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "two"}).raise_for_status()
+        # The take-over fenced the running primary; the failed promotion released the lease it took, so
+        # the primary starts again without --take-over.
+        wait_until(lambda: supervisor_status(sa)["lease"]["fenced"], 30, what="the primary to be fenced")
+        assert up_a.stop() == 6
+        up_a = start_supervisor(a, log_name="up-again.log")
+        # Following resumes: a new event of the primary reaches the standby, through new `restore -f`
+        # processes; none of the ones the promotion stopped is left.
+        httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "two"}, timeout=15).raise_for_status()
         wait_until(lambda: reads("two"), 60, interval=0.3, what="the standby following again")
         assert _restores(b) and not before & set(_restores(b))
         refused = httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "x"})

@@ -208,7 +208,7 @@ class Follower:
         s = self.settings
         store = ReplicaStore.from_settings(s)
         lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
-                            s.lease_ttl_seconds)
+                            s.lease_ttl_seconds, s.lease_renew_seconds)
         try:
             current = lease.read()
         except EdgehostError as exc:
@@ -448,7 +448,8 @@ class Follower:
 
         try:
             lease = self._lease or WriterLease(ReplicaStore.from_settings(s), machine_id(s.state_dir, s.environ),
-                                               socket.gethostname(), os.getpid(), s.lease_ttl_seconds)
+                                               socket.gethostname(), os.getpid(), s.lease_ttl_seconds,
+                                               s.lease_renew_seconds)
             self._lease = lease
 
             pool = ThreadPoolExecutor(1)
@@ -457,12 +458,14 @@ class Follower:
             current = lease.found
             report.previous_primary = (previous or current).describe() if (previous or current) else ""
             if previous is not None and not no_wait:
-                # A primary that is alive somewhere stops writing at its next renewal: give it that long.
-                wait = max(0.0, s.lease_renew_seconds + 5 - (previous.age_seconds or 0.0))
+                # A primary alive somewhere stops writing at its next renewal, or, cut off from the
+                # bucket, before its lease could go stale: give it that long, by its own settings.
+                wait = max(0.0, previous.quiet_after(s.lease_renew_seconds, s.lease_ttl_seconds)
+                           - (previous.age_seconds or 0.0))
                 if wait:
-                    report.notes.append(f"waited {wait:.0f}s for the old primary's next lease renewal "
-                                        f"(--no-wait when it is known to be down)")
-                    self.log(f"promote: waiting {wait:.0f}s for the old primary to notice it lost the lease")
+                    report.notes.append(f"waited {wait:.0f}s for the old primary to stop writing: its next lease "
+                                        f"renewal, or its own stop when cut off (--no-wait when it is known to be down)")
+                    self.log(f"promote: waiting {wait:.0f}s for the old primary to stop writing")
                     time.sleep(wait)
             step("lease")
             final = listing.result()
@@ -497,8 +500,21 @@ class Follower:
             if not report.ok:
                 if not self.handed_over.is_set():
                     self._release_frozen()  # before following resumes and restores those databases anew
+                    self._give_back_lease()
                 self.promoting.clear()
         return report
+
+    def _give_back_lease(self) -> None:
+        """A failed promotion wrote nothing under the lease it took: mark it released, so the old
+        primary (fenced by the take-over) starts again without --take-over, or the next promotion
+        takes it at once."""
+        if self._lease is None or not self._lease.held:
+            return
+        try:
+            self._lease.release()
+            self.log("promote failed: the writer lease is released again (nothing was written under it)")
+        except EdgehostError as exc:
+            self.log(f"warning: the writer lease taken by the failed promotion was not released ({exc})")
 
     def _catch_up(self, timeout: float) -> int:
         """Wait until every database has applied the replica's newest txid; how many were behind."""

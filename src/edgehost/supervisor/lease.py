@@ -61,6 +61,17 @@ class LeaseInfo:
     released: bool
     etag: str
     age_seconds: float | None  # since the last write, on the server's clock; None when unknown
+    renew_seconds: float | None = None  # the holder's settings (None: a lease written before they were recorded)
+    ttl_seconds: float | None = None
+
+    def quiet_after(self, renew: float, ttl: float) -> float:
+        """Seconds after this lease's last renewal by which its holder has stopped writing to the
+        replica once another machine holds the lease: online, it finds the lease lost at its next
+        renewal; cut off from the bucket, it stops litestream halfway between that renewal and its ttl
+        (the supervisor's `_may_replicate`). Its own settings when recorded, else `renew`/`ttl`; 5 s
+        to spare."""
+        r, t = self.renew_seconds or renew, self.ttl_seconds or ttl
+        return max(r, (r + t) / 2) + 5
 
     def describe(self) -> str:
         """One line naming the holder and how fresh it is."""
@@ -112,12 +123,14 @@ class WriterLease:
 
     KEY = "_edgehost/lease.json"  # relative to the replica root; "_edgehost" can never be a property slug
 
-    def __init__(self, store: ReplicaStore, machine_id: str, host: str, pid: int, ttl: float):
+    def __init__(self, store: ReplicaStore, machine_id: str, host: str, pid: int, ttl: float,
+                 renew: float | None = None):
         self.store = store
         self.machine_id = machine_id
         self.host = host
         self.pid = pid
         self.ttl = ttl
+        self.renew_seconds = renew  # recorded in the lease, so a machine taking it over knows how long to wait
         self._etag: str | None = None
         self._record: dict | None = None
         self.found: LeaseInfo | None = None  # the lease as the last `acquire` read it
@@ -144,7 +157,9 @@ class WriterLease:
             current = self.found = self.read()
             now = _now()
             record = {"host": self.host, "machine_id": self.machine_id, "pid": self.pid, "started_at": now,
-                      "renewed_at": now, "released": False, "version": VERSION}
+                      "renewed_at": now, "released": False, "version": VERSION, "ttl_seconds": self.ttl}
+            if self.renew_seconds is not None:
+                record["renew_seconds"] = self.renew_seconds
             data = _encode(record)
             previous = None
             sent = time.monotonic()
@@ -221,7 +236,15 @@ def _parse(data: bytes, etag: str, age: float | None) -> LeaseInfo:
         pid = 0
     return LeaseInfo(host=str(raw.get("host", "?")), machine_id=str(raw.get("machine_id", "?")), pid=pid,
                      started_at=str(raw.get("started_at", "?")), renewed_at=str(raw.get("renewed_at", "?")),
-                     released=raw.get("released") is True, etag=etag, age_seconds=age)
+                     released=raw.get("released") is True, etag=etag, age_seconds=age,
+                     renew_seconds=_seconds(raw.get("renew_seconds")), ttl_seconds=_seconds(raw.get("ttl_seconds")))
+
+
+def _seconds(value: object) -> float | None:
+    """A positive finite number of seconds from the lease's JSON, else None (absent or garbled)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if 0 < value < 1e9 else None
 
 
 def _encode(record: dict) -> bytes:

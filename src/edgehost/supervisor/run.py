@@ -358,13 +358,14 @@ class Supervisor:
         s = self.settings
         if self.lease is None:
             self.lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
-                                     s.lease_ttl_seconds)
+                                     s.lease_ttl_seconds, s.lease_renew_seconds)
         if self.lease.held:
             return
         previous = self.lease.acquire(take_over=take_over)
         if previous is not None:
-            # The old holder notices at its next renewal and stops writing; give it that long.
-            wait = s.lease_renew_seconds + 5
+            # The old holder stops writing at its next renewal, or, cut off from the bucket, before
+            # its lease could go stale: give it that long, by its own settings (`quiet_after`).
+            wait = max(0.0, previous.quiet_after(s.lease_renew_seconds, s.lease_ttl_seconds) - (previous.age_seconds or 0.0))
             self.log(f"writer lease taken over from {previous.describe()}; waiting {wait:.0f}s for it to stop writing")
             self.stopping.wait(wait)
         self.log(f"writer lease held by this machine (renewed every {s.lease_renew_seconds:.0f}s)")
