@@ -424,6 +424,13 @@ class ControlSocket:
                 self._drop_client(client)
                 if attempt == 2:
                     raise EnvironmentProblem(f"litestream control socket: {exc}") from None
+            except RuntimeError:
+                if not client.is_closed:
+                    raise
+                # Another thread dropped this shared client between our taking it and our request.
+                self._drop_client(client)
+                if attempt == 2:
+                    raise EnvironmentProblem("litestream control socket: the connection was reset") from None
             except httpx.HTTPError as exc:
                 raise EnvironmentProblem(f"litestream control socket: {exc}") from None
         body = resp.json() if resp.content else {}

@@ -118,7 +118,12 @@ class _Coordinator:
                 self._waiting = []
             if not batch:
                 continue
-            outcome = self._sync(max(w.deadline for w in batch) - time.monotonic())
+            try:
+                outcome = self._sync(max(w.deadline for w in batch) - time.monotonic())
+            except Exception as exc:  # never let the thread die: its database's writes would wait in vain
+                self.stats.failed_syncs += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                outcome = "error"
             if outcome == "replicated":
                 with self._cond:
                     expect = len(batch) + len(self._waiting)
@@ -164,6 +169,7 @@ class DurableAcks:
         self._lock = threading.Lock()
         self._coordinators: dict[Path, _Coordinator] = {}
         self._stats: dict[str, DbStats] = {}
+        self._no_socket_since: float | None = None  # when a write last found litestream's socket missing
 
     def _coordinator(self, label: str, path: Path) -> _Coordinator:
         with self._lock:
@@ -180,9 +186,17 @@ class DurableAcks:
         """
         start = time.monotonic()
         coord = self._coordinator(label, path)
-        if not self.socket.path.exists():
-            coord.stats.timeouts += 1
-            raise NotReplicated(f"litestream is not running (no control socket at {self.socket.path})")
+        if self.socket.path.exists():
+            self._no_socket_since = None
+        else:
+            # A restart, or the supervisor holding litestream for a moment, leaves no socket for a
+            # second or two: wait for it like for any failing sync. Gone longer than a timeout (a
+            # portal without litestream, one fenced or waiting for the lease): answer at once.
+            if self._no_socket_since is None:
+                self._no_socket_since = start
+            if start - self._no_socket_since > self.timeout:
+                coord.stats.timeouts += 1
+                raise NotReplicated(f"litestream is not running (no control socket at {self.socket.path})")
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop, loop.create_future(), start + self.timeout)
         coord.join(waiter)
