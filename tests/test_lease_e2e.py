@@ -13,7 +13,7 @@ import pytest
 
 from edgehost.engine import layout, litestream
 from procs import (machine, twin, Proc, Writer, edgehost, edgehost_argv, plain_restore, rows, service, start_supervisor,
-                   supervisor_status, wait_until)
+                   supervisor_status, sync_db, wait_until)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "chaos"))
 from chaos_kit import SwitchableProxy  # noqa: E402
@@ -128,7 +128,7 @@ def test_a_primary_cut_off_from_the_bucket_stops_replicating_before_its_lease_go
     try:
         httpx.post(f"{sa.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
         before = [httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "a"}).json()["id"] for _ in range(10)]
-        litestream.ControlSocket(sa.litestream_socket).sync(layout.property_db(sa, "acme").path, wait=True)
+        sync_db(sa, layout.property_db(sa, "acme"))
 
         proxy.set_mode("refuse")  # A's uplink goes down; its portal goes on taking (local) writes
         cut = time.monotonic()
@@ -143,7 +143,7 @@ def test_a_primary_cut_off_from_the_bucket_stops_replicating_before_its_lease_go
         wait_until(lambda: time.monotonic() - cut > 7, 15)
         up_b = start_supervisor(b, log_name="up-b.log")
         after = [httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "b"}).json()["id"] for _ in range(2)]
-        litestream.ControlSocket(sb.litestream_socket).sync(layout.property_db(sb, "acme").path, wait=True)
+        sync_db(sb, layout.property_db(sb, "acme"))
         assert len(cut_off.stop()) > 20 and cut_off.errors == 0  # A's portal took every one
 
         proxy.set_mode("up")  # A's network returns: it finds itself fenced and uploads nothing
@@ -151,7 +151,7 @@ def test_a_primary_cut_off_from_the_bucket_stops_replicating_before_its_lease_go
         assert service(sa, "litestream")["state"] == "held"
         time.sleep(3)  # room for any upload A would still make
         more = [httpx.post(f"{sb.portal_url}/properties/acme/events", json={"kind": "b"}).json()["id"] for _ in range(3)]
-        litestream.ControlSocket(sb.litestream_socket).sync(layout.property_db(sb, "acme").path, wait=True)
+        sync_db(sb, layout.property_db(sb, "acme"))
         assert up_b.stop() == 0, up_b.output()[-3000:]
         up_b = None
     finally:

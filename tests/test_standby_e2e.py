@@ -218,3 +218,61 @@ def test_a_promotion_that_fails_leaves_a_standby_that_follows_and_promotes_later
         if follower is not None:
             follower.stop()
         up_a.stop()
+
+
+def test_a_property_new_in_the_final_listing_is_caught_up_by_the_promotion(s3_home, tmp_path_factory):
+    """The standby lists every 30 s, so the property made just before the primary dies first appears
+    in the promotion's own listing: the promotion starts its follower instead of waiting in vain."""
+    a = machine(s3_home, "a")
+    b = twin(a, tmp_path_factory, "b")
+    sa, sb = a.settings(), b.settings()
+    up_a = start_supervisor(a)
+    follower = None
+    try:
+        httpx.post(f"{sa.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        follower = Proc(edgehost_argv("follow", "--interval", "30s"), b.environ(), b.path / "follow.log")
+        wait_until(lambda: httpx.get(f"{sb.portal_url}/properties/acme/events").status_code == 200, 60,
+                   interval=0.3, what="the standby to serve acme")
+        httpx.post(f"{sa.portal_url}/properties", json={"slug": "late"}).raise_for_status()
+        late = httpx.post(f"{sa.portal_url}/properties/late/events", json={"kind": "late"}).json()["id"]  # durable
+        power_cut(supervisor_status(sa)["services"], up_a.popen)
+
+        promoted = edgehost(b, "promote", "--json", "--no-wait", timeout=120)
+        assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+        assert json.loads(promoted.stdout)["steps"]["catch_up"] < 30
+        assert late in [e["id"] for e in httpx.get(f"{sb.portal_url}/properties/late/events").json()["events"]]
+    finally:
+        if follower is not None:
+            follower.stop()
+        up_a.stop()
+
+
+def test_a_machine_failed_back_from_follows_once_its_data_is_moved_aside(s3_home, tmp_path_factory):
+    """B was promoted once (state/role says primary); A is the primary again. Installed as a standby
+    (docs/standby.md, Failback), B follows A, instead of running `up` into A's lease for ever."""
+    a = machine(s3_home, "a")
+    b = twin(a, tmp_path_factory, "b")
+    sa, sb = a.settings(), b.settings()
+    up_a = start_supervisor(a)
+    follower = None
+    try:
+        httpx.post(f"{sa.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        event = httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "a"}).json()["id"]
+        sb.state_dir.mkdir(parents=True)
+        (sb.state_dir / "role").write_text("primary\n")
+        (sb.data_dir / "acme").mkdir(parents=True)  # its old data, not moved aside: refused, named
+        shutil.copy(layout.property_db(sa, "acme").path, layout.property_db(sb, "acme").path)
+        refused = edgehost(b, "follow", timeout=60)
+        assert refused.returncode == 2 and "holds the writer lease now" in refused.stderr, refused.stderr
+        assert "move" in refused.stderr and (sb.state_dir / "role").read_text() == "primary\n"
+
+        shutil.move(sb.data_dir, b.path / "data.old")
+        follower = Proc(edgehost_argv("follow", "--interval", "0.5s"), b.environ(), b.path / "follow.log")
+        wait_until(lambda: event in [e["id"] for e in httpx.get(f"{sb.portal_url}/properties/acme/events").json()["events"]],
+                   60, interval=0.3, what="the old primary to follow the new one")
+        assert (sb.state_dir / "role").read_text() == "follower\n"
+        assert supervisor_status(sa)["lease"]["held"] and not supervisor_status(sa)["lease"]["fenced"]
+    finally:
+        if follower is not None:
+            follower.stop()
+        up_a.stop()

@@ -163,7 +163,7 @@ class Follower:
         if strays:
             self.log(f"killed {len(strays)} `litestream restore -f` left by an earlier run (pids {', '.join(map(str, strays[:5]))}"
                      f"{', ...' if len(strays) > 5 else ''})")
-        if role(s) == "primary":
+        if role(s) == "primary" and not self._failed_back_from():
             self.log("state/role says this machine was promoted: running as the primary (edgehost up)")
             return self._run_primary()
         try:
@@ -202,6 +202,29 @@ class Follower:
         self.log("stopped following")
         self.hub.close()
         return int(ExitStatus.OK)
+
+    def _failed_back_from(self) -> bool:
+        """A promoted machine whose lease another machine holds now was failed back from: with its
+        data dir moved aside (docs/standby.md, Failback) it follows again, with it in place it
+        refuses (its writes that never reached the replica are there). A replica that cannot be read
+        says nothing: run as the primary, whose `up` waits for the lease."""
+        s = self.settings
+        mine = machine_id(s.state_dir, s.environ)
+        try:
+            holder = WriterLease(ReplicaStore.from_settings(s), mine, socket.gethostname(), os.getpid(),
+                                 s.lease_ttl_seconds).read()
+        except EdgehostError:
+            return False
+        if holder is None or holder.released or holder.machine_id == mine:
+            return False
+        if layout.local_databases(s):
+            s.pid_file.unlink(missing_ok=True)
+            raise BadInput(f"this machine was promoted, but {holder.describe()} holds the writer lease now: "
+                           f"to follow it, move {s.data_dir} aside (this machine's writes that never reached "
+                           f"the replica are in it) and start again")
+        self.log(f"this machine was the primary; {holder.describe()} holds the writer lease now: following it")
+        set_role(s, "follower")
+        return True
 
     def _check_not_the_writer(self) -> None:
         """A machine that holds the writer lease is the primary: following would overwrite its data."""
@@ -520,6 +543,11 @@ class Follower:
         """Wait until every database has applied the replica's newest txid; how many were behind."""
         deadline, first = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
+            with self._lock:
+                items = list(self.followed.values())
+            for item in items:
+                if item.proc is None:  # new in the final listing, or in its restart backoff: no waiting
+                    self._start(item)
             with self._lock:
                 behind = [i.label for i in self.followed.values() if i.applied() < i.replica_txid]
             first = len(behind) if first is None else first
