@@ -96,6 +96,16 @@ def test_a_take_over_knows_how_long_the_holder_may_still_write_by_its_own_settin
     assert machines(3).read().quiet_after(1.0, 30.0) == 20.5
 
 
+def test_a_lease_is_stale_only_by_the_longer_of_the_two_ttls(machines, store):
+    # A primary on the defaults (ttl 900) is live for 900 s, whatever a standby set to 0.2 s thinks.
+    holder = WriterLease(store, uuid.uuid4().hex, "mini-1", 1001, 900.0, 300.0)
+    holder.acquire()
+    time.sleep(1.1 if store.scheme == "s3" else 0.3)
+    with pytest.raises(LeaseHeld):
+        machines(2, ttl=0.2).acquire()
+    holder.renew()
+
+
 def test_release_lets_another_machine_in_without_take_over(machines):
     first, second = machines(1), machines(2)
     first.acquire()
@@ -122,7 +132,7 @@ def test_release_after_being_taken_over_is_quiet(machines):
 
 
 def test_stale_lease_is_taken_without_take_over(machines, store):
-    crashed = machines(1)
+    crashed = machines(1, ttl=0.2)
     crashed.acquire()
     with pytest.raises(LeaseHeld):
         machines(2, ttl=TTL).acquire()

@@ -151,7 +151,10 @@ def test_a_replica_outage_on_a_machine_with_its_data_starts_at_once(s3_home):
         assert ls["state"] == "held" and "waiting for the writer lease" in ls["reason"], ls
         assert len(httpx.get(f"{settings.portal_url}/study/users").json()["users"]) == 5
         assert "litestream once the replica answers and the writer lease is this machine's" in up.output()
-        added = httpx.post(f"{settings.portal_url}/properties/alpha/events", json={"kind": "offline"}).json()["id"]
+        # Durable by default: stored here, 503 once its timeout passes without litestream ("stored_locally").
+        offline = httpx.post(f"{settings.portal_url}/properties/alpha/events", json={"kind": "offline"}, timeout=30)
+        assert offline.status_code == 503 and offline.json()["stored_locally"], offline.text
+        added = offline.json()["id"]
 
         late = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)  # the same moto backend
         late.start()

@@ -221,7 +221,8 @@ class Follower:
             s.pid_file.unlink(missing_ok=True)
             raise BadInput(f"this machine was promoted, but {holder.describe()} holds the writer lease now: "
                            f"to follow it, move {s.data_dir} aside (this machine's writes that never reached "
-                           f"the replica are in it) and start again")
+                           f"the replica are in it) and start again; if that machine is gone, `edgehost up "
+                           f"--take-over` makes this one the primary again")
         self.log(f"this machine was the primary; {holder.describe()} holds the writer lease now: following it")
         set_role(s, "follower")
         return True
@@ -490,6 +491,7 @@ class Follower:
                                         f"renewal, or its own stop when cut off (--no-wait when it is known to be down)")
                     self.log(f"promote: waiting {wait:.0f}s for the old primary to stop writing")
                     time.sleep(wait)
+                    lease.renew()  # confirmed anew: the primary's litestream may write from now
             step("lease")
             final = listing.result()
             pool.shutdown()
@@ -545,9 +547,10 @@ class Follower:
         while time.monotonic() < deadline:
             with self._lock:
                 items = list(self.followed.values())
-            for item in items:
-                if item.proc is None:  # new in the final listing, or in its restart backoff: no waiting
-                    self._start(item)
+            with self._tending:
+                for item in items:
+                    if item.proc is None:  # new in the final listing, or in its restart backoff: no waiting
+                        self._start(item)
             with self._lock:
                 behind = [i.label for i in self.followed.values() if i.applied() < i.replica_txid]
             first = len(behind) if first is None else first

@@ -154,6 +154,7 @@ class _Coordinator:
             self.stats.last_error = f"replica at txid {replicated:x}, local {txid:x}"
             return "behind"
         except (EnvironmentProblem, KeyError, ValueError, TypeError) as exc:
+            self.acks.socket_missing_for(time.monotonic())  # each retry of a waiting write is a look
             self.stats.failed_syncs += 1
             self.stats.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return "error"
@@ -169,7 +170,8 @@ class DurableAcks:
         self._lock = threading.Lock()
         self._coordinators: dict[Path, _Coordinator] = {}
         self._stats: dict[str, DbStats] = {}
-        self._no_socket_since: float | None = None  # when a write last found litestream's socket missing
+        self._no_socket_since: float | None = None  # since when writes find litestream's socket missing
+        self._no_socket_seen = 0.0  # when a write last found it missing
 
     def _coordinator(self, label: str, path: Path) -> _Coordinator:
         with self._lock:
@@ -179,6 +181,17 @@ class DurableAcks:
                 coord = self._coordinators[path] = _Coordinator(self, path, stats)
             return coord
 
+    def socket_missing_for(self, now: float) -> float:
+        """How long litestream's control socket has been missing, as writes and their syncs saw it
+        (0 when it is there). An absence last seen more than a timeout ago is over: a new one starts."""
+        if self.socket.path.exists():
+            self._no_socket_since = None
+            return 0.0
+        if self._no_socket_since is None or now - self._no_socket_seen > self.timeout:
+            self._no_socket_since = now
+        self._no_socket_seen = now
+        return now - self._no_socket_since
+
     async def confirm(self, label: str, path: Path) -> float:
         """Wait until a write already committed to `path` is in the replica; the seconds it took.
 
@@ -186,17 +199,12 @@ class DurableAcks:
         """
         start = time.monotonic()
         coord = self._coordinator(label, path)
-        if self.socket.path.exists():
-            self._no_socket_since = None
-        else:
-            # A restart, or the supervisor holding litestream for a moment, leaves no socket for a
-            # second or two: wait for it like for any failing sync. Gone longer than a timeout (a
-            # portal without litestream, one fenced or waiting for the lease): answer at once.
-            if self._no_socket_since is None:
-                self._no_socket_since = start
-            if start - self._no_socket_since > self.timeout:
-                coord.stats.timeouts += 1
-                raise NotReplicated(f"litestream is not running (no control socket at {self.socket.path})")
+        # A restart, or the supervisor holding litestream for a moment, leaves no socket for a second
+        # or two: wait for it like for any failing sync. Gone longer than a timeout (a portal without
+        # litestream, one fenced or waiting for the lease): answer at once.
+        if self.socket_missing_for(start) > self.timeout:
+            coord.stats.timeouts += 1
+            raise NotReplicated(f"litestream is not running (no control socket at {self.socket.path})")
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop, loop.create_future(), start + self.timeout)
         coord.join(waiter)

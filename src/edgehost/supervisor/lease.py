@@ -81,6 +81,13 @@ class LeaseInfo:
         return f"{who}, {verb} {when}"
 
 
+def lease_clock() -> float:
+    """Seconds on a clock that goes on counting while the machine sleeps: the lease ages on the
+    server meanwhile. time.monotonic() stops during sleep on macOS (and CLOCK_MONOTONIC during
+    suspend on Linux), so a Mac waking from an hour's sleep would think its lease fresh."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))  # macOS: counts sleep
+
+
 def machine_id(state_dir: Path, environ: Mapping[str, str] | None = None) -> str:
     """This machine's id: EDGEHOST_MACHINE_ID, else a uuid4 hex kept in state_dir/machine-id (mode 0600)."""
     env = os.environ if environ is None else environ
@@ -134,8 +141,8 @@ class WriterLease:
         self._etag: str | None = None
         self._record: dict | None = None
         self.found: LeaseInfo | None = None  # the lease as the last `acquire` read it
-        # time.monotonic() when the newest write of our lease that landed was sent. The server stamps
-        # it later, so no other machine can find the lease stale before confirmed_at + ttl.
+        # lease_clock() when the newest write of our lease that landed was sent. The server stamps it
+        # later, so no other machine can find the lease stale before confirmed_at + ttl.
         self.confirmed_at: float | None = None
 
     @property
@@ -162,7 +169,7 @@ class WriterLease:
                 record["renew_seconds"] = self.renew_seconds
             data = _encode(record)
             previous = None
-            sent = time.monotonic()
+            sent = lease_clock()
             try:
                 if current is None:
                     self._etag = self.store.put_if_absent(self.KEY, data)
@@ -189,7 +196,7 @@ class WriterLease:
             raise LeaseLost("writer lease not held by this machine")
         record = {**self._record, "renewed_at": _now()}
         data = _encode(record)
-        sent = time.monotonic()
+        sent = lease_clock()
         try:
             self._etag = self.store.put_if_match(self.KEY, data, self._etag)
         except PreconditionFailed:
@@ -219,7 +226,8 @@ class WriterLease:
 
     def _stale(self, info: LeaseInfo) -> bool:
         # Unknown age (a server without a Date header) counts as live: never steal on a guess.
-        return info.age_seconds is not None and info.age_seconds > self.ttl
+        # The holder's own ttl when longer: it keeps writing until halfway to that one.
+        return info.age_seconds is not None and info.age_seconds > max(self.ttl, info.ttl_seconds or 0.0)
 
 
 def _parse(data: bytes, etag: str, age: float | None) -> LeaseInfo:

@@ -31,7 +31,7 @@ from edgehost.portal import DURABLE_PATH
 from edgehost.supervisor import statuspage
 from edgehost.supervisor.control import ControlServer, MetricsServer, Page
 from edgehost.supervisor.final_sync import final_sync
-from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, machine_id
+from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, lease_clock, machine_id
 from edgehost.supervisor.logs import LogHub
 from edgehost.supervisor.policy import Backoff
 from edgehost.supervisor.service import Service, ServiceSpec
@@ -236,6 +236,7 @@ class Supervisor:
         self._store: ReplicaStore | None = None
         self.fenced = False  # another machine took the writer lease: never write to the replica again
         self._lease_wait = False  # litestream kept stopped: the writer lease is not confirmed (`_may_replicate`)
+        self._lease_wait_since: float | None = None
         self.cost_summary: dict[str, Any] | None = None  # the month's estimated bill (edgehost cost), when known
         self._drills = statuspage.CachedDrills(lambda: drill_history(settings, limit=statuspage.DRILLS_CHARTED,
                                                                      replica=False))
@@ -368,6 +369,7 @@ class Supervisor:
             wait = max(0.0, previous.quiet_after(s.lease_renew_seconds, s.lease_ttl_seconds) - (previous.age_seconds or 0.0))
             self.log(f"writer lease taken over from {previous.describe()}; waiting {wait:.0f}s for it to stop writing")
             self.stopping.wait(wait)
+            self.lease.renew()  # confirmed anew after the wait: litestream may write from now
         self.log(f"writer lease held by this machine (renewed every {s.lease_renew_seconds:.0f}s)")
         self.alerts.clear("lease", "this machine holds the writer lease")
 
@@ -378,7 +380,14 @@ class Supervisor:
         # Ask often while the lease is not held or the replica is away, so a take-over is seen as
         # soon as it answers.
         quick = min(5.0, s.lease_renew_seconds)
-        interval = s.lease_renew_seconds if self.lease is not None and self.lease.held else quick
+
+        def due() -> float:  # a renewal lease_renew_seconds after the last one that landed
+            lease = self.lease
+            if lease is None or not lease.held or lease.confirmed_at is None:
+                return quick
+            return max(0.05, lease.confirmed_at + s.lease_renew_seconds - lease_clock())
+
+        interval = due()
         while not self.stopping.wait(interval):
             try:
                 if self.lease is not None and self.lease.held:
@@ -387,7 +396,7 @@ class Supervisor:
                     self._take_lease(self._store, take_over=False)  # the replica was down at boot
                 if failing:
                     self.log("writer lease renewed: the replica answers again")
-                failing, interval = False, s.lease_renew_seconds
+                failing, interval = False, due()
             except (LeaseHeld, LeaseLost) as exc:
                 self._fence(str(exc))
                 return
@@ -409,7 +418,7 @@ class Supervisor:
         lease, s = self.lease, self.settings
         if self.fenced or lease is None or not lease.held or lease.confirmed_at is None:
             return False
-        return time.monotonic() < lease.confirmed_at + (s.lease_ttl_seconds + s.lease_renew_seconds) / 2
+        return lease_clock() < lease.confirmed_at + (s.lease_ttl_seconds + s.lease_renew_seconds) / 2
 
     def _guard_replication(self) -> None:
         """Keep litestream stopped (at once, no final sync) while `_may_replicate` says no, and let it
@@ -419,18 +428,22 @@ class Supervisor:
             return
         if self._may_replicate():
             if self._lease_wait:
-                self._lease_wait = False
+                self._lease_wait, self._lease_wait_since = False, None
                 if ls.state == Service.HELD and ls.reason.startswith(self.LEASE_WAIT):
                     ls.state, ls.reason = Service.STOPPED, ""
-                self.log("writer lease confirmed: litestream may write to the replica again")
-                self.alerts.clear("lease", "writer lease confirmed: litestream replicates again")
+                self.log("writer lease confirmed: litestream may write to the replica")
+                self.alerts.clear("lease_wait", "writer lease confirmed: litestream replicates")
             return
         if self._lease_wait:
+            waited = time.monotonic() - (self._lease_wait_since or time.monotonic())
+            if waited > self.settings.lag_alert_seconds:  # a boot with the replica away: say so too
+                self.alerts.raise_("lease_wait", "lease", f"litestream not started for {waited:.0f}s: "
+                                                          f"{ls.reason}; writes stay on this disk")
             return
-        self._lease_wait = True
+        self._lease_wait, self._lease_wait_since = True, time.monotonic()
         lease = self.lease
         if lease is not None and lease.confirmed_at is not None:
-            why = f"not renewed for {time.monotonic() - lease.confirmed_at:.0f}s (the replica does not answer)"
+            why = f"not renewed for {lease_clock() - lease.confirmed_at:.0f}s (the replica does not answer)"
         else:
             why = "not taken yet (the replica does not answer)"
         if ls.state in (Service.STARTING, Service.RUNNING):
@@ -438,13 +451,21 @@ class Supervisor:
             self.log(f"!!! litestream stopped (exit {code}): the writer lease was {why}; another machine may take "
                      f"it once it is {self.settings.lease_ttl_seconds:.0f}s old, and this one must not write "
                      f"over its history. Writes stay on this disk until a renewal lands")
-            self.alerts.raise_("lease", "lease", f"writer lease {why}: litestream stopped, writes stay on this "
-                                                 f"disk until the replica answers and the lease is renewed")
-        if ls.state != Service.HELD:
-            ls.state = Service.HELD
-        ls.reason = f"{self.LEASE_WAIT}: {why}"
+            self.alerts.raise_("lease_wait", "lease", f"writer lease {why}: litestream stopped, writes stay on "
+                                                      f"this disk until the replica answers and the lease is renewed")
+        if ls.state != Service.HELD:  # an operator's hold keeps its own reason, and stays held after
+            ls.state, ls.reason = Service.HELD, f"{self.LEASE_WAIT}: {why}"
 
     LEASE_WAIT = "waiting for the writer lease"
+
+    def _lease_watchdog(self) -> None:
+        """SIGKILL a litestream that runs without a confirmed lease, from its own thread: the main
+        loop can be busy for tens of seconds (a restart's stop, the final sync) and must not be what
+        stands between a lapsed lease and a write to the replica. The main loop records the state."""
+        while not self.hurry.wait(0.2):
+            ls = next((svc for svc in self.services if svc.name == "litestream"), None)
+            if ls is not None and ls.proc is not None and ls.proc.poll() is None and not self._may_replicate():
+                ls.signal(signal.SIGKILL)
 
     def _fence(self, why: str) -> None:
         """Another machine is the writer now: stop replicating, make the portal read-only, say so loudly."""
@@ -473,6 +494,7 @@ class Supervisor:
                 self.log(f"metrics endpoint disabled: port {self.settings.metrics_port}: {exc.strerror}")
         threading.Thread(target=self._watch_replication, daemon=True, name="lag").start()
         threading.Thread(target=self._keep_lease, daemon=True, name="lease").start()
+        threading.Thread(target=self._lease_watchdog, daemon=True, name="lease-watchdog").start()
         threading.Thread(target=self._watch_health, daemon=True, name="health").start()
 
     def _close_servers(self) -> None:
@@ -512,6 +534,8 @@ class Supervisor:
         self.log(f"portal (pid {svc.child_pid}) kept running read-only: writable once litestream replicates")
 
     def _tend(self, svc: Service, now: float, gate_open: bool) -> None:
+        if svc.name == "litestream" and svc.state in (Service.STOPPED, Service.BACKOFF) and not self._may_replicate():
+            return  # fenced meanwhile, or the lease lapsed: `_guard_replication` holds it next tick
         if svc.adopted and gate_open and svc.pid is not None:
             svc.adopted = False
             os.kill(svc.pid, signal.SIGUSR1)  # the portal only: its guard would die of it
@@ -576,7 +600,9 @@ class Supervisor:
             if svc.proc is None:
                 continue
             started = time.monotonic()
-            if self.hurry.is_set():
+            if svc.name == "litestream" and not self._may_replicate():
+                code = svc.stop(0, graceful=False)  # its shutdown sync would write without the lease
+            elif self.hurry.is_set():
                 code = svc.stop(0)
             else:
                 code = svc.stop(stop_timeout, self.hurry)
@@ -687,7 +713,7 @@ class Supervisor:
                 if svc.state in (Service.STARTING, Service.RUNNING):
                     code = svc.stop(svc.spec.stop_timeout)
                     self.log(f"{name} stopped on request (exit {code}); held until released")
-                svc.state = Service.HELD
+                svc.state, svc.reason = Service.HELD, "held on request"
                 reply.update(ok=True, state=svc.state)
                 done.set()
             else:
@@ -696,6 +722,7 @@ class Supervisor:
                     done.set()
                     continue
                 self.log(f"{name} released: starting")
+                svc.reason = ""
                 svc.start()
                 threading.Thread(target=self._await_ready, args=(svc, done, reply), daemon=True).start()
 
