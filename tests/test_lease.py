@@ -94,6 +94,12 @@ def test_a_take_over_knows_how_long_the_holder_may_still_write_by_its_own_settin
     del record["renew_seconds"]
     store.put_if_match(WriterLease.KEY, json.dumps(record).encode(), legacy[1])
     assert machines(3).read().quiet_after(1.0, 30.0) == 20.5
+    # A record claiming a ttl beyond what settings allow (a day) is read as a day: never live for ever.
+    current = store.get_versioned(WriterLease.KEY)
+    store.put_if_match(WriterLease.KEY, json.dumps({**json.loads(current[0]), "ttl_seconds": 1e10,
+                                                    "renew_seconds": 1e10}).encode(), current[1])
+    found = machines(3).read()
+    assert (found.ttl_seconds, found.renew_seconds) == (86400.0, 86400.0)
 
 
 def test_a_lease_is_stale_only_by_the_longer_of_the_two_ttls(machines, store):

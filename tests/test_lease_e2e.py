@@ -93,6 +93,27 @@ def test_a_second_machine_is_refused_and_a_take_over_fences_the_first(s3_home, t
     assert again.stop() == 0
 
 
+def test_a_take_over_stopped_during_its_wait_never_writes(s3_home, tmp_path_factory):
+    """`up --take-over` waits until the old holder has surely stopped writing; stopped (SIGTERM) in that
+    wait, it must not restore, start litestream or push a final sync while the old holder may write."""
+    a = machine(s3_home, "a")
+    b = twin(a, tmp_path_factory, "b")
+    sa = a.settings()
+    up_a = start_supervisor(a)
+    try:
+        httpx.post(f"{sa.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        httpx.post(f"{sa.portal_url}/properties/acme/events", json={"kind": "a"}).raise_for_status()
+        up_b = Proc(edgehost_argv("up", "--take-over"), b.environ(), b.path / "up-b.log")
+        wait_until(lambda: "waiting" in up_b.output() and "to stop writing" in up_b.output(), 60,
+                   what="B to wait for A")
+        up_b.stop()
+        out = up_b.output()
+        assert "starting litestream" not in out and "starting it for the final sync" not in out, out[-2000:]
+        assert not b.settings().global_db.exists(), "nothing restored while the old holder may write"
+    finally:
+        up_a.stop()
+
+
 def test_the_file_replica_has_the_same_lease(kit_home, tmp_path_factory):
     a = machine(kit_home, "c")
     b = twin(a, tmp_path_factory, "d")

@@ -95,6 +95,8 @@ def _path(value: Any) -> Any:
 
 
 Seconds = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
+LEASE_MAX_SECONDS = 86400.0
+LeaseSeconds = Annotated[float, BeforeValidator(_number), Field(gt=0, le=LEASE_MAX_SECONDS, allow_inf_nan=False)]
 Port = Annotated[int, BeforeValidator(_number), Field(ge=1, le=65535)]
 Count = Annotated[int, BeforeValidator(_number), Field(ge=1)]
 PathSetting = Annotated[Path, BeforeValidator(_path)]
@@ -241,8 +243,9 @@ class Settings(BaseSettings):
     # litestream logs the failed listen and replicates on.
     litestream_metrics_port: Annotated[int, BeforeValidator(_number), Field(ge=0, le=65535)] = Field(9465, json_schema_extra=env("EDGEHOST_LITESTREAM_METRICS_PORT"))  # 0: off
     litestream_stop_timeout: Seconds = Field(45.0, json_schema_extra=env("EDGEHOST_LITESTREAM_STOP_TIMEOUT"))
-    lease_renew_seconds: Seconds = Field(300.0, json_schema_extra=env("EDGEHOST_LEASE_RENEW_SECONDS"))  # one PUT each
-    lease_ttl_seconds: Seconds = Field(900.0, json_schema_extra=env("EDGEHOST_LEASE_TTL_SECONDS"))  # then it may be taken
+    # At most a day (LEASE_MAX_SECONDS): a take-over waits on the holder's values, read from the lease.
+    lease_renew_seconds: LeaseSeconds = Field(300.0, json_schema_extra=env("EDGEHOST_LEASE_RENEW_SECONDS"))  # one PUT each
+    lease_ttl_seconds: LeaseSeconds = Field(900.0, json_schema_extra=env("EDGEHOST_LEASE_TTL_SECONDS"))  # then it may be taken
     drill_keep_reports: Count = Field(12, json_schema_extra=env("EDGEHOST_DRILL_KEEP_REPORTS"))
     portal: PortalSettings = PortalSettings()
     tunnel: TunnelSettings = TunnelSettings()

@@ -490,7 +490,8 @@ class Follower:
                     report.notes.append(f"waited {wait:.0f}s for the old primary to stop writing: its next lease "
                                         f"renewal, or its own stop when cut off (--no-wait when it is known to be down)")
                     self.log(f"promote: waiting {wait:.0f}s for the old primary to stop writing")
-                    time.sleep(wait)
+                    if self.stopping.wait(wait):
+                        raise EnvironmentProblem("the follower was told to stop while waiting for the old primary")
                     lease.renew()  # confirmed anew: the primary's litestream may write from now
             step("lease")
             final = listing.result()

@@ -187,10 +187,11 @@ class DurableAcks:
         if self.socket.path.exists():
             self._no_socket_since = None
             return 0.0
-        if self._no_socket_since is None or now - self._no_socket_seen > self.timeout:
-            self._no_socket_since = now
-        self._no_socket_seen = now
-        return now - self._no_socket_since
+        since = self._no_socket_since  # one read: another thread may reset it meanwhile
+        if since is None or now - self._no_socket_seen > self.timeout:
+            since = now
+        self._no_socket_since, self._no_socket_seen = since, now
+        return now - since
 
     async def confirm(self, label: str, path: Path) -> float:
         """Wait until a write already committed to `path` is in the replica; the seconds it took.

@@ -21,6 +21,7 @@ from typing import Mapping
 
 from edgehost.errors import EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.engine.replica import PreconditionFailed, ReplicaStore
+from edgehost.settings import LEASE_MAX_SECONDS
 
 MACHINE_ID_FILE = "machine-id"
 VERSION = 1
@@ -249,10 +250,11 @@ def _parse(data: bytes, etag: str, age: float | None) -> LeaseInfo:
 
 
 def _seconds(value: object) -> float | None:
-    """A positive finite number of seconds from the lease's JSON, else None (absent or garbled)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Seconds from the lease's JSON: None when absent or not a positive number; at most a day, as
+    settings allow (a record claiming more cannot make a lease live, or a take-over wait, for ever)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         return None
-    return float(value) if 0 < value < 1e9 else None
+    return min(float(value), LEASE_MAX_SECONDS)
 
 
 def _encode(record: dict) -> bytes:

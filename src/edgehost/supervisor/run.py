@@ -341,6 +341,8 @@ class Supervisor:
             try:
                 pre.store.reachable()
                 self._take_lease(pre.store, self.take_over)
+                if self.stopping.is_set():
+                    return False
                 provision.restore_then_create(s, pre.litestream, self.log)
                 return True
             except EnvironmentProblem as exc:
@@ -368,7 +370,9 @@ class Supervisor:
             # its lease could go stale: give it that long, by its own settings (`quiet_after`).
             wait = max(0.0, previous.quiet_after(s.lease_renew_seconds, s.lease_ttl_seconds) - (previous.age_seconds or 0.0))
             self.log(f"writer lease taken over from {previous.describe()}; waiting {wait:.0f}s for it to stop writing")
-            self.stopping.wait(wait)
+            if self.stopping.wait(wait):
+                self.lease.confirmed_at = None  # told to stop before the old holder surely stopped: never write
+                return
             self.lease.renew()  # confirmed anew after the wait: litestream may write from now
         self.log(f"writer lease held by this machine (renewed every {s.lease_renew_seconds:.0f}s)")
         self.alerts.clear("lease", "this machine holds the writer lease")
@@ -534,8 +538,8 @@ class Supervisor:
         self.log(f"portal (pid {svc.child_pid}) kept running read-only: writable once litestream replicates")
 
     def _tend(self, svc: Service, now: float, gate_open: bool) -> None:
-        if svc.name == "litestream" and svc.state in (Service.STOPPED, Service.BACKOFF) and not self._may_replicate():
-            return  # fenced meanwhile, or the lease lapsed: `_guard_replication` holds it next tick
+        if svc.name == "litestream" and not self._may_replicate():
+            return  # fenced meanwhile, or the lease lapsed: `_guard_replication` or the fence takes it next
         if svc.adopted and gate_open and svc.pid is not None:
             svc.adopted = False
             os.kill(svc.pid, signal.SIGUSR1)  # the portal only: its guard would die of it
