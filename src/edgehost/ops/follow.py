@@ -36,7 +36,7 @@ from edgehost.ops.mirror import mirror_once
 from edgehost.ops.recovery import mirror_roots
 from edgehost.settings import Settings
 from edgehost.supervisor.control import ControlServer
-from edgehost.supervisor.lease import WriterLease, machine_id
+from edgehost.supervisor.lease import WriterLease
 from edgehost.supervisor.logs import LogHub
 from edgehost.supervisor.policy import Backoff
 from edgehost.supervisor.service import Service
@@ -209,13 +209,12 @@ class Follower:
         refuses (its writes that never reached the replica are there). A replica that cannot be read
         says nothing: run as the primary, whose `up` waits for the lease."""
         s = self.settings
-        mine = machine_id(s.state_dir, s.environ)
         try:
-            holder = WriterLease(ReplicaStore.from_settings(s), mine, socket.gethostname(), os.getpid(),
-                                 s.lease_ttl_seconds).read()
+            lease = self._own_lease()
+            holder = lease.read()
         except EdgehostError:
             return False
-        if holder is None or holder.released or holder.machine_id == mine:
+        if holder is None or holder.released or holder.machine_id == lease.machine_id:
             return False
         if layout.local_databases(s):
             s.pid_file.unlink(missing_ok=True)
@@ -227,17 +226,21 @@ class Follower:
         set_role(s, "follower")
         return True
 
+    def _own_lease(self) -> WriterLease:
+        """This machine's lease object, built once: the start-up checks read it, a promotion takes it
+        with the same warm client."""
+        if self._lease is None:
+            self._lease = WriterLease.of_this_machine(ReplicaStore.from_settings(self.settings), self.settings)
+        return self._lease
+
     def _check_not_the_writer(self) -> None:
         """A machine that holds the writer lease is the primary: following would overwrite its data."""
         s = self.settings
-        store = ReplicaStore.from_settings(s)
-        lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
-                            s.lease_ttl_seconds, s.lease_renew_seconds)
+        lease = self._own_lease()
         try:
             current = lease.read()
         except EdgehostError as exc:
             raise EnvironmentProblem(f"cannot read the replica {s.replica_url}: {exc}") from None
-        self._lease = lease
         if current is not None and current.machine_id == lease.machine_id and not current.released:
             raise BadInput("this machine holds the writer lease: it is the primary; run `edgehost up`, "
                            "not `edgehost follow`")
@@ -471,10 +474,7 @@ class Follower:
             t = time.monotonic()
 
         try:
-            lease = self._lease or WriterLease(ReplicaStore.from_settings(s), machine_id(s.state_dir, s.environ),
-                                               socket.gethostname(), os.getpid(), s.lease_ttl_seconds,
-                                               s.lease_renew_seconds)
-            self._lease = lease
+            lease = self._own_lease()
 
             pool = ThreadPoolExecutor(1)
             listing = pool.submit(self.mirror_round)  # the final listing, while the lease is taken

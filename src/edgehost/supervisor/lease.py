@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from typing import Mapping
 
 from edgehost.errors import EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.engine.replica import PreconditionFailed, ReplicaStore
-from edgehost.settings import LEASE_MAX_SECONDS
+from edgehost.settings import LEASE_MAX_SECONDS, Settings
 
 MACHINE_ID_FILE = "machine-id"
 VERSION = 1
@@ -145,6 +146,13 @@ class WriterLease:
         # lease_clock() when the newest write of our lease that landed was sent. The server stamps it
         # later, so no other machine can find the lease stale before confirmed_at + ttl.
         self.confirmed_at: float | None = None
+
+    @classmethod
+    def of_this_machine(cls, store: ReplicaStore, settings: Settings) -> WriterLease:
+        """This machine's lease on `store`: its id, host and pid, and its ttl and renew settings."""
+        s = settings
+        return cls(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
+                   s.lease_ttl_seconds, s.lease_renew_seconds)
 
     @property
     def held(self) -> bool:

@@ -31,7 +31,7 @@ from edgehost.portal import DURABLE_PATH
 from edgehost.supervisor import statuspage
 from edgehost.supervisor.control import ControlServer, MetricsServer, Page
 from edgehost.supervisor.final_sync import final_sync
-from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, lease_clock, machine_id
+from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, lease_clock
 from edgehost.supervisor.logs import LogHub
 from edgehost.supervisor.policy import Backoff
 from edgehost.supervisor.service import Service, ServiceSpec
@@ -360,8 +360,7 @@ class Supervisor:
         """Become the one writer of this replica, or raise LeaseHeld naming the machine that is."""
         s = self.settings
         if self.lease is None:
-            self.lease = WriterLease(store, machine_id(s.state_dir, s.environ), socket.gethostname(), os.getpid(),
-                                     s.lease_ttl_seconds, s.lease_renew_seconds)
+            self.lease = WriterLease.of_this_machine(store, s)
         if self.lease.held:
             return
         previous = self.lease.acquire(take_over=take_over)
@@ -409,6 +408,10 @@ class Supervisor:
                     self.log(f"warning: cannot renew the writer lease ({exc}); trying every {quick:.0f}s")
                 failing, interval = True, quick
 
+    @property
+    def _litestream(self) -> Service | None:
+        return next((svc for svc in self.services if svc.name == "litestream"), None)
+
     def _may_replicate(self) -> bool:
         """Whether litestream may write to the replica: this machine holds the writer lease, and its
         newest renewal that landed is recent enough that nobody can have found it stale.
@@ -427,7 +430,7 @@ class Supervisor:
     def _guard_replication(self) -> None:
         """Keep litestream stopped (at once, no final sync) while `_may_replicate` says no, and let it
         start again when a renewal lands: the conditional write proves nobody took the lease meanwhile."""
-        ls = next((svc for svc in self.services if svc.name == "litestream"), None)
+        ls = self._litestream
         if ls is None or self.fenced:
             return
         if self._may_replicate():
@@ -467,7 +470,7 @@ class Supervisor:
         loop can be busy for tens of seconds (a restart's stop, the final sync) and must not be what
         stands between a lapsed lease and a write to the replica. The main loop records the state."""
         while not self.hurry.wait(0.2):
-            ls = next((svc for svc in self.services if svc.name == "litestream"), None)
+            ls = self._litestream
             if ls is not None and ls.proc is not None and ls.proc.poll() is None and not self._may_replicate():
                 ls.signal(signal.SIGKILL)
 
@@ -776,7 +779,7 @@ class Supervisor:
     def _watch_replication(self) -> None:
         poll_failing = False
         while not self.stopping.is_set():
-            ls = next((s for s in self.services if s.name == "litestream"), None)
+            ls = self._litestream
             # Not while a service makes its first start (for at most a minute): the first poll of a
             # thousand databases would take the CPU (and the GIL) the portal's start needs.
             starting = (time.time() - self.started_wall < 60
