@@ -54,6 +54,28 @@ def test_one_listing_reads_a_file_replicas_layout_too(tmp_path):
     assert _newest(list_root(ReplicaStore(tmp_path.as_uri()))) == {"acme/honestcam.db": 7, "honestcam-study.db": 2}
 
 
+def test_a_file_replica_walk_skips_a_file_removed_while_it_walks(tmp_path):
+    """Litestream renames its `.tmp` files and compaction deletes old ones while a restore lists a file
+    replica: a file gone between the directory listing and its stat is gone, not a crash (S3's
+    listing would not have held it either). Forced: the second file goes after the first is walked."""
+    from edgehost.engine.replica import ReplicaStore
+
+    level = tmp_path / "acme" / "honestcam.db" / "ltx" / "9"
+    level.mkdir(parents=True)
+    names = ["0000000000000001-0000000000000001.ltx", "0000000000000001-0000000000000001.ltx.tmp",
+             "0000000000000001-0000000000000002.ltx"]
+    for name in names:
+        (level / name).write_bytes(b"x")
+    walk = ReplicaStore(tmp_path.as_uri()).walk()
+    first = next(walk)
+    for name in names:
+        if not first.key.endswith(name):
+            (level / name).unlink()
+            break
+    rest = list(walk)
+    assert len(rest) == 1 and {first.key, rest[0].key} < {f"acme/honestcam.db/ltx/9/{n}" for n in names}
+
+
 def test_the_walk_hands_over_each_database_as_soon_as_its_files_are_listed(tmp_path):
     """mirror and follow fetch a database's new files while the walk lists the next ones."""
     from edgehost.engine.bucket import Listing, list_root

@@ -34,7 +34,10 @@ class FileStore(ReplicaStore):
         for dirpath, _, files in os.walk(base):
             for f in files:
                 p = Path(dirpath) / f
-                st = p.stat()
+                try:
+                    st = p.stat()
+                except FileNotFoundError:
+                    continue  # renamed or deleted since the directory was read (litestream's .tmp, compaction)
                 yield ReplicaObject(str(p.relative_to(self.root)), st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
 
     def read(self, rel: str) -> bytes:
