@@ -1,3 +1,3 @@
-from edgehost.cli import run
+from edgehost.entry import run
 
 run()

@@ -88,15 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=args, prog_name="edgehost", standalone_mode=False)
     except EdgehostError as exc:
-        return _fail(int(exc.status), str(exc), wants_json, markup=True)
+        return fail(int(exc.status), str(exc), wants_json, markup=True)
     except click_errors.NoArgsIsHelpError:
-        return _fail(int(ExitStatus.BAD_INPUT), "a command is needed; `edgehost --help` lists them", wants_json)
+        return fail(int(ExitStatus.BAD_INPUT), "a command is needed; `edgehost --help` lists them", wants_json)
     except click_errors.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "edgehost"
         message = " ".join(exc.format_message().split())
-        return _fail(int(ExitStatus.BAD_INPUT), f"{message} (see `{where} --help`)", wants_json)
+        return fail(int(ExitStatus.BAD_INPUT), f"{message} (see `{where} --help`)", wants_json)
     except click_errors.ClickException as exc:
-        return _fail(int(ExitStatus.BAD_INPUT), " ".join(exc.format_message().split()), wants_json)
+        return fail(int(ExitStatus.BAD_INPUT), " ".join(exc.format_message().split()), wants_json)
     except Abort:
         console.print("aborted")
         return 130
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     return rv if isinstance(rv, int) else 0
 
 
-def _fail(code: int, message: str, wants_json: bool, markup: bool = False) -> int:
+def fail(code: int, message: str, wants_json: bool, markup: bool = False) -> int:
     if wants_json:
         emit_json({"ok": False, "error": message, "exit": code})
     prefix = "[bold red]error:[/] " if markup else "error: "

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from edgehost.errors import ExitStatus
+from edgehost.ops.promotion import PROMOTE_TIMEOUT
 from edgehost.settings import load_settings
 from edgehost.cli import app
-from edgehost.cli.output import console, emit_json
 
 
 @app.command("follow")
@@ -33,7 +32,7 @@ def follow_cmd(
 def promote_cmd(
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for the old primary's next lease renewal "
                                                           "(only when it is known to be down)."),
-    timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the whole promotion."),
+    timeout: float = typer.Option(PROMOTE_TIMEOUT, "--timeout", help="Seconds to wait for the whole promotion."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Fail over to this standby: take the writer lease (the old primary is fenced or refused),
@@ -43,21 +42,9 @@ def promote_cmd(
     Talks to the `edgehost follow` running here; the report gives the seconds each step took.
     Exit 0 when the portal is writable, 1 when the promotion failed (the standby keeps following).
     """
-    from edgehost.ops.promotion import request_promotion
+    from edgehost.ops.promotion import request_promotion, show_report
 
     settings = load_settings()
-    report = request_promotion(settings, no_wait, timeout)
-    if as_json:
-        emit_json(report)
-    else:
-        for name, seconds in report.get("steps", {}).items():
-            console.print(f"{name:16} {seconds:8.2f}s")
-        if report.get("ok"):
-            console.print(f"[green]promoted[/]: this machine is the primary ({report.get('databases')} databases, "
-                          f"{report.get('total_seconds', 0):.2f}s); previous primary: {report.get('previous_primary') or '-'}")
-            for note in report.get("notes", []):
-                console.print(f"note: {note}")
-        else:
-            console.print(f"[red]promote failed[/]: {report.get('error')}")
-    if not report.get("ok"):
-        raise typer.Exit(int(ExitStatus.CHECK_FAILED))
+    code = show_report(request_promotion(settings.supervisor_socket, no_wait, timeout), as_json)
+    if code:
+        raise typer.Exit(code)

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, TextIO
+from urllib.parse import parse_qs
 
 from edgehost.engine import layout, litestream
 from edgehost.engine.bucket import Listing, ListingCancelled
@@ -33,6 +34,7 @@ from edgehost.engine.replica import ReplicaStore
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.files import write_atomic
 from edgehost.ops.mirror import mirror_once
+from edgehost.ops.promotion import MISDIRECTED
 from edgehost.ops.recovery import mirror_roots
 from edgehost.settings import Settings
 from edgehost.supervisor.control import ControlServer
@@ -455,10 +457,15 @@ class Follower:
         if method == "GET" and route == "/status":
             return 200, self.describe()
         if method == "POST" and route == "/promote":
+            asked = parse_qs(query)
+            home, sock = asked.get("home", [""])[0], asked.get("socket", [""])[0]
+            if (home and Path(home) != self.settings.home) or (sock and Path(sock) != self.settings.supervisor_socket):
+                # a quick `edgehost promote` guessed this socket from its home alone: not ours to answer
+                return MISDIRECTED, {"error": f"this follower serves {self.settings.home} on {self.settings.supervisor_socket}"}
             if self.promoting.is_set():
                 return 409, {"error": "a promotion is already under way"}
             self.promoting.set()
-            report = self.promote(no_wait="no_wait=1" in query)
+            report = self.promote(no_wait=asked.get("no_wait") == ["1"])
             return (200 if report.ok else 500), report.as_dict()
         return 404, {"error": "unknown endpoint"}
 

@@ -1,0 +1,146 @@
+"""`edgehost promote` finds this home's follower: at once where the default settings put its socket
+(the request names the home, and a follower of another home refuses it), through the settings
+otherwise. Real processes and a real unix-socket HTTP server standing in for the follower."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socketserver
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from procs import edgehost
+from edgehost.ops.follow import Follower
+from edgehost.ops.promotion import DEFAULT_SOCKET, MISDIRECTED, _quick_args
+
+
+class StandIn:
+    """A follower's control socket: records each request; `answer(query) -> (status, body)`."""
+
+    def __init__(self, path: Path, answer):
+        self.requests: list[dict[str, list[str]]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                url = urlparse(self.path)
+                query = parse_qs(url.query)
+                outer.requests.append({"path": [url.path], **query})
+                status, body = answer(query)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+            def get_request(self):
+                conn, _ = super().get_request()
+                return conn, ("unix", 0)
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        self.server = Server(str(path), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+REPORT = {"ok": True, "steps": {"lease": 0.01, "catch_up": 0.2}, "databases": 3, "total_seconds": 0.21,
+          "previous_primary": "mini-a"}
+
+
+@pytest.fixture
+def stand_in():
+    made = []
+
+    def make(path, answer):
+        made.append(StandIn(path, answer))
+        return made[-1]
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_promote_reaches_the_follower_at_the_default_socket_naming_this_home(kit_home, stand_in):
+    settings = kit_home.settings()
+    assert settings.supervisor_socket == settings.home / DEFAULT_SOCKET  # the quick path's guess
+    follower = stand_in(settings.supervisor_socket, lambda q: (200, REPORT))
+    proc = edgehost(kit_home, "promote", "--no-wait", "--json", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == REPORT
+    [asked] = follower.requests
+    assert asked == {"path": ["/promote"], "no_wait": ["1"], "home": [str(settings.home)],
+                     "socket": [str(settings.supervisor_socket)]}
+
+    failed = dict(REPORT, ok=False, error="2 database(s) did not apply the replica's newest txid within 120s")
+    follower.close()
+    stand_in(settings.supervisor_socket, lambda q: (500, failed))
+    proc = edgehost(kit_home, "promote", timeout=60)
+    assert proc.returncode == 1
+    assert "promote failed" in proc.stderr and "did not apply" in proc.stderr
+
+
+def test_a_follower_serving_another_home_refuses_and_the_command_uses_this_homes_settings(kit_home, stand_in):
+    """A socket at the default place that answers 421 to the quick request (another home's follower)
+    is asked nothing more by it; the settings then decide, here a state dir configured elsewhere."""
+    (kit_home.path / "edgehost.toml").write_text('state_dir = "standby-state"\n')
+    settings = kit_home.settings()
+    squatter = stand_in(kit_home.path / DEFAULT_SOCKET, lambda q: (MISDIRECTED, {"error": "another home"}))
+    ours = stand_in(settings.supervisor_socket, lambda q: (200, REPORT))
+    proc = edgehost(kit_home, "promote", "--json", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
+    assert [r.get("home") for r in squatter.requests] == [[str(settings.home)]]
+    assert ours.requests == [{"path": ["/promote"]}]  # the full path: no wait skipped, no home to check
+
+
+def test_promote_where_up_runs_says_so_and_a_state_dir_in_the_environment_is_honoured(kit_home, stand_in):
+    settings = kit_home.settings()
+    up = stand_in(settings.supervisor_socket, lambda q: (404, {"error": "unknown endpoint"}))
+    proc = edgehost(kit_home, "promote", "--no-wait", timeout=60)
+    assert proc.returncode == 2 and "this machine is not following" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert len(up.requests) == 2  # the quick request, then the full command's
+
+    elsewhere = kit_home.path / "env-state"
+    ours = stand_in(elsewhere / "supervisor.sock", lambda q: (200, REPORT))
+    kit_home.env["EDGEHOST_STATE_DIR"] = str(elsewhere)
+    proc = edgehost(kit_home, "promote", "--no-wait", "--json", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert len(up.requests) == 2 and ours.requests == [{"path": ["/promote"], "no_wait": ["1"]}]
+
+
+def test_the_follower_refuses_a_quick_request_for_another_home_and_starts_nothing(kit_home):
+    follower = Follower(kit_home.settings())
+    status, body = follower._handle_control("POST", f"/promote?home=%2Felsewhere&socket={kit_home.path}%2Fstate%2Fsupervisor.sock")
+    assert status == MISDIRECTED and str(kit_home.path) in body["error"]
+    assert not follower.promoting.is_set()
+
+
+@pytest.mark.parametrize("argv, parsed", [
+    (["promote"], (False, False, 600.0)),
+    (["promote", "--no-wait", "--json", "--timeout", "30"], (True, True, 30.0)),
+    (["--home", "/h", "promote", "--timeout=2.5"], (False, False, 2.5)),
+    (["promote", "--help"], None),
+    (["promote", "--timeout", "soon"], None),
+    (["promote", "--timeout"], None),
+    (["status", "promote"], None),
+    (["promote", "--jsonn"], None),
+])
+def test_only_a_plain_promote_command_line_takes_the_quick_path(argv, parsed):
+    got = _quick_args(argv)
+    assert (got if got is None else got[1:]) == parsed
+    if argv[0] == "--home" and got:
+        assert got[0] == Path("/h")
