@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from procs import edgehost
+from edgehost.errors import EnvironmentProblem
 from edgehost.ops.follow import Follower
 from edgehost.ops.promotion import DEFAULT_SOCKET, MISDIRECTED, _quick_args
 
@@ -144,3 +145,40 @@ def test_only_a_plain_promote_command_line_takes_the_quick_path(argv, parsed):
     assert (got if got is None else got[1:]) == parsed
     if argv[0] == "--home" and got:
         assert got[0] == Path("/h")
+
+
+def test_a_promotion_whose_final_listing_stays_incomplete_fails_and_gives_the_lease_back(kit_home, monkeypatch):
+    """One root's listing failing (a replica root of its own for the global database, a GET of a new
+    file failing) left databases compared against the previous round: promoted behind the replica.
+    A round with errors is listed again once; incomplete twice, the promotion fails, writes nothing."""
+    settings = kit_home.settings()
+    follower = Follower(settings)
+    incomplete = {"at": 0, "listed": 12, "fetched": 0, "seconds": 0.01,
+                  "errors": ["replica s3://bucket/global: list failed: SlowDown"]}
+    whole = dict(incomplete, fetched=1, errors=[])
+    rounds: list[dict] = []
+
+    def rounds_of(*answers):
+        queue = list(answers)
+        return lambda cancel=None: (rounds.append(queue[0]), queue.pop(0) if len(queue) > 1 else queue[0])[1]
+
+    monkeypatch.setattr(follower, "mirror_round", rounds_of(incomplete))
+    monkeypatch.setattr(follower, "_catch_up", lambda timeout: pytest.fail("caught up on an incomplete listing"))
+    follower.promoting.set()
+    report = follower.promote(no_wait=True)
+    assert not report.ok and "incomplete twice" in report.error and "SlowDown" in report.error
+    assert len(rounds) == 2 and not follower.handed_over.is_set() and not follower.promoting.is_set()
+    holder = follower._own_lease().read()
+    assert holder is not None and holder.released  # the old primary starts again without --take-over
+
+    # A blip: the second round is whole, and the promotion goes on to catch up with it.
+    rounds.clear()
+    monkeypatch.setattr(follower, "mirror_round", rounds_of(incomplete, whole))
+
+    def caught_up(timeout):
+        raise EnvironmentProblem("stop here: caught up on the second round")
+
+    monkeypatch.setattr(follower, "_catch_up", caught_up)
+    follower.promoting.set()
+    report = follower.promote(no_wait=True)
+    assert "caught up on the second round" in report.error and rounds == [incomplete, whole]

@@ -505,6 +505,7 @@ class Follower:
             pool.shutdown()
             if previous is not None and not no_wait:
                 final = self.mirror_round()  # after the wait: what the old primary uploaded meanwhile
+            final = self._whole(final)
             waited_for = self._catch_up(catch_up_timeout)
             report.final_round = {"seconds": final["seconds"], "listed": final["listed"],
                                   "fetched": final["fetched"], "databases_behind": waited_for}
@@ -536,6 +537,20 @@ class Follower:
                     self._give_back_lease()
                 self.promoting.clear()
         return report
+
+    def _whole(self, final: dict[str, Any]) -> dict[str, Any]:
+        """The final round, complete: every root listed and every new file fetched. A database whose
+        newest files the round missed (one root's listing failed, a GET failed) would be promoted
+        behind the replica, and its litestream would then write a history of its own over the end
+        of the old primary's. One more round for a blip; then the promotion fails."""
+        if not final["errors"]:
+            return final
+        self.log(f"promote: the final round was incomplete ({final['errors'][0]}); listing again")
+        final = self.mirror_round()
+        if final["errors"]:
+            raise EnvironmentProblem(f"the final listing of the replica was incomplete twice: "
+                                     f"{'; '.join(final['errors'][:3])}")
+        return final
 
     def _give_back_lease(self) -> None:
         """A failed promotion wrote nothing under the lease it took: mark it released, so the old
