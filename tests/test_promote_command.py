@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import http.server
 import json
+import signal
 import socketserver
+import subprocess
 import threading
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 
-from procs import edgehost
+from procs import edgehost, edgehost_argv, wait_until
 from edgehost.errors import EnvironmentProblem
-from edgehost.ops.follow import Follower
+from edgehost.ops.follow import Follower, PromoteReport
 from edgehost.ops.promotion import DEFAULT_SOCKET, MISDIRECTED, _quick_args
 
 
@@ -104,7 +106,22 @@ def test_a_follower_serving_another_home_refuses_and_the_command_uses_this_homes
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"] is True
     assert [r.get("home") for r in squatter.requests] == [[str(settings.home)]]
-    assert ours.requests == [{"path": ["/promote"]}]  # the full path: no wait skipped, no home to check
+    assert ours.requests == [{"path": ["/promote"], "home": [str(settings.home)],
+                              "socket": [str(settings.supervisor_socket)]}]  # the full command's
+
+
+def test_the_full_command_is_refused_by_a_follower_of_another_home_too(kit_home, stand_in):
+    """The settings name a socket where another home's follower listens: it refuses (421), and the
+    command says so in one line, exit 3, without asking again."""
+    elsewhere = kit_home.path / "shared-state"
+    (kit_home.path / "edgehost.toml").write_text(f'state_dir = "{elsewhere}"\n')
+    other = stand_in(elsewhere / "supervisor.sock",
+                     lambda q: (MISDIRECTED, {"error": "this follower serves /Users/b/edgehost on ..."}))
+    proc = edgehost(kit_home, "promote", "--no-wait", "--json", timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "is not this home's" in proc.stderr and "nothing was promoted" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and json.loads(proc.stdout)["ok"] is False
+    assert len(other.requests) == 1
 
 
 def test_promote_where_up_runs_says_so_and_a_state_dir_in_the_environment_is_honoured(kit_home, stand_in):
@@ -120,14 +137,44 @@ def test_promote_where_up_runs_says_so_and_a_state_dir_in_the_environment_is_hon
     kit_home.env["EDGEHOST_STATE_DIR"] = str(elsewhere)
     proc = edgehost(kit_home, "promote", "--no-wait", "--json", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert len(up.requests) == 2 and ours.requests == [{"path": ["/promote"], "no_wait": ["1"]}]
+    assert len(up.requests) == 2 and [r["socket"] for r in ours.requests] == [[str(elsewhere / "supervisor.sock")]]
 
 
-def test_the_follower_refuses_a_quick_request_for_another_home_and_starts_nothing(kit_home):
-    follower = Follower(kit_home.settings())
-    status, body = follower._handle_control("POST", f"/promote?home=%2Felsewhere&socket={kit_home.path}%2Fstate%2Fsupervisor.sock")
-    assert status == MISDIRECTED and str(kit_home.path) in body["error"]
-    assert not follower.promoting.is_set()
+def test_the_follower_answers_only_requests_for_its_own_home_and_socket(kit_home, monkeypatch):
+    settings = kit_home.settings()
+    follower = Follower(settings)
+    asked = []
+    monkeypatch.setattr(follower, "promote", lambda no_wait=False: asked.append(no_wait) or PromoteReport(ok=True))
+    own = {"home": settings.home, "socket": settings.supervisor_socket}
+    for wrong in ({"home": "/elsewhere"}, {"socket": f"{settings.home}/other-state/supervisor.sock"}):
+        status, body = follower._handle_control("POST", "/promote?" + urlencode({**own, **wrong}))
+        assert status == MISDIRECTED and str(settings.home) in body["error"]
+    assert asked == [] and not follower.promoting.is_set()
+    status, body = follower._handle_control("POST", "/promote?" + urlencode({**own, "no_wait": "1"}))
+    assert status == 200 and body["ok"] and asked == [True]
+
+
+def test_ctrl_c_while_the_follower_works_exits_130_without_a_traceback(kit_home, stand_in):
+    settings = kit_home.settings()
+    answered = threading.Event()
+    follower = stand_in(settings.supervisor_socket, lambda q: (answered.wait(30), (200, REPORT))[1])
+    proc = subprocess.Popen(edgehost_argv("promote"), env=kit_home.environ(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: follower.requests, 30, what="the promote request")  # the follower takes its time
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        answered.set()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_timeout_that_is_not_a_positive_number_is_refused_before_anything_is_sent(kit_home, stand_in, value):
+    follower = stand_in(kit_home.settings().supervisor_socket, lambda q: (200, REPORT))
+    proc = edgehost(kit_home, "promote", "--timeout", value, timeout=60)
+    assert proc.returncode == 2 and "--timeout must be a positive number" in proc.stderr, proc.stderr
+    assert follower.requests == []
 
 
 @pytest.mark.parametrize("argv, parsed", [
@@ -139,12 +186,19 @@ def test_the_follower_refuses_a_quick_request_for_another_home_and_starts_nothin
     (["promote", "--timeout"], None),
     (["status", "promote"], None),
     (["promote", "--jsonn"], None),
+    (["--home", "", "promote"], (False, False, 600.0)),  # typer: the current directory
+    (["promote", "--"], None),
+    (["promote", "--timeout", "0"], None),
+    (["promote", "--timeout", "-1"], None),
+    (["promote", "--timeout", "nan"], None),
+    (["promote", "--timeout", "inf"], None),
 ])
-def test_only_a_plain_promote_command_line_takes_the_quick_path(argv, parsed):
+def test_only_a_plain_promote_command_line_takes_the_quick_path(argv, parsed, monkeypatch):
+    monkeypatch.setenv("EDGEHOST_HOME", "/another-home")  # an explicit --home wins, even an empty one
     got = _quick_args(argv)
     assert (got if got is None else got[1:]) == parsed
     if argv[0] == "--home" and got:
-        assert got[0] == Path("/h")
+        assert got[0] == (Path("/h") if argv[1] else Path.cwd().resolve())
 
 
 def test_a_promotion_whose_final_listing_stays_incomplete_fails_and_gives_the_lease_back(kit_home, monkeypatch):

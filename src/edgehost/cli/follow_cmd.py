@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from edgehost.errors import BadInput
 from edgehost.ops.promotion import PROMOTE_TIMEOUT
 from edgehost.settings import load_settings
 from edgehost.cli import app
@@ -42,9 +43,11 @@ def promote_cmd(
     Talks to the `edgehost follow` running here; the report gives the seconds each step took.
     Exit 0 when the portal is writable, 1 when the promotion failed (the standby keeps following).
     """
-    from edgehost.ops.promotion import request_promotion, show_report
+    from edgehost.ops.promotion import request_promotion, show_report, valid_timeout
 
+    if not valid_timeout(timeout):
+        raise BadInput(f"--timeout must be a positive number of seconds (got {timeout:g})")
     settings = load_settings()
-    code = show_report(request_promotion(settings.supervisor_socket, no_wait, timeout), as_json)
+    code = show_report(request_promotion(settings.supervisor_socket, settings.home, no_wait, timeout), as_json)
     if code:
         raise typer.Exit(code)

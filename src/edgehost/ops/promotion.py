@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import socket
 import sys
@@ -23,7 +24,9 @@ from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitSta
 # configured otherwise (or a socket left by another home) only ever costs the quick path a fallback.
 DEFAULT_SOCKET = Path("state") / "supervisor.sock"
 PROMOTE_TIMEOUT = 600.0  # seconds `edgehost promote` waits for the whole promotion (--timeout)
-MISDIRECTED = 421  # the follower's answer to a quick request meant for another home or socket
+MISDIRECTED = 421  # the follower's answer to a request meant for another home or socket
+# Set in the environment, these may put the socket elsewhere: the full command reads them.
+_SETTINGS_ELSEWHERE = ("EDGEHOST_STATE_DIR", "EDGEHOST_SETTINGS", "EDGEHOST_ENV_FILE")
 
 
 class _UnixHTTP(http.client.HTTPConnection):
@@ -45,28 +48,28 @@ class NotSent(Exception):
     home): the caller may look for the follower another way."""
 
 
-def request_promotion(sock: Path, no_wait: bool, timeout: float, home: Path | None = None) -> dict[str, Any]:
+def request_promotion(sock: Path, home: Path, no_wait: bool, timeout: float, quick: bool = False) -> dict[str, Any]:
     """Ask the follower listening on `sock` to promote itself; its report.
 
-    `home`: a quick request that guessed `sock` from the home alone. The follower answers 421 unless
-    it serves that home on that socket, and any failure before the request was sent is NotSent."""
+    The request names `home` and `sock`: a follower serving another home, or listening elsewhere by
+    its own settings, answers 421 and starts nothing. `quick`: `sock` was guessed from the home
+    alone, and any answer that started nothing (no socket there, nobody listening, 421, 404) is
+    NotSent, for the full command to look again with the settings."""
     if not sock.exists():
-        if home is not None:
+        if quick:
             raise NotSent(f"no socket at {sock}")
         raise EnvironmentProblem("no `edgehost follow` is running here (no control socket in the state dir)")
     conn = _UnixHTTP(str(sock), timeout)
-    query = {"no_wait": "1"} if no_wait else {}
-    if home is not None:
-        query.update(home=str(home), socket=str(sock))
+    query = {**({"no_wait": "1"} if no_wait else {}), "home": str(home), "socket": str(sock)}
     try:
         try:
             conn.connect()
         except OSError as exc:
-            if home is not None:
+            if quick:
                 raise NotSent(f"nobody listens on {sock}") from None
             raise EnvironmentProblem(f"the follower does not answer on {sock}: {type(exc).__name__}") from None
         try:
-            conn.request("POST", "/promote" + (f"?{urlencode(query)}" if query else ""), headers={"Content-Length": "0"})
+            conn.request("POST", f"/promote?{urlencode(query)}", headers={"Content-Length": "0"})
             answer = conn.getresponse()
             status, body = answer.status, answer.read()
         except TimeoutError:
@@ -76,16 +79,26 @@ def request_promotion(sock: Path, no_wait: bool, timeout: float, home: Path | No
             raise EnvironmentProblem(f"the follower does not answer on {sock}: {type(exc).__name__}") from None
     finally:
         conn.close()
-    if status == MISDIRECTED and home is not None:
-        raise NotSent(f"the follower on {sock} serves another home or socket")
-    if status == 404:  # `edgehost up` answers there, and knows no promotion
-        if home is not None:
-            raise NotSent("`edgehost up` answers there")  # the full path says so, with this home's settings
-        raise BadInput("this machine is not following (it runs `edgehost up`): nothing to promote")
     try:
-        return json.loads(body)
+        report = json.loads(body)
     except ValueError:
-        raise EnvironmentProblem(f"the follower answered {status} without a report") from None
+        report = None
+    if status in (MISDIRECTED, 404) and quick:
+        raise NotSent(f"{sock} answered {status}")  # nothing started: the full command looks again
+    if status == MISDIRECTED:
+        why = report.get("error") if isinstance(report, dict) else ""
+        raise EnvironmentProblem(f"the follower on {sock} is not this home's ({why or 'it serves another'}): "
+                                 f"nothing was promoted")
+    if status == 404:  # `edgehost up` answers there, and knows no promotion
+        raise BadInput("this machine is not following (it runs `edgehost up`): nothing to promote")
+    if not isinstance(report, dict):
+        raise EnvironmentProblem(f"the follower answered {status} without a report")
+    return report
+
+
+def valid_timeout(seconds: float) -> bool:
+    """--timeout: a positive, finite number of seconds."""
+    return math.isfinite(seconds) and seconds > 0
 
 
 def _quick_args(args: list[str]) -> tuple[Path, bool, bool, float] | None:
@@ -113,10 +126,13 @@ def _quick_args(args: list[str]) -> tuple[Path, bool, bool, float] | None:
                 timeout = float(value)
             except ValueError:
                 return None
+            if not valid_timeout(timeout):
+                return None  # typer's path says why
         else:
             return None
         i += 1
-    where = Path(home or os.environ.get("EDGEHOST_HOME") or Path.cwd()).resolve()
+    # `--home ""` is the current directory, as typer reads it (Path("") is ".")
+    where = Path(home if home is not None else os.environ.get("EDGEHOST_HOME") or Path.cwd()).resolve()
     return where, no_wait, as_json, timeout
 
 
@@ -125,13 +141,15 @@ def quick_promote(args: list[str]) -> int | None:
     where the default settings put it; its exit code. None: nothing was sent, the full command runs
     (settings loaded, every error worded as usual)."""
     parsed = _quick_args(args)
-    if parsed is None or "EDGEHOST_STATE_DIR" in os.environ:
+    if parsed is None or any(name in os.environ for name in _SETTINGS_ELSEWHERE):
         return None
     home, no_wait, as_json, timeout = parsed
     try:
-        report = request_promotion(home / DEFAULT_SOCKET, no_wait, timeout, home=home)
+        report = request_promotion(home / DEFAULT_SOCKET, home, no_wait, timeout, quick=True)
     except NotSent:
         return None
+    except KeyboardInterrupt:
+        return 130  # as the full command: the follower goes on with what it was asked
     except EdgehostError as exc:
         from edgehost.cli import fail  # the promotion is over: the rest of the CLI may load now
 
