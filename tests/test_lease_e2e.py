@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import sys
 import time
@@ -189,3 +190,40 @@ def test_a_primary_cut_off_from_the_bucket_stops_replicating_before_its_lease_go
     got = rows(out, "SELECT id, kind FROM compliance_events ORDER BY id")
     assert [r[0] for r in got[:10]] == before and [r[0] for r in got[10:]] == after + more
     assert "w" not in {r[1] for r in got}  # none of A's writes from after the cut
+
+
+def test_a_final_sync_that_outlasts_the_lease_window_still_lands(s3_home, tmp_path):
+    """Renewals go on while `up` stops: a final sync longer than the window after the last renewal
+    (a slow uplink, many databases) lands, and the stop exits 0. Before, renewals ended with the
+    stop, the watchdog SIGKILLed litestream mid-sync once the window passed, and the stop exited 5
+    with the newest writes only on this disk."""
+    import secrets
+
+    endpoint = s3_home.env["EDGEHOST_S3_ENDPOINT"]
+    proxy = SwitchableProxy(endpoint)
+    s3_home.env.update({"EDGEHOST_S3_ENDPOINT": proxy.endpoint, "EDGEHOST_MACHINE_ID": "a" * 8,
+                        "EDGEHOST_LEASE_RENEW_SECONDS": "1", "EDGEHOST_LEASE_TTL_SECONDS": "4",  # window 2.5 s
+                        "EDGEHOST_DURABLE_PROPERTY_DBS": "false"})
+    s = s3_home.settings()
+    up = start_supervisor(s3_home)
+    try:
+        httpx.post(f"{s.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+        sync_db(s, layout.property_db(s, "acme"))
+        proxy.upload_bps = 40_000  # ~300 KB of new pages: ~7 s to upload, small requests at once
+        with httpx.Client(timeout=30) as client:
+            ids = [client.post(f"{s.portal_url}/properties/acme/events",
+                               json={"kind": "big", "payload": secrets.token_hex(2500)}).json()["id"] for _ in range(60)]
+        code = up.stop(timeout=120)
+    finally:
+        up.stop()
+    out_text = up.output()
+    assert code == 0, out_text[-3000:]
+    took = re.search(r"final sync: \d+ database\(s\) replicated up to their local txid in ([0-9.]+)s", out_text)
+    assert took and float(took.group(1)) > 2.5, out_text[-3000:]  # the premise: it outlasted the window
+    assert "writer lease released" in out_text
+
+    restored = tmp_path / "acme.db"
+    s3_home.env["EDGEHOST_S3_ENDPOINT"] = endpoint  # straight to the bucket
+    proc = plain_restore(litestream.replication(s).restore_url(layout.property_db(s, "acme")), restored, s3_home.environ())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r[0] for r in rows(restored, "SELECT id FROM compliance_events WHERE kind = 'big' ORDER BY id")] == ids

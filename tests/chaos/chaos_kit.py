@@ -493,6 +493,8 @@ class SwitchableProxy:
     Modes: ``up`` forwards; ``refuse`` closes the listening socket, so connects get ECONNREFUSED;
     ``blackhole`` accepts connections and never answers (a dropped network, from the client's side).
     Switching away from ``up`` cuts every open connection, so keep-alive sessions die too.
+    ``upload_bps``: bytes a second each connection may send upstream (a slow uplink: small requests
+    pass at once, a large upload takes its time); None is no limit.
     """
 
     def __init__(self, upstream: str):
@@ -506,6 +508,7 @@ class SwitchableProxy:
         self._listen(0)
         self.port = self._listener.getsockname()[1]
         self.bytes_forwarded = 0
+        self.upload_bps: float | None = None
 
     @property
     def endpoint(self) -> str:
@@ -545,15 +548,18 @@ class SwitchableProxy:
             self._conns.add(upstream)
         t = threading.Thread(target=self._pump, args=(upstream, client), daemon=True)
         t.start()
-        self._pump(client, upstream)
+        self._pump(client, upstream, upload=True)
         t.join()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, upload: bool = False) -> None:
         try:
             while True:
-                data = src.recv(65536)
+                bps = self.upload_bps if upload else None
+                data = src.recv(4096 if bps else 65536)
                 if not data:
                     break
+                if bps and len(data) > 1024:  # headers and small bodies pass at once
+                    time.sleep(len(data) / bps)
                 dst.sendall(data)
                 self.bytes_forwarded += len(data)
         except OSError:

@@ -235,6 +235,10 @@ class Supervisor:
         self._metrics: MetricsServer | None = None
         self._store: ReplicaStore | None = None
         self.fenced = False  # another machine took the writer lease: never write to the replica again
+        # Renewals go on through the stop until litestream is gone: a final sync may outlast
+        # `_may_replicate`'s window after the last renewal (37.5 s with a 15 s renewal and a 60 s ttl).
+        self._lease_done = threading.Event()
+        self._lease_thread: threading.Thread | None = None
         self._lease_wait = False  # litestream kept stopped: the writer lease is not confirmed (`_may_replicate`)
         self._lease_wait_since: float | None = None
         self.cost_summary: dict[str, Any] | None = None  # the month's estimated bill (edgehost cost), when known
@@ -316,6 +320,7 @@ class Supervisor:
         finally:
             self.phase = "stopping"
             self._stop_all()
+            self._end_renewals()
             self._release_lease()
             self._close_servers()
             if not self.alerts.flush(10.0):
@@ -391,7 +396,9 @@ class Supervisor:
             return max(0.05, lease.confirmed_at + s.lease_renew_seconds - lease_clock())
 
         interval = due()
-        while not self.stopping.wait(interval):
+        while not self._lease_done.wait(interval):
+            if self.stopping.is_set() and (self.lease is None or not self.lease.held):
+                return  # a stop renews what it holds, and takes nothing
             try:
                 if self.lease is not None and self.lease.held:
                     self.lease.renew()
@@ -482,6 +489,8 @@ class Supervisor:
         self.log("!!! this machine no longer writes to the replica: litestream stopped, portal read-only. "
                  "Writes made here since the last upload stay on this disk only")
         self.alerts.raise_("lease", "lease", f"writer lease lost: {why}; this machine stopped writing to the replica")
+        if self.stopping.is_set():
+            return  # the stop runs no commands: it kills litestream itself, as the watchdog does, once fenced
         done = threading.Event()
         self._commands.put(("fence", why, done, {}))
         done.wait(self.settings.litestream_stop_timeout + 30)
@@ -500,7 +509,8 @@ class Supervisor:
             except OSError as exc:
                 self.log(f"metrics endpoint disabled: port {self.settings.metrics_port}: {exc.strerror}")
         threading.Thread(target=self._watch_replication, daemon=True, name="lag").start()
-        threading.Thread(target=self._keep_lease, daemon=True, name="lease").start()
+        self._lease_thread = threading.Thread(target=self._keep_lease, daemon=True, name="lease")
+        self._lease_thread.start()
         threading.Thread(target=self._lease_watchdog, daemon=True, name="lease-watchdog").start()
         threading.Thread(target=self._watch_health, daemon=True, name="health").start()
 
@@ -616,6 +626,13 @@ class Supervisor:
             svc.state = Service.STOPPED
             self.log(f"{svc.name} stopped (exit {code}) in {time.monotonic() - started:.2f}s")
 
+    def _end_renewals(self) -> None:
+        """Stop renewing (litestream is gone), and let a renewal in flight land before the release,
+        whose conditional write would otherwise race it."""
+        self._lease_done.set()
+        if self._lease_thread is not None:
+            self._lease_thread.join(0 if self.hurry.is_set() else 10)
+
     def _release_lease(self) -> None:
         """Hand the lease back after a clean stop, so the next machine needs no --take-over.
 
@@ -662,7 +679,8 @@ class Supervisor:
         missing = [r for r in results if not r.landed]
         took = time.monotonic() - started
         if missing:
-            self.exit_status = ExitStatus.FINAL_SYNC_FAILED
+            if not self.fenced:  # fenced during the stop: exit 6 says why, and the lease is not ours to keep
+                self.exit_status = ExitStatus.FINAL_SYNC_FAILED
             for r in missing:
                 self.log(f"!!! final sync did not land for {r.describe()}; its newest writes are only on this disk")
             self.log(f"!!! final sync: {len(missing)} of {len(results)} database(s) not replicated "
