@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sqlite3
 import sys
 import time
@@ -192,27 +193,35 @@ def test_a_primary_cut_off_from_the_bucket_stops_replicating_before_its_lease_go
     assert "w" not in {r[1] for r in got}  # none of A's writes from after the cut
 
 
-def test_a_final_sync_that_outlasts_the_lease_window_still_lands(s3_home, tmp_path):
-    """Renewals go on while `up` stops: a final sync longer than the window after the last renewal
-    (a slow uplink, many databases) lands, and the stop exits 0. Before, renewals ended with the
-    stop, the watchdog SIGKILLed litestream mid-sync once the window passed, and the stop exited 5
-    with the newest writes only on this disk."""
+def _slow_uplink(s3_home):
+    """A home on a 40 KB/s uplink (renew 1 s, ttl 4 s: litestream may write for 2.5 s after a
+    renewal), `up` running, and ~300 KB of new events on disk: a final sync of ~7 s ahead.
+    (proxy, settings, up, the events' ids, the endpoint without the proxy)."""
     import secrets
 
     endpoint = s3_home.env["EDGEHOST_S3_ENDPOINT"]
     proxy = SwitchableProxy(endpoint)
     s3_home.env.update({"EDGEHOST_S3_ENDPOINT": proxy.endpoint, "EDGEHOST_MACHINE_ID": "a" * 8,
-                        "EDGEHOST_LEASE_RENEW_SECONDS": "1", "EDGEHOST_LEASE_TTL_SECONDS": "4",  # window 2.5 s
+                        "EDGEHOST_LEASE_RENEW_SECONDS": "1", "EDGEHOST_LEASE_TTL_SECONDS": "4",
                         "EDGEHOST_DURABLE_PROPERTY_DBS": "false"})
     s = s3_home.settings()
     up = start_supervisor(s3_home)
+    httpx.post(f"{s.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
+    sync_db(s, layout.property_db(s, "acme"))
+    proxy.upload_bps = 40_000  # small requests (the lease's) pass at once
+    with httpx.Client(timeout=30) as client:
+        ids = [client.post(f"{s.portal_url}/properties/acme/events",
+                           json={"kind": "big", "payload": secrets.token_hex(2500)}).json()["id"] for _ in range(60)]
+    return proxy, s, up, ids, endpoint
+
+
+def test_a_final_sync_that_outlasts_the_lease_window_still_lands(s3_home, tmp_path):
+    """Renewals go on while `up` stops: a final sync longer than the window after the last renewal
+    (a slow uplink, many databases) lands, and the stop exits 0. Before, renewals ended with the
+    stop, the watchdog SIGKILLed litestream mid-sync once the window passed, and the stop exited 5
+    with the newest writes only on this disk."""
+    proxy, s, up, ids, endpoint = _slow_uplink(s3_home)
     try:
-        httpx.post(f"{s.portal_url}/properties", json={"slug": "acme"}).raise_for_status()
-        sync_db(s, layout.property_db(s, "acme"))
-        proxy.upload_bps = 40_000  # ~300 KB of new pages: ~7 s to upload, small requests at once
-        with httpx.Client(timeout=30) as client:
-            ids = [client.post(f"{s.portal_url}/properties/acme/events",
-                               json={"kind": "big", "payload": secrets.token_hex(2500)}).json()["id"] for _ in range(60)]
         code = up.stop(timeout=120)
     finally:
         up.stop()
@@ -227,3 +236,23 @@ def test_a_final_sync_that_outlasts_the_lease_window_still_lands(s3_home, tmp_pa
     proc = plain_restore(litestream.replication(s).restore_url(layout.property_db(s, "acme")), restored, s3_home.environ())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r[0] for r in rows(restored, "SELECT id FROM compliance_events WHERE kind = 'big' ORDER BY id")] == ids
+
+
+def test_a_replica_lost_during_the_final_sync_ends_the_stop_once_the_lease_lapses(s3_home):
+    """The uplink drops in the middle of the final sync: renewals fail, the watchdog kills litestream
+    once the window passes, and the stop ends then with exit 5 (the newest writes named as only on
+    this disk), instead of retrying a dead control socket for the rest of its 40 s budget."""
+    proxy, s, up, ids, endpoint = _slow_uplink(s3_home)
+    try:
+        up.signal(signal.SIGTERM)
+        wait_until(lambda: "portal stopped" in up.output(), 30, what="the final sync to begin")
+        proxy.set_mode("refuse")
+        dropped = time.monotonic()
+        code = up.popen.wait(60)
+        ended_after = time.monotonic() - dropped
+    finally:
+        up.stop()
+    out_text = up.output()
+    assert code == 5, out_text[-3000:]
+    assert "final sync did not land for acme" in out_text and "writer lease kept" in out_text
+    assert ended_after < 15, (ended_after, out_text[-3000:])  # the window (2.5 s) and a stop, not the 40 s budget

@@ -207,9 +207,11 @@ def test_a_promotion_whose_final_listing_stays_incomplete_fails_and_gives_the_le
     A round with errors is listed again once; incomplete twice, the promotion fails, writes nothing."""
     settings = kit_home.settings()
     follower = Follower(settings)
+    monkeypatch.setattr("edgehost.ops.follow.RELIST_PAUSE", 0.01)
     incomplete = {"at": 0, "listed": 12, "fetched": 0, "seconds": 0.01,
-                  "errors": ["replica s3://bucket/global: list failed: SlowDown"]}
-    whole = dict(incomplete, fetched=1, errors=[])
+                  "errors": ["replica s3://bucket/global: list failed: SlowDown"],
+                  "missed": ["replica s3://bucket/global: list failed: SlowDown"]}
+    whole = dict(incomplete, fetched=1, errors=[], missed=[])
     rounds: list[dict] = []
 
     def rounds_of(*answers):
@@ -236,3 +238,23 @@ def test_a_promotion_whose_final_listing_stays_incomplete_fails_and_gives_the_le
     follower.promoting.set()
     report = follower.promote(no_wait=True)
     assert "caught up on the second round" in report.error and rounds == [incomplete, whole]
+
+
+def test_the_final_round_counts_as_missed_only_what_this_standby_follows(kit_home, monkeypatch):
+    """A root not listed, or a followed database whose new file did not arrive, is missed; a stray
+    object of the bucket that maps to no database here (a lifecycle-archived or corrupt key) is an
+    error of the round, not a reason to refuse every promotion."""
+    from edgehost.ops.mirror import MirrorReport
+
+    follower = Follower(kit_home.settings())
+    report = MirrorReport("mirror", "replica", listed=30)
+    report.missed = [(follower.mirror, "notaslug!/other.db", "notaslug!/other.db: InvalidObjectState"),
+                     (follower.mirror, "acme/honestcam.db", "acme/honestcam.db: SlowDown")]
+    report.errors = [why for _, _, why in report.missed]
+    monkeypatch.setattr("edgehost.ops.follow.mirror_once", lambda *a, **kw: report)
+    round_ = follower.mirror_round()
+    assert round_["missed"] == ["acme/honestcam.db: SlowDown"] and len(round_["errors"]) == 2
+    report.missed = report.missed[:1]
+    assert follower.mirror_round()["missed"] == []
+    report.missed = [(follower.mirror, "", "list failed: SlowDown")]
+    assert follower.mirror_round()["missed"] == ["list failed: SlowDown"]

@@ -113,6 +113,9 @@ class PromoteReport:
                 "final_round": self.final_round, "error": self.error, "notes": self.notes}
 
 
+RELIST_PAUSE = 1.0  # seconds before a promotion lists again after an incomplete final round
+
+
 class Follower:
     """Follows the replica into the data dir and serves it read-only until promoted."""
 
@@ -287,9 +290,13 @@ class Follower:
         if report.errors and not report.listed:
             raise EnvironmentProblem("; ".join(report.errors[:3]))
         self.rounds += 1
-        self.last_round = {"at": time.time(), "listed": report.listed, "fetched": report.fetched,
-                           "seconds": report.seconds, "errors": report.errors[:5]}
-        return self.last_round
+        # What this standby would be behind on: a root not listed, or a database it follows whose
+        # new files did not arrive (not a stray object of the bucket that maps to no database here).
+        missed = [why for local, db, why in report.missed if not db or self._ref(local, db) is not None]
+        done = {"at": time.time(), "listed": report.listed, "fetched": report.fetched,
+                "seconds": report.seconds, "errors": report.errors[:5], "missed": missed[:5]}
+        self.last_round = done
+        return done
 
     def _listed(self, local: Path, listing: Listing) -> None:
         now = time.time()
@@ -543,13 +550,15 @@ class Follower:
         newest files the round missed (one root's listing failed, a GET failed) would be promoted
         behind the replica, and its litestream would then write a history of its own over the end
         of the old primary's. One more round for a blip; then the promotion fails."""
-        if not final["errors"]:
+        if not final["missed"]:
             return final
-        self.log(f"promote: the final round was incomplete ({final['errors'][0]}); listing again")
+        self.log(f"promote: the final round was incomplete ({final['missed'][0]}); listing again in {RELIST_PAUSE:g}s")
+        if self.stopping.wait(RELIST_PAUSE):  # a throttled endpoint gets a moment
+            raise EnvironmentProblem("the follower was told to stop during the promotion")
         final = self.mirror_round()
-        if final["errors"]:
+        if final["missed"]:
             raise EnvironmentProblem(f"the final listing of the replica was incomplete twice: "
-                                     f"{'; '.join(final['errors'][:3])}")
+                                     f"{'; '.join(final['missed'][:3])}")
         return final
 
     def _give_back_lease(self) -> None:

@@ -45,6 +45,8 @@ class MirrorReport:
     databases: int = 0
     errors: list[str] = field(default_factory=list)
     cancelled: bool = False  # `cancel` stopped a listing: the round saw part of the replica
+    # What the round missed, as (local root, database under it or "" for the root's listing, message).
+    missed: list[tuple[Path, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -145,6 +147,7 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
                 walked = list_root(store, on_db=fetch_new, into=listing, cancel=cancel)
             except EdgehostError as exc:  # the replica did not answer: nothing is deleted, next round retries
                 report.errors.append(str(exc))
+                report.missed.append((local, "", str(exc)))
                 report.cancelled = report.cancelled or isinstance(exc, ListingCancelled)
                 for _, fut in fetches:
                     fut.cancel()
@@ -156,6 +159,7 @@ def mirror_once(settings: Settings, ls: litestream.Litestream, to: Path, *, grac
                     except Exception as exc:  # noqa: BLE001 - one database's failure is reported, the rest go on
                         if not fut.cancelled():
                             report.errors.append(f"{db}: {exc}")
+                            report.missed.append((local, db, f"{db}: {exc}"))
             report.list_pages += getattr(store, "list_pages", 0)
             report.databases += len(walked.dbs)
             report.listed += walked.objects

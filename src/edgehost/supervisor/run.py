@@ -218,6 +218,8 @@ class Supervisor:
         self.stopping = threading.Event()
         self._signal_work: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.hurry = threading.Event()
+        # The final sync stops retrying: hurried, fenced, or litestream killed for want of a lease.
+        self._give_up_sync = threading.Event()
         self.exit_status = ExitStatus.OK
         self.started_wall = time.time()
         self.phase = "starting"
@@ -257,6 +259,7 @@ class Supervisor:
     def _on_stop_signal(self, signum: int, _frame: Any) -> None:
         if self.stopping.is_set():
             self.hurry.set()
+            self._give_up_sync.set()
             self._signal_work.put(("log", f"{signal.Signals(signum).name} again: hurrying the stop"))
         else:
             self.stopping.set()
@@ -320,8 +323,11 @@ class Supervisor:
         finally:
             self.phase = "stopping"
             self._stop_all()
-            self._end_renewals()
-            self._release_lease()
+            if self._end_renewals():
+                self._release_lease()
+            elif self.lease is not None and self.lease.held and not self.fenced:
+                self.log(f"writer lease not released: a renewal is still in flight; it goes stale "
+                         f"{self.settings.lease_ttl_seconds:.0f}s after it")
             self._close_servers()
             if not self.alerts.flush(10.0):
                 self.log("warning: some alerts were still being sent when the supervisor stopped")
@@ -391,9 +397,10 @@ class Supervisor:
 
         def due() -> float:  # a renewal lease_renew_seconds after the last one that landed
             lease = self.lease
-            if lease is None or not lease.held or lease.confirmed_at is None:
+            confirmed = lease.confirmed_at if lease is not None and lease.held else None  # read once
+            if confirmed is None:
                 return quick
-            return max(0.05, lease.confirmed_at + s.lease_renew_seconds - lease_clock())
+            return max(0.05, confirmed + s.lease_renew_seconds - lease_clock())
 
         interval = due()
         while not self._lease_done.wait(interval):
@@ -430,9 +437,10 @@ class Supervisor:
         10 minutes without a renewal; the lease goes stale after 15).
         """
         lease, s = self.lease, self.settings
-        if self.fenced or lease is None or not lease.held or lease.confirmed_at is None:
+        if self.fenced or lease is None or not lease.held:
             return False
-        return lease_clock() < lease.confirmed_at + (s.lease_ttl_seconds + s.lease_renew_seconds) / 2
+        confirmed = lease.confirmed_at  # read once: the lease thread may clear it meanwhile
+        return confirmed is not None and lease_clock() < confirmed + (s.lease_ttl_seconds + s.lease_renew_seconds) / 2
 
     def _guard_replication(self) -> None:
         """Keep litestream stopped (at once, no final sync) while `_may_replicate` says no, and let it
@@ -480,6 +488,8 @@ class Supervisor:
             ls = self._litestream
             if ls is not None and ls.proc is not None and ls.proc.poll() is None and not self._may_replicate():
                 ls.signal(signal.SIGKILL)
+                if self.stopping.is_set():
+                    self._give_up_sync.set()  # a final sync under way would retry a dead socket until its budget
 
     def _fence(self, why: str) -> None:
         """Another machine is the writer now: stop replicating, make the portal read-only, say so loudly."""
@@ -490,10 +500,15 @@ class Supervisor:
                  "Writes made here since the last upload stay on this disk only")
         self.alerts.raise_("lease", "lease", f"writer lease lost: {why}; this machine stopped writing to the replica")
         if self.stopping.is_set():
+            self._give_up_sync.set()
             return  # the stop runs no commands: it kills litestream itself, as the watchdog does, once fenced
         done = threading.Event()
         self._commands.put(("fence", why, done, {}))
-        done.wait(self.settings.litestream_stop_timeout + 30)
+        deadline = time.monotonic() + self.settings.litestream_stop_timeout + 30
+        while not done.wait(0.2) and time.monotonic() < deadline:
+            if self.stopping.is_set():  # the main loop ended before running it: the stop does it
+                self._give_up_sync.set()
+                return
 
     def _claim_pid_file(self) -> None:
         claim_pid_file(self.settings.pid_file)
@@ -626,12 +641,15 @@ class Supervisor:
             svc.state = Service.STOPPED
             self.log(f"{svc.name} stopped (exit {code}) in {time.monotonic() - started:.2f}s")
 
-    def _end_renewals(self) -> None:
-        """Stop renewing (litestream is gone), and let a renewal in flight land before the release,
-        whose conditional write would otherwise race it."""
+    def _end_renewals(self) -> bool:
+        """Stop renewing (litestream is gone). False while a renewal is still in flight (a slow
+        endpoint, or a hurried stop): the release, another conditional write on the same lease,
+        must not race it."""
         self._lease_done.set()
-        if self._lease_thread is not None:
-            self._lease_thread.join(0 if self.hurry.is_set() else 10)
+        thread, deadline = self._lease_thread, time.monotonic() + 10
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline and not self.hurry.is_set():
+            thread.join(0.1)
+        return thread is None or not thread.is_alive()
 
     def _release_lease(self) -> None:
         """Hand the lease back after a clean stop, so the next machine needs no --take-over.
@@ -673,9 +691,9 @@ class Supervisor:
             ls.start()
         sock = litestream.ControlSocket(self.settings.litestream_socket, timeout=5.0)
         while not sock.alive() and ls.poll() is None and time.monotonic() - started < budget:
-            if self.hurry.wait(0.05):
+            if self._give_up_sync.wait(0.05):
                 break
-        results = final_sync(sock, refs, budget - (time.monotonic() - started), self.hurry)
+        results = final_sync(sock, refs, budget - (time.monotonic() - started), self._give_up_sync)
         missing = [r for r in results if not r.landed]
         took = time.monotonic() - started
         if missing:
