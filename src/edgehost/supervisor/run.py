@@ -475,7 +475,9 @@ class Supervisor:
                      f"over its history. Writes stay on this disk until a renewal lands")
             self.alerts.raise_("lease_wait", "lease", f"writer lease {why}: litestream stopped, writes stay on "
                                                       f"this disk until the replica answers and the lease is renewed")
-        if ls.state != Service.HELD:  # an operator's hold keeps its own reason, and stays held after
+        # An operator's hold keeps its own reason and stays held after; a crash-looped litestream stays
+        # FAILED (not restarted when the lease is confirmed again, nor alerted about anew).
+        if ls.state not in (Service.HELD, Service.FAILED):
             ls.state, ls.reason = Service.HELD, f"{self.LEASE_WAIT}: {why}"
 
     LEASE_WAIT = "waiting for the writer lease"
