@@ -41,3 +41,22 @@ def test_a_crash_looped_litestream_stays_failed_through_a_lease_blip(kit_home):
     sup.lease.confirmed_at = lease_clock()
     sup._guard_replication()
     assert ls.state == Service.STOPPED
+
+
+def test_the_end_of_renewals_waits_for_a_renewal_in_flight_and_a_hurried_stop_still_releases(kit_home):
+    """The release waits for the lease thread; hurried, it still gives an idle thread a moment to end
+    (it ends at once), and reports one still busy instead of racing it."""
+    import threading
+    import time
+
+    sup, _ = _supervisor(kit_home)
+    sup.hurry.set()
+    sup._lease_thread = threading.Thread(target=lambda: sup._lease_done.wait(30), daemon=True)
+    sup._lease_thread.start()
+    assert sup._end_renewals() is True  # idle between renewals: it ends, the lease is released
+
+    sup._lease_done.clear()
+    sup._lease_thread = threading.Thread(target=lambda: time.sleep(3), daemon=True)  # a renewal hanging
+    sup._lease_thread.start()
+    started = time.monotonic()
+    assert sup._end_renewals() is False and time.monotonic() - started < 2

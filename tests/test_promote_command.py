@@ -106,13 +106,12 @@ def test_a_follower_serving_another_home_refuses_and_the_command_uses_this_homes
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["ok"] is True
     assert [r.get("home") for r in squatter.requests] == [[str(settings.home)]]
-    assert ours.requests == [{"path": ["/promote"], "home": [str(settings.home)],
-                              "socket": [str(settings.supervisor_socket)]}]  # the full command's
+    assert ours.requests == [{"path": ["/promote"], "socket": [str(settings.supervisor_socket)]}]  # the full command's
 
 
-def test_the_full_command_is_refused_by_a_follower_of_another_home_too(kit_home, stand_in):
-    """The settings name a socket where another home's follower listens: it refuses (421), and the
-    command says so in one line, exit 3, without asking again."""
+def test_the_full_command_names_its_socket_and_a_refusal_is_one_line(kit_home, stand_in):
+    """The full command's request names the socket its settings give; a follower listening there by
+    other settings refuses (421), and the command says so in one line, exit 3, without asking again."""
     elsewhere = kit_home.path / "shared-state"
     (kit_home.path / "edgehost.toml").write_text(f'state_dir = "{elsewhere}"\n')
     other = stand_in(elsewhere / "supervisor.sock",
@@ -121,7 +120,7 @@ def test_the_full_command_is_refused_by_a_follower_of_another_home_too(kit_home,
     assert proc.returncode == 3, proc.stderr
     assert "is not this home's" in proc.stderr and "nothing was promoted" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and json.loads(proc.stdout)["ok"] is False
-    assert len(other.requests) == 1
+    assert [sorted(r) for r in other.requests] == [["no_wait", "path", "socket"]]
 
 
 def test_promote_where_up_runs_says_so_and_a_state_dir_in_the_environment_is_honoured(kit_home, stand_in):
@@ -152,6 +151,15 @@ def test_the_follower_answers_only_requests_for_its_own_home_and_socket(kit_home
     assert asked == [] and not follower.promoting.is_set()
     status, body = follower._handle_control("POST", "/promote?" + urlencode({**own, "no_wait": "1"}))
     assert status == 200 and body["ok"] and asked == [True]
+    # The same files spelled otherwise (a symlink here; letter case on a Mac's disk) are its own.
+    alias = settings.home.parent / f"{settings.home.name}-alias"
+    alias.symlink_to(settings.home)
+    settings.supervisor_socket.parent.mkdir(parents=True, exist_ok=True)
+    settings.supervisor_socket.touch()  # where its control server listens when it runs
+    follower.promoting.clear()
+    status, _ = follower._handle_control("POST", "/promote?" + urlencode(
+        {"home": alias, "socket": alias / settings.supervisor_socket.relative_to(settings.home)}))
+    assert status == 200 and asked == [True, False]
 
 
 def test_ctrl_c_while_the_follower_works_exits_130_without_a_traceback(kit_home, stand_in):
@@ -178,7 +186,7 @@ def test_a_timeout_that_is_not_a_positive_number_is_refused_before_anything_is_s
 
 
 @pytest.mark.parametrize("argv, parsed", [
-    (["promote"], (False, False, 600.0)),
+    (["promote"], (False, False, 3600.0)),
     (["promote", "--no-wait", "--json", "--timeout", "30"], (True, True, 30.0)),
     (["--home", "/h", "promote", "--timeout=2.5"], (False, False, 2.5)),
     (["promote", "--help"], None),
@@ -186,7 +194,7 @@ def test_a_timeout_that_is_not_a_positive_number_is_refused_before_anything_is_s
     (["promote", "--timeout"], None),
     (["status", "promote"], None),
     (["promote", "--jsonn"], None),
-    (["--home", "", "promote"], (False, False, 600.0)),  # typer: the current directory
+    (["--home", "", "promote"], (False, False, 3600.0)),  # typer: the current directory
     (["promote", "--"], None),
     (["promote", "--timeout", "0"], None),
     (["promote", "--timeout", "-1"], None),

@@ -33,7 +33,7 @@ def follow_cmd(
 def promote_cmd(
     no_wait: bool = typer.Option(False, "--no-wait", help="Do not wait for the old primary's next lease renewal "
                                                           "(only when it is known to be down)."),
-    timeout: float = typer.Option(PROMOTE_TIMEOUT, "--timeout", help="Seconds to wait for the whole promotion."),
+    timeout: float = typer.Option(PROMOTE_TIMEOUT, "--timeout", help="Seconds to wait for the whole promotion (the wait for a live old primary alone is up to 605 s with the default lease settings)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Fail over to this standby: take the writer lease (the old primary is fenced or refused),
@@ -48,6 +48,6 @@ def promote_cmd(
     if not valid_timeout(timeout):
         raise BadInput(f"--timeout must be a positive number of seconds (got {timeout:g})")
     settings = load_settings()
-    code = show_report(request_promotion(settings.supervisor_socket, settings.home, no_wait, timeout), as_json)
+    code = show_report(request_promotion(settings.supervisor_socket, no_wait, timeout), as_json)
     if code:
         raise typer.Exit(code)

@@ -466,7 +466,7 @@ class Follower:
         if method == "POST" and route == "/promote":
             asked = parse_qs(query)
             home, sock = asked.get("home", [""])[0], asked.get("socket", [""])[0]
-            if (home and Path(home) != self.settings.home) or (sock and Path(sock) != self.settings.supervisor_socket):
+            if (home and not _same_file(home, self.settings.home)) or (sock and not _same_file(sock, self.settings.supervisor_socket)):
                 # a quick `edgehost promote` guessed this socket from its home alone: not ours to answer
                 return MISDIRECTED, {"error": f"this follower serves {self.settings.home} on {self.settings.supervisor_socket}"}
             if self.promoting.is_set():
@@ -550,13 +550,13 @@ class Follower:
         newest files the round missed (one root's listing failed, a GET failed) would be promoted
         behind the replica, and its litestream would then write a history of its own over the end
         of the old primary's. One more round for a blip; then the promotion fails."""
-        if not final["missed"]:
+        if not final.get("missed"):
             return final
         self.log(f"promote: the final round was incomplete ({final['missed'][0]}); listing again in {RELIST_PAUSE:g}s")
         if self.stopping.wait(RELIST_PAUSE):  # a throttled endpoint gets a moment
             raise EnvironmentProblem("the follower was told to stop during the promotion")
         final = self.mirror_round()
-        if final["missed"]:
+        if final.get("missed"):
             raise EnvironmentProblem(f"the final listing of the replica was incomplete twice: "
                                      f"{'; '.join(final['missed'][:3])}")
         return final
@@ -620,6 +620,15 @@ class Follower:
     def _previous(self) -> str:
         report = self.promotion
         return report.previous_primary if report is not None and report.previous_primary else "unknown"
+
+
+def _same_file(named: str, ours: Path) -> bool:
+    """Whether a path a request names is this follower's (the same file: a case-insensitive disk or a
+    symlink spells it otherwise); by the spelling when either is missing."""
+    try:
+        return os.path.samefile(named, ours)
+    except OSError:
+        return Path(named) == ours
 
 
 def _signal_group(pid: int, sig: int) -> None:

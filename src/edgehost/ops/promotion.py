@@ -23,7 +23,9 @@ from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitSta
 # supervisor_socket). The follower confirms the home and socket a quick request names, so a home
 # configured otherwise (or a socket left by another home) only ever costs the quick path a fallback.
 DEFAULT_SOCKET = Path("state") / "supervisor.sock"
-PROMOTE_TIMEOUT = 600.0  # seconds `edgehost promote` waits for the whole promotion (--timeout)
+# Seconds `edgehost promote` waits for the whole promotion (--timeout): the wait for a live old primary
+# alone is (ttl + renew) / 2 + 5 by its lease (605 s with the defaults), then the catch-up.
+PROMOTE_TIMEOUT = 3600.0
 MISDIRECTED = 421  # the follower's answer to a request meant for another home or socket
 # Set in the environment, these may put the socket elsewhere: the full command reads them.
 _SETTINGS_ELSEWHERE = ("EDGEHOST_STATE_DIR", "EDGEHOST_SETTINGS", "EDGEHOST_ENV_FILE")
@@ -48,19 +50,21 @@ class NotSent(Exception):
     home): the caller may look for the follower another way."""
 
 
-def request_promotion(sock: Path, home: Path, no_wait: bool, timeout: float, quick: bool = False) -> dict[str, Any]:
+def request_promotion(sock: Path, no_wait: bool, timeout: float, home: Path | None = None) -> dict[str, Any]:
     """Ask the follower listening on `sock` to promote itself; its report.
 
-    The request names `home` and `sock`: a follower serving another home, or listening elsewhere by
-    its own settings, answers 421 and starts nothing. `quick`: `sock` was guessed from the home
-    alone, and any answer that started nothing (no socket there, nobody listening, 421, 404) is
-    NotSent, for the full command to look again with the settings."""
+    The request names `sock`: a follower whose own settings put its socket elsewhere answers 421 and
+    starts nothing. `home`: a quick request, which guessed `sock` from the home alone, names the home
+    too (a follower of another home refuses it), and any answer that started nothing (no socket
+    there, nobody listening, 421, 404) is NotSent, for the full command to look again with the
+    settings."""
+    quick = home is not None
     if not sock.exists():
         if quick:
             raise NotSent(f"no socket at {sock}")
         raise EnvironmentProblem("no `edgehost follow` is running here (no control socket in the state dir)")
     conn = _UnixHTTP(str(sock), timeout)
-    query = {**({"no_wait": "1"} if no_wait else {}), "home": str(home), "socket": str(sock)}
+    query = {**({"no_wait": "1"} if no_wait else {}), **({"home": str(home)} if quick else {}), "socket": str(sock)}
     try:
         try:
             conn.connect()
@@ -145,7 +149,7 @@ def quick_promote(args: list[str]) -> int | None:
         return None
     home, no_wait, as_json, timeout = parsed
     try:
-        report = request_promotion(home / DEFAULT_SOCKET, home, no_wait, timeout, quick=True)
+        report = request_promotion(home / DEFAULT_SOCKET, no_wait, timeout, home=home)
     except NotSent:
         return None
     except KeyboardInterrupt:

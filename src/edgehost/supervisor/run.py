@@ -322,6 +322,7 @@ class Supervisor:
             raise
         finally:
             self.phase = "stopping"
+            self.stopping.set()  # also when an error ended the run: the lease thread and the watchdog ask
             self._stop_all()
             if self._end_renewals():
                 self._release_lease()
@@ -648,8 +649,9 @@ class Supervisor:
         endpoint, or a hurried stop): the release, another conditional write on the same lease,
         must not race it."""
         self._lease_done.set()
-        thread, deadline = self._lease_thread, time.monotonic() + 10
-        while thread is not None and thread.is_alive() and time.monotonic() < deadline and not self.hurry.is_set():
+        thread, started = self._lease_thread, time.monotonic()
+        while thread is not None and thread.is_alive() and \
+                time.monotonic() - started < (0.5 if self.hurry.is_set() else 10.0):
             thread.join(0.1)
         return thread is None or not thread.is_alive()
 
@@ -684,6 +686,8 @@ class Supervisor:
             self.log(f"!!! final sync skipped: {ls.reason or 'the writer lease is not confirmed'}; the newest writes "
                      f"are only on this disk until `edgehost up` runs with the replica reachable")
             return 0.0
+        if not self.hurry.is_set():
+            self._give_up_sync.clear()  # a lapse earlier in the stop that a renewal has since ended
         budget = max(5.0, self.settings.litestream_stop_timeout - 5.0)
         if ls.state not in (Service.RUNNING, Service.STARTING) or ls.poll() is not None:
             # Backoff, held or crashed: run litestream once more, or the newest writes stay on this disk.
