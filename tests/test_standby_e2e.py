@@ -126,6 +126,7 @@ def test_failover_drill_promote_a_follower_after_the_primary_dies(s3_home, tmp_p
         reads = Reads(f"{sb.portal_url}/properties/acme/events").start()
         promote = edgehost(b, "promote", "--json", "--no-wait", timeout=300)
         assert promote.returncode == 0, promote.stdout + promote.stderr
+        time.sleep(1.0)  # and on into the first second as the primary (a promotion takes well under one)
         failed_reads, served = reads.stop()
         assert served > 10 and not failed_reads, failed_reads[:5]
         report = json.loads(promote.stdout)
