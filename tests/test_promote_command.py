@@ -9,6 +9,7 @@ import json
 import signal
 import socketserver
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -49,6 +50,10 @@ class StandIn:
             def get_request(self):
                 conn, _ = super().get_request()
                 return conn, ("unix", 0)
+
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+                    super().handle_error(request, client_address)  # a command that hung up (Ctrl-C) is no error
 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
