@@ -73,7 +73,7 @@ class LeaseInfo:
         (the supervisor's `_may_replicate`). Its own settings when recorded, else `renew`/`ttl`; 5 s
         to spare."""
         r, t = self.renew_seconds or renew, self.ttl_seconds or ttl
-        return max(r, (r + t) / 2) + 5
+        return max(r, write_window(r, t)) + 5
 
     def describe(self) -> str:
         """One line naming the holder and how fresh it is."""
@@ -81,6 +81,14 @@ class LeaseInfo:
         verb = "released" if self.released else "renewed"
         when = f"{_ago(self.age_seconds)} ago" if self.age_seconds is not None else f"at {self.renewed_at}"
         return f"{who}, {verb} {when}"
+
+
+def write_window(renew: float, ttl: float) -> float:
+    """Seconds after the newest renewal that landed during which the holder's litestream may write
+    (the supervisor's `_may_replicate`): halfway between the next renewal due and the ttl, so a
+    holder cut off from the bucket has stopped before anyone can find its lease stale. A take-over
+    waits this long by the holder's settings (`LeaseInfo.quiet_after`): the two must agree."""
+    return (renew + ttl) / 2
 
 
 def lease_clock() -> float:

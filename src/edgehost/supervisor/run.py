@@ -31,7 +31,7 @@ from edgehost.portal import DURABLE_PATH
 from edgehost.supervisor import statuspage
 from edgehost.supervisor.control import ControlServer, MetricsServer, Page
 from edgehost.supervisor.final_sync import final_sync
-from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, lease_clock
+from edgehost.supervisor.lease import LeaseHeld, LeaseLost, WriterLease, lease_clock, write_window
 from edgehost.supervisor.logs import LogHub
 from edgehost.supervisor.policy import Backoff
 from edgehost.supervisor.service import Service, ServiceSpec
@@ -441,7 +441,7 @@ class Supervisor:
         if self.fenced or lease is None or not lease.held:
             return False
         confirmed = lease.confirmed_at  # read once: the lease thread may clear it meanwhile
-        return confirmed is not None and lease_clock() < confirmed + (s.lease_ttl_seconds + s.lease_renew_seconds) / 2
+        return confirmed is not None and lease_clock() < confirmed + write_window(s.lease_renew_seconds, s.lease_ttl_seconds)
 
     def _guard_replication(self) -> None:
         """Keep litestream stopped (at once, no final sync) while `_may_replicate` says no, and let it
