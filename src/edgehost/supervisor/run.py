@@ -464,9 +464,9 @@ class Supervisor:
                                                           f"{ls.reason}; writes stay on this disk")
             return
         self._lease_wait, self._lease_wait_since = True, time.monotonic()
-        lease = self.lease
-        if lease is not None and lease.confirmed_at is not None:
-            why = f"not renewed for {lease_clock() - lease.confirmed_at:.0f}s (the replica does not answer)"
+        confirmed = self.lease.confirmed_at if self.lease is not None else None  # read once, as in _may_replicate
+        if confirmed is not None:
+            why = f"not renewed for {lease_clock() - confirmed:.0f}s (the replica does not answer)"
         else:
             why = "not taken yet (the replica does not answer)"
         if ls.state in (Service.STARTING, Service.RUNNING):
