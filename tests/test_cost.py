@@ -140,3 +140,26 @@ def test_compactions_since_the_start_and_the_gets_of_those_into_level_2():
         LtxFile(0, 10, 10, 10, "e", at(710)),   # L0: a sync, not a compaction
     ]
     assert cost.compactions_since(listing, start) == (3, 2, 1, 0)
+
+
+def _ltx(level: int, lo: int, hi: int, at: float) -> LtxFile:
+    return LtxFile(level, lo, hi, 100, f"{level:04x}/{lo:016x}-{hi:016x}.ltx", datetime.fromtimestamp(at, timezone.utc))
+
+
+def test_an_idle_database_whose_newest_l1_file_spans_several_txids_lists_at_every_l1_tick():
+    from datetime import timedelta
+
+    hour = 1_800_000_000.0 - 1_800_000_000.0 % 3600  # on the clock, as litestream times its ticks
+    levels = (timedelta(minutes=5), timedelta(hours=1))
+    spanning = [_ltx(0, 7, 7, hour), _ltx(1, 3, 7, hour + 1), _ltx(9, 1, 1, hour)]  # merged txids 3..7
+    single = [_ltx(0, 7, 7, hour), _ltx(1, 7, 7, hour + 1), _ltx(9, 1, 1, hour)]
+    pending = [_ltx(0, 8, 8, hour + 2), _ltx(1, 3, 7, hour + 1)]  # txid 8 waits: the next tick compacts it
+    ticks = lambda files: cost.idle_ticks_since(Listing("r", {"p/honestcam.db": files}), levels,  # noqa: E731
+                                                hour - 600, hour + 3600 + 1)
+    assert ticks(spanning) == 12  # an hour of 5-minute ticks after the file was written
+    assert ticks(single) == 0 and ticks(pending) == 0
+    # Only the ticks since litestream started count, and since the file was written.
+    assert cost.idle_ticks_since(Listing("r", {"p": spanning}), levels, hour + 1800, hour + 3600 + 1) == 6
+    # The same at level 2: its newest file spans the L1 files' txids, and nothing newer is at L1.
+    l2 = [_ltx(1, 3, 7, hour + 1), _ltx(2, 1, 7, hour + 2)]
+    assert cost.idle_ticks_since(Listing("r", {"p": l2}), levels, hour, hour + 3 * 3600 + 1) == 3

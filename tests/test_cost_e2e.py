@@ -86,3 +86,49 @@ def test_a_metrics_port_another_program_holds_never_stops_replication(kit_home):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "another program holds the port" in lines[0] and "litestream_metrics_port" in lines[0]
     assert "cannot start metrics server" in (settings.log_dir / "litestream.log").read_text()
+
+
+# The shipped levels' shape with a 2 s L1 and no retention check within the test, so that an idle
+# database's compaction ticks (one LIST each while its newest L1 file spans several txids) pile up.
+TICKING = ("levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m",
+           "levels:\n  - interval: 2s\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 1h")
+
+
+def test_cost_counts_the_lists_an_idle_database_makes_at_every_compaction_tick(s3_home, moto_s3):
+    """A property written in a burst (each event its own sync), then idle: litestream lists its L0 at
+    every L1 tick, since its newest L1 file spans the burst's txids. `edgehost cost` must model those
+    LISTs, not only the start, the retention checks and the compactions."""
+    path = s3_home.path / "litestream.yml"
+    text = path.read_text()
+    assert TICKING[0] in text, "the shipped litestream.yml changed shape; update TICKING"
+    path.write_text(text.replace(*TICKING))
+    proxy = CountingProxy(moto_s3.endpoint)
+    s3_home.env["EDGEHOST_S3_ENDPOINT"] = proxy.endpoint
+    assert edgehost(s3_home, "property", "add", "burst").returncode == 0
+    up = start_supervisor(s3_home)
+    try:
+        import httpx
+
+        url = s3_home.settings().portal_url
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"{url}/healthz").status_code == 200
+            time.sleep(3)  # litestream's first compactions of the new database are done
+            while not 0.05 <= time.time() % 2 <= 0.15:  # just after an L1 tick (every 2 s, on the clock)
+                time.sleep(0.01)
+            for i in range(4):  # durable: each answered once synced on its own, so four L0 files
+                assert client.post(f"{url}/properties/burst/events", json={"kind": "k", "payload": {"i": i}}
+                                   ).status_code == 201
+        time.sleep(30)  # idle: the next tick merges the four into one L1 file, then ~14 ticks list L0
+        done = edgehost(s3_home, "cost", "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+    finally:
+        up.stop()
+        proxy.close()
+    start, end = report["window"]["start"], report["window"]["end"]
+    lists = sum(1 for (method, target), at in zip(proxy.requests, proxy.times)
+                if start <= at <= end and _operation(method, target) == "LIST")
+    idle = report["modelled"]["idle_compaction_ticks"]
+    assert idle >= 10, report["modelled"]  # the burst database ticked idle for most of the 30 s
+    modelled = report["requests_in_window"]["LIST"]
+    assert abs(modelled - lists) <= max(0.2 * lists, 3), (modelled, lists, report["modelled"])

@@ -6,8 +6,9 @@ PutObject ("PUT", one a LTX file uploaded) and the objects DeleteObjects removed
 batches themselves are the `_count` of `litestream_replica_operation_duration_seconds{operation=
 "DELETE"}`. It counts no LIST, although LISTs are most of what an idle replica costs, so those are
 modelled from what litestream does (see `LIST_*` below, measured against a counting proxy with
-bench/cost_accuracy.py): a burst at its start, the L0 retention check of every database, and the
-LISTs around each compaction, whose uploads one listing of the replica shows; so are the GETs of a
+bench/cost_accuracy.py): a burst at its start, the L0 retention check of every database, the
+LISTs around each compaction, whose uploads one listing of the replica shows, and the compaction
+ticks of idle databases that still list (`idle_ticks_since`); so are the GETs of a
 compaction into level 2 and up (its source files are not on the local disk). The kit adds its
 writer lease: one conditional PUT every lease_renew_seconds.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -56,6 +58,7 @@ LIST_AT_START = 9  # the newest file of each level and the L0 listings, besides 
 PUT_AT_START = 4  # the first L0 file, the snapshot and the first L1 and L2 files
 LIST_PER_RETENTION_CHECK = 2  # the L0 retention check lists L1 then L0, every l0-retention-check-interval
 LIST_PER_COMPACTION = 2  # a compaction lists its source level, then the L0 check that follows it
+LIST_PER_IDLE_TICK = 1  # a compaction tick that finds nothing new, where the level's newest file spans txids
 
 
 @dataclass(frozen=True)
@@ -157,14 +160,15 @@ def bill(class_a: float, class_b: float, storage_gb_month: float) -> dict[str, A
 
 def model_requests(m: LitestreamMetrics, settings: Settings, retention_check_seconds: float,
                    compactions: int | None, compaction_gets: int | None = None, early_compactions: int = 0,
-                   early_gets: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+                   early_gets: int = 0, idle_ticks: int = 0) -> tuple[dict[str, float], dict[str, float]]:
     """(requests over the window, of which at litestream's start) by operation."""
     window = max(1.0, m.read_at - m.started_at)
     n = len(m.databases)
     put = m.operations.get("PUT", 0.0)
     start_puts = min(put, PUT_AT_START * n)
     checks = math.floor(window / retention_check_seconds) if retention_check_seconds > 0 else 0
-    lists = LIST_AT_START * n + LIST_PER_RETENTION_CHECK * n * checks + LIST_PER_COMPACTION * (compactions or 0)
+    lists = (LIST_AT_START * n + LIST_PER_RETENTION_CHECK * n * checks + LIST_PER_COMPACTION * (compactions or 0)
+             + LIST_PER_IDLE_TICK * idle_ticks)
     renewals = math.floor(window / settings.lease_renew_seconds) if settings.is_s3 else 0
     counts = {"PUT": put + renewals, "LIST": float(lists), "GET": float(compaction_gets or 0),
               "DELETE_BATCH": m.delete_batches}
@@ -200,6 +204,34 @@ def compactions_since(listing, started_at: float) -> tuple[int, int, int, int]:
     return compactions, gets, early, early_gets
 
 
+def idle_ticks_since(listing, levels: tuple[timedelta, ...], started_at: float, read_at: float) -> int:
+    """Compaction ticks since litestream started that LIST a level and find nothing to compact.
+
+    Litestream 0.5.17 skips a tick without a request only when the source level's newest txid is at
+    or below the *oldest* txid of the destination level's newest file (`Store.CompactDB`). When that
+    file spans several txids (it merged more than one file: any database whose last activity was more
+    than one sync), every tick of the level lists the level below and finds nothing, for as long as
+    the database stays idle: with a 5-minute L1 that is 12 LISTs an hour per database. Counted from
+    the listing: per database and level, the ticks (litestream times them on multiples of the
+    interval) since that file was written or litestream started, whichever is later.
+    """
+    ticks = 0
+    for files in listing.dbs.values():
+        newest: dict[int, Any] = {}
+        for f in files:
+            if f.level < 9 and (f.level not in newest or f.max_txid > newest[f.level].max_txid):
+                newest[f.level] = f
+        for level, interval in enumerate(levels, start=1):
+            dst, src = newest.get(level), newest.get(level - 1)
+            if dst is None or src is None or not dst.min_txid < src.max_txid <= dst.max_txid:
+                continue
+            step = interval.total_seconds()
+            since = max(started_at, dst.listed_at.timestamp())
+            if step > 0:
+                ticks += max(0, math.floor(read_at / step) - math.floor(since / step))
+    return ticks
+
+
 def list_replica(settings: Settings):
     """One listing of the replica root (every database under it)."""
     from edgehost.engine.bucket import list_root
@@ -228,8 +260,9 @@ def estimate(settings: Settings, listing=None, *, metrics: LitestreamMetrics | N
     window = max(1.0, m.read_at - m.started_at)
     compactions, gets, early, early_gets = (compactions_since(listing, m.started_at) if listing is not None
                                             else (None, None, 0, 0))
+    idle_ticks = idle_ticks_since(listing, cfg.levels, m.started_at, m.read_at) if listing is not None else 0
     counts, at_start = model_requests(m, settings, cfg.l0_retention_check_interval.total_seconds(),
-                                      compactions, gets, early, early_gets)
+                                      compactions, gets, early, early_gets, idle_ticks)
     per_second = {op: c / window for op, c in counts.items()}
     steady = {op: max(0.0, c - at_start.get(op, 0.0)) / window for op, c in counts.items()}
     month = {op: round(steady[op] * MONTH_SECONDS + at_start.get(op, 0.0)) for op in counts}
@@ -257,7 +290,8 @@ def estimate(settings: Settings, listing=None, *, metrics: LitestreamMetrics | N
         "requests_in_window": {op: round(c) for op, c in counts.items()},
         "counted_by_litestream": {op: v for op, v in sorted(m.operations.items())},
         "modelled": {"LIST": counts["LIST"], "lease_PUT": counts["PUT"] - m.operations.get("PUT", 0.0),
-                     "compactions_listed": compactions, "compaction_GET": gets},
+                     "compactions_listed": compactions, "compaction_GET": gets,
+                     "idle_compaction_ticks": idle_ticks if listing is not None else None},
         "storage": {"bytes": storage_bytes, "gb": gb},
         "bill": bill(by_class_month["A"], by_class_month["B"], gb),
         "prices": {"as_of": PRICES_AS_OF, "source": PRICES_SOURCE, "class_a_per_million": CLASS_A_PER_MILLION,
