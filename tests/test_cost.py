@@ -163,3 +163,13 @@ def test_an_idle_database_whose_newest_l1_file_spans_several_txids_lists_at_ever
     # The same at level 2: its newest file spans the L1 files' txids, and nothing newer is at L1.
     l2 = [_ltx(1, 3, 7, hour + 1), _ltx(2, 1, 7, hour + 2)]
     assert cost.idle_ticks_since(Listing("r", {"p": l2}), levels, hour, hour + 3 * 3600 + 1) == 3
+    # Every idle streak counts, not only the last: 5 idle ticks before the tick that compacted the
+    # next burst (that one is a compaction), then 6 more.
+    two = [_ltx(0, 9, 9, hour + 1790), _ltx(1, 3, 7, hour + 1), _ltx(1, 8, 9, hour + 1801)]
+    assert cost.idle_ticks_since(Listing("r", {"p": two}), levels, hour - 600, hour + 3600 + 1) == 5 + 6
+    # A sync waiting for the next tick ends the streak there, not before it began.
+    waiting = spanning + [_ltx(0, 8, 8, hour + 1790)]
+    assert cost.idle_ticks_since(Listing("r", {"p": waiting}), levels, hour - 600, hour + 1795) == 5
+    # A replica litestream no longer runs (a property removed) makes no request.
+    listing = Listing("r", {"gone/honestcam.db": spanning, "kept/honestcam.db": spanning})
+    assert cost.idle_ticks_since(listing, levels, hour - 600, hour + 3600 + 1, {"kept/honestcam.db"}) == 12

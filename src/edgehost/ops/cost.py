@@ -204,32 +204,73 @@ def compactions_since(listing, started_at: float) -> tuple[int, int, int, int]:
     return compactions, gets, early, early_gets
 
 
-def idle_ticks_since(listing, levels: tuple[timedelta, ...], started_at: float, read_at: float) -> int:
+GO_EPOCH_OFFSET = 62_135_596_800  # seconds from Go's zero time (year 1), where its Truncate counts, to 1970
+
+
+def idle_ticks_since(listing, levels: tuple[timedelta, ...], started_at: float, read_at: float,
+                     databases: set[str] | None = None) -> int:
     """Compaction ticks since litestream started that LIST a level and find nothing to compact.
 
     Litestream 0.5.17 skips a tick without a request only when the source level's newest txid is at
-    or below the *oldest* txid of the destination level's newest file (`Store.CompactDB`). When that
-    file spans several txids (it merged more than one file: any database whose last activity was more
-    than one sync), every tick of the level lists the level below and finds nothing, for as long as
-    the database stays idle: with a 5-minute L1 that is 12 LISTs an hour per database. Counted from
-    the listing: per database and level, the ticks (litestream times them on multiples of the
-    interval) since that file was written or litestream started, whichever is later.
+    or below the *oldest* txid of the destination level's newest file (`Store.CompactDB`). While that
+    file spans several txids (it merged more than one file: a database whose last activity was more
+    than one sync), every tick of the level lists the level below and finds nothing, until new data
+    arrives: with a 5-minute L1 that is 12 LISTs an hour per idle database. Counted from one listing,
+    per database and level: each file that spans txids is the newest from its upload until the next
+    file's (whose own tick compacted, so is not idle), or until now; its ticks (on multiples of the
+    interval, counted from Go's zero time as litestream's Truncate does) since then, or since
+    litestream started, are idle, except those after the level below received newer data (the next
+    tick compacts it). `databases`: the replica-relative names of the databases litestream runs (a
+    replica it no longer runs, a property removed, makes no request).
     """
     ticks = 0
-    for files in listing.dbs.values():
-        newest: dict[int, Any] = {}
+    for name, files in listing.dbs.items():
+        if databases is not None and name not in databases:
+            continue
+        by_level: dict[int, list] = {}
         for f in files:
-            if f.level < 9 and (f.level not in newest or f.max_txid > newest[f.level].max_txid):
-                newest[f.level] = f
+            if f.level < 9:
+                by_level.setdefault(f.level, []).append(f)
         for level, interval in enumerate(levels, start=1):
-            dst, src = newest.get(level), newest.get(level - 1)
-            if dst is None or src is None or not dst.min_txid < src.max_txid <= dst.max_txid:
-                continue
             step = interval.total_seconds()
-            since = max(started_at, dst.listed_at.timestamp())
-            if step > 0:
-                ticks += max(0, math.floor(read_at / step) - math.floor(since / step))
+            dst_files = sorted(by_level.get(level, []), key=lambda f: f.max_txid)
+            if step <= 0 or not dst_files:
+                continue
+            src_files = by_level.get(level - 1, [])
+            if not src_files:
+                continue  # nothing below (litestream keeps each level's newest file): its newest txid is 0
+            for i, f in enumerate(dst_files):
+                if f.min_txid >= f.max_txid:
+                    continue  # one txid: the level below has nothing past it, the tick asks nothing
+                born = f.listed_at.timestamp()
+                if i + 1 < len(dst_files):
+                    until, last_tick_compacts = dst_files[i + 1].listed_at.timestamp(), True
+                else:
+                    newer = [s.listed_at.timestamp() for s in src_files if s.max_txid > f.max_txid]
+                    until, last_tick_compacts = (min(newer), False) if newer else (read_at, False)
+                until = min(until, read_at)
+                since = max(born, started_at)
+                if until <= since:
+                    continue
+                n = (math.floor((until + GO_EPOCH_OFFSET) / step) - math.floor((since + GO_EPOCH_OFFSET) / step)
+                     - (1 if last_tick_compacts else 0))
+                ticks += max(0, n)
     return ticks
+
+
+def replica_names(settings: Settings, databases: tuple[str, ...]) -> set[str]:
+    """The databases litestream runs, by their names in a listing of the replica root (their paths
+    under the data directory, as litestream.yml maps them)."""
+    from pathlib import Path
+
+    data_dir = settings.data_dir.resolve()
+    names = set()
+    for db in databases:
+        try:
+            names.add(Path(db).resolve().relative_to(data_dir).as_posix())
+        except ValueError:
+            continue
+    return names
 
 
 def list_replica(settings: Settings):
@@ -260,7 +301,8 @@ def estimate(settings: Settings, listing=None, *, metrics: LitestreamMetrics | N
     window = max(1.0, m.read_at - m.started_at)
     compactions, gets, early, early_gets = (compactions_since(listing, m.started_at) if listing is not None
                                             else (None, None, 0, 0))
-    idle_ticks = idle_ticks_since(listing, cfg.levels, m.started_at, m.read_at) if listing is not None else 0
+    idle_ticks = (idle_ticks_since(listing, cfg.levels, m.started_at, m.read_at, replica_names(settings, m.databases))
+                  if listing is not None else 0)
     counts, at_start = model_requests(m, settings, cfg.l0_retention_check_interval.total_seconds(),
                                       compactions, gets, early, early_gets, idle_ticks)
     per_second = {op: c / window for op, c in counts.items()}
