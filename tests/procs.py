@@ -23,6 +23,20 @@ from edgehost.settings import Settings, load_settings
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing-secret"}
 
 
+# The shipped litestream.yml's tuning block and its snapshot block, as tests rewrite them (`retune`).
+SHIPPED_TUNING = "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m"
+SHIPPED_SNAPSHOT = "snapshot:\n  interval: 24h\n  retention: 168h"
+
+
+def retune(config: Path, replacements: dict[str, str]) -> None:
+    """Rewrite blocks of a copy of the shipped litestream.yml (each must be there as shipped)."""
+    text = config.read_text()
+    for old, new in replacements.items():
+        assert old in text, "the shipped litestream.yml changed shape; update tests/procs.py SHIPPED_*"
+        text = text.replace(old, new)
+    config.write_text(text)
+
+
 _HANDED_OUT: set[int] = set()
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from edgehost.ops.cost import CLASS_OF
 
-from procs import CountingProxy, Writer, edgehost, start_supervisor
+from procs import SHIPPED_TUNING, CountingProxy, Writer, edgehost, retune, start_supervisor
 
 pytestmark = pytest.mark.e2e
 
@@ -90,18 +90,14 @@ def test_a_metrics_port_another_program_holds_never_stops_replication(kit_home):
 
 # The shipped levels' shape with a 2 s L1 and no retention check within the test, so that an idle
 # database's compaction ticks (one LIST each while its newest L1 file spans several txids) pile up.
-TICKING = ("levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m",
-           "levels:\n  - interval: 2s\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 1h")
+TICKING = {SHIPPED_TUNING: "levels:\n  - interval: 2s\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 1h"}
 
 
 def test_cost_counts_the_lists_an_idle_database_makes_at_every_compaction_tick(s3_home, moto_s3):
     """A property written in a burst (each event its own sync), then idle: litestream lists its L0 at
     every L1 tick, since its newest L1 file spans the burst's txids. `edgehost cost` must model those
     LISTs, not only the start, the retention checks and the compactions."""
-    path = s3_home.path / "litestream.yml"
-    text = path.read_text()
-    assert TICKING[0] in text, "the shipped litestream.yml changed shape; update TICKING"
-    path.write_text(text.replace(*TICKING))
+    retune(s3_home.path / "litestream.yml", TICKING)
     proxy = CountingProxy(moto_s3.endpoint)
     s3_home.env["EDGEHOST_S3_ENDPOINT"] = proxy.endpoint
     assert edgehost(s3_home, "property", "add", "burst").returncode == 0

@@ -16,7 +16,7 @@ import pytest
 
 from edgehost.engine import layout, litestream
 from edgehost.ops.restore import PointIndex, list_ltx_files, parse_rfc3339, replica_store_for
-from procs import edgehost, plain_restore, rows, start_litestream
+from procs import SHIPPED_SNAPSHOT, SHIPPED_TUNING, edgehost, plain_restore, retune, rows, start_litestream
 
 pytestmark = pytest.mark.e2e
 
@@ -25,19 +25,9 @@ pytestmark = pytest.mark.e2e
 # As with the shipped file, every sync stays restorable back to the L1 boundary after the L0
 # deletion threshold (here 4-6 s), then only L1 boundaries back to the oldest snapshot (10-16 s).
 SHORT = {
-    "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m":
-        "levels:\n  - interval: 2s\n  - interval: 6s\nl0-retention: 6s\nl0-retention-check-interval: 1s",
-    "snapshot:\n  interval: 24h\n  retention: 168h": "snapshot:\n  interval: 6s\n  retention: 16s",
+    SHIPPED_TUNING: "levels:\n  - interval: 2s\n  - interval: 6s\nl0-retention: 6s\nl0-retention-check-interval: 1s",
+    SHIPPED_SNAPSHOT: "snapshot:\n  interval: 6s\n  retention: 16s",
 }
-
-
-def _short_config(home) -> None:
-    path = home.path / "litestream.yml"
-    text = path.read_text()
-    for old, new in SHORT.items():
-        assert old in text, "the shipped litestream.yml changed shape; update SHORT"
-        text = text.replace(old, new)
-    path.write_text(text)
 
 
 def _iso(when: datetime) -> str:
@@ -82,7 +72,7 @@ def history(tmp_path_factory, moto_s3):
                           "EDGEHOST_METRICS_PORT": str(free_port()),
                           "EDGEHOST_REPLICA_URL": f"s3://{moto_s3.new_bucket()}/edgehost",
                           "EDGEHOST_S3_ENDPOINT": moto_s3.endpoint, "EDGEHOST_S3_REGION": moto_s3.region, **S3_KEYS})
-    _short_config(home)
+    retune(home.path / "litestream.yml", SHORT)
     settings = home.settings()
     acme = layout.property_db(settings, "acme")
     _make_db(acme.path, "CREATE TABLE events(id INTEGER PRIMARY KEY, at REAL)")

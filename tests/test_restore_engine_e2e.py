@@ -25,15 +25,15 @@ from edgehost.engine.bucket import list_root, plan_files
 from edgehost.engine.replica import ReplicaStore
 from edgehost.engine.sqlite import content_hash
 from edgehost.ops.recovery import RestoreEngine
-from procs import S3_KEYS, CountingProxy, KitHome, edgehost, free_port, plain_restore, start_litestream, wait_until
+from procs import (S3_KEYS, SHIPPED_SNAPSHOT, SHIPPED_TUNING, CountingProxy, KitHome, edgehost, free_port,
+                   plain_restore, retune, start_litestream, wait_until)
 
 pytestmark = pytest.mark.e2e
 
 SLUGS = ["acme", "beta", "gamma", "delta"]
 SHORT = {
-    "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m":
-        "levels:\n  - interval: 2s\n  - interval: 6s\nl0-retention: 6s\nl0-retention-check-interval: 1s",
-    "snapshot:\n  interval: 24h\n  retention: 168h": "snapshot:\n  interval: 8s\n  retention: 1h",
+    SHIPPED_TUNING: "levels:\n  - interval: 2s\n  - interval: 6s\nl0-retention: 6s\nl0-retention-check-interval: 1s",
+    SHIPPED_SNAPSHOT: "snapshot:\n  interval: 8s\n  retention: 1h",
 }
 
 
@@ -85,11 +85,7 @@ def bucket(tmp_path_factory, moto_s3):
     litestream stopped afterwards, so the bucket stands still. A counting proxy fronts the endpoint."""
     path = tmp_path_factory.mktemp("e", numbered=True)
     shutil.copy(Path(__file__).resolve().parents[1] / "litestream.yml", path / "litestream.yml")
-    text = (path / "litestream.yml").read_text()
-    for old, new in SHORT.items():
-        assert old in text, "the shipped litestream.yml changed shape; update SHORT"
-        text = text.replace(old, new)
-    (path / "litestream.yml").write_text(text)
+    retune(path / "litestream.yml", SHORT)
     home = KitHome(path, {"EDGEHOST_HOME": str(path), "EDGEHOST_PORTAL_PORT": str(free_port()),
                           "EDGEHOST_METRICS_PORT": str(free_port()),
                           "EDGEHOST_REPLICA_URL": f"s3://{moto_s3.new_bucket()}/edgehost",
