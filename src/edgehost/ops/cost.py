@@ -243,17 +243,17 @@ def idle_ticks_since(listing, levels: tuple[timedelta, ...], started_at: float, 
                 if f.min_txid >= f.max_txid:
                     continue  # one txid: the level below has nothing past it, the tick asks nothing
                 born = f.listed_at.timestamp()
-                if i + 1 < len(dst_files):
-                    until, last_tick_compacts = dst_files[i + 1].listed_at.timestamp(), True
-                else:
+                if i + 1 < len(dst_files):  # the tick that wrote the next file compacted: not idle
+                    until, compacting = dst_files[i + 1].listed_at.timestamp(), 1
+                else:  # newer data below ends the streak at the tick that will compact it
                     newer = [s.listed_at.timestamp() for s in src_files if s.max_txid > f.max_txid]
-                    until, last_tick_compacts = (min(newer), False) if newer else (read_at, False)
+                    until, compacting = min(newer, default=read_at), 0
                 until = min(until, read_at)
                 since = max(born, started_at)
                 if until <= since:
                     continue
                 n = (math.floor((until + GO_EPOCH_OFFSET) / step) - math.floor((since + GO_EPOCH_OFFSET) / step)
-                     - (1 if last_tick_compacts else 0))
+                     - compacting)
                 ticks += max(0, n)
     return ticks
 
