@@ -165,6 +165,37 @@ def test_a_full_disk_is_503_with_retry_after_and_the_portal_goes_on(portal):
     assert client.get("/properties/acme/events?limit=10000").status_code == 200
 
 
+def test_a_tenant_whose_first_open_waits_on_a_lock_does_not_hold_up_the_others(portal):
+    """Another process holds tenant `slow`'s file exclusively (as a long checkpoint or a stray tool
+    would), so the portal's first open of it waits in SQLite's busy handler for up to 5 s. Meanwhile
+    `acme`, already open, and `fresh`, opened for the first time, must answer: the portal used to open
+    every database under one lock, so every request of every tenant waited behind that one open."""
+    import threading
+
+    client, settings = portal
+    for slug in ("slow", "fresh"):
+        store.create_property(settings, slug)
+    assert client.get("/properties/acme/events").status_code == 200
+    holder = sqlite3.connect(settings.data_dir / "slow" / "honestcam.db", isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO compliance_events (occurred_at, kind) VALUES ('2026-01-01T00:00:00Z', 'x')")
+    slow: list[httpx.Response] = []
+    waiting = threading.Thread(target=lambda: slow.append(client.get("/properties/slow/events")))
+    try:
+        waiting.start()
+        time.sleep(0.5)  # the slow tenant's open is in the busy handler now
+        assert waiting.is_alive()
+        assert client.get("/properties/acme/events").status_code == 200
+        assert client.get("/properties/fresh/events").status_code == 200
+        assert waiting.is_alive(), "the other tenants were answered only after the slow open ended"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        waiting.join(10)
+    assert slow and slow[0].status_code in (200, 503)
+
+
 def test_one_connection_per_database_reopened_when_the_file_is_replaced(portal):
     client, settings = portal
     conns = client.app.state.connections
@@ -172,7 +203,7 @@ def test_one_connection_per_database_reopened_when_the_file_is_replaced(portal):
         client.post("/properties/acme/events", json={"kind": "door"})
         client.get("/study/users")
     assert len(conns._open) == 2  # the property's DB and the global DB, each opened once
-    first = conns._open[settings.data_dir / "acme" / "honestcam.db"][0]
+    first = conns._open[settings.data_dir / "acme" / "honestcam.db"].conn
     # The file is swapped underneath (as restore --in-place does): the next request uses the new file.
     path = settings.data_dir / "acme" / "honestcam.db"
     replacement = settings.data_dir / "acme" / "new.db"
@@ -187,7 +218,7 @@ def test_one_connection_per_database_reopened_when_the_file_is_replaced(portal):
     replacement.replace(path)
     assert client.get("/properties/acme/events").json()["events"] == []
     assert client.post("/properties/acme/events", json={"kind": "after-swap"}).status_code == 201
-    assert conns._open[path][0] is not first
+    assert conns._open[path].conn is not first
     assert rows(settings)["events"] == 1
 
 

@@ -8,6 +8,7 @@ import secrets
 import sqlite3
 import threading
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +20,10 @@ from edgehost.errors import BadInput
 from edgehost.settings import Settings
 from edgehost.engine.schema import AlreadyExists, create_property, ensure_data_dir, ensure_global, migrate_all  # noqa: F401
 from edgehost.engine.sqlite import connect
+
+
+HEALTH_PARALLEL_FROM = 16  # databases: fewer are checked one after another
+HEALTH_THREADS = 16
 
 
 class NotFound(BadInput):
@@ -55,8 +60,8 @@ class Connections:
         self.readonly = readonly  # a standby's databases are written by `litestream restore -f` only
         self.promoted = False  # a standby's portal taking writes: its copies may still be in rollback mode
         self.on_open = on_open  # run on each writable connection as it is opened (the schema check)
-        self._lock = threading.Lock()
-        self._open: dict[Path, tuple[sqlite3.Connection, threading.Lock, int]] = {}
+        self._lock = threading.Lock()  # guards the dict only: opening one database never waits for another's
+        self._open: dict[Path, _Slot] = {}
 
     @contextmanager
     def use(self, path: Path) -> Iterator[sqlite3.Connection]:
@@ -74,30 +79,39 @@ class Connections:
         except FileNotFoundError:
             raise BadInput(f"{path}: database not found") from None
         with self._lock:
-            entry = self._open.get(path)
-            if entry is None or entry[2] != inode:
-                if entry is not None:
-                    entry[0].close()
+            slot = self._open.setdefault(path, _Slot())
+        with slot.lock:
+            if slot.conn is None or slot.inode != inode:
+                if slot.conn is not None:
+                    slot.conn.close()
+                    slot.conn = None
                 conn = connect(path, readonly=self.readonly, to_wal=self.promoted)
                 if self.on_open is not None:
                     try:
                         self.on_open(conn, path)
                     except BaseException:
                         conn.close()  # not kept: the next request tries again
-                        self._open.pop(path, None)
                         raise
-                entry = (conn, threading.Lock(), inode)
-                self._open[path] = entry
-        conn, lock, _ = entry
-        with lock:
-            yield conn
+                slot.conn, slot.inode = conn, inode
+            yield slot.conn
 
     def close(self) -> None:
         with self._lock:
-            for conn, lock, _ in self._open.values():
-                with lock:
-                    conn.close()
+            for slot in self._open.values():
+                with slot.lock:
+                    if slot.conn is not None:
+                        slot.conn.close()
+                        slot.conn = None
             self._open.clear()
+
+
+class _Slot:
+    """One database's connection and the lock that serializes its use (and its opening)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: sqlite3.Connection | None = None
+        self.inode = 0
 
 
 def property_path(settings: Settings, slug: str) -> Path:
@@ -221,13 +235,25 @@ def list_progress(settings: Settings, conns: Connections | None = None) -> list[
 
 
 def health(settings: Settings, conns: Connections | None = None) -> dict[str, Any]:
-    """Open every database and report whether it answers; ok only when all do."""
-    dbs: dict[str, Any] = {}
-    for ref in [layout.global_db(settings)] + [layout.property_db(settings, s) for s in layout.local_slugs(settings)]:
+    """Open every database and report whether it answers; ok only when all do.
+
+    In parallel: the first check after a start opens every database (SQLite creates its -wal and -shm
+    files), and one that litestream's first sync holds waits in SQLite's busy handler; one at a time,
+    1,000 tenants took seconds, most of it spent waiting."""
+    refs = [layout.global_db(settings)] + [layout.property_db(settings, s) for s in layout.local_slugs(settings)]
+
+    def check(ref: layout.DatabaseRef) -> dict[str, Any]:
         try:
             with _use(conns, ref.path) as conn:
                 version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_versions").fetchone()[0]
-            dbs[ref.label] = {"ok": True, "schema_version": version}
+            return {"ok": True, "schema_version": version}
         except Exception as exc:  # a health check reports, it does not raise
-            dbs[ref.label] = {"ok": False, "error": str(exc).splitlines()[0]}
+            return {"ok": False, "error": str(exc).splitlines()[0]}
+
+    if len(refs) < HEALTH_PARALLEL_FROM:
+        answers = [check(ref) for ref in refs]
+    else:
+        with ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health") as pool:
+            answers = list(pool.map(check, refs))
+    dbs = {ref.label: answer for ref, answer in zip(refs, answers)}
     return {"ok": all(d["ok"] for d in dbs.values()), "databases": dbs}
