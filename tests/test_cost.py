@@ -68,9 +68,10 @@ def test_the_month_adds_lists_litestream_does_not_count_and_the_lease(s3_home):
     s = s3_home.settings(EDGEHOST_LEASE_RENEW_SECONDS="300")
     hour = 3600.0
     m = cost.parse_metrics(_metrics_text(s, put=400), s, read_at=1_700_000_000.0 + hour)
-    counts, at_start = cost.model_requests(m, s, retention_check_seconds=900, compactions=10, compaction_gets=3)
+    counts, at_start = cost.model_requests(m, s, retention_check_seconds=900,
+                                           compactions=cost.Compactions(count=10, gets=3, lists=26))
     n = 2
-    assert counts["LIST"] == cost.LIST_AT_START * n + cost.LIST_PER_RETENTION_CHECK * n * 4 + cost.LIST_PER_COMPACTION * 10
+    assert counts["LIST"] == cost.LIST_AT_START * n + cost.LIST_PER_RETENTION_CHECK * n * 4 + 26
     assert counts["PUT"] == 400 + 12  # litestream's PUTs and one lease renewal every 5 minutes
     assert counts["GET"] == 3 and counts["DELETE_BATCH"] == 2
     assert at_start == {"PUT": cost.PUT_AT_START * n, "LIST": cost.LIST_AT_START * n, "GET": 0}
@@ -138,8 +139,11 @@ def test_compactions_since_the_start_and_the_gets_of_those_into_level_2():
         LtxFile(1, 9, 9, 10, "c", at(600)),
         LtxFile(2, 5, 9, 10, "d", at(700)),     # reads b and c from the replica
         LtxFile(0, 10, 10, 10, "e", at(710)),   # L0: a sync, not a compaction
+        LtxFile(9, 1, 10, 10, "f", at(800)),   # a snapshot: its retention lists the snapshots, L1 and L2
     ]
-    assert cost.compactions_since(listing, start) == (3, 2, 1, 0)
+    # L1 uploads: 3 LISTs each (L0, then the L0 retention pass: L1, L0); L2: 1 (L1); the snapshot: 1 + 2 levels.
+    assert cost.compactions_since(listing, start, compaction_levels=2) == cost.Compactions(
+        count=4, gets=2, lists=3 + 3 + 1 + 3, early=1, early_gets=0, early_lists=3)
 
 
 def _ltx(level: int, lo: int, hi: int, at: float) -> LtxFile:

@@ -22,11 +22,12 @@ import math
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from edgehost.engine import loopback
+from edgehost.engine.bucket import SNAPSHOT_LEVEL
 from edgehost.errors import BadInput, EnvironmentProblem
 from edgehost.settings import Settings
 
@@ -57,7 +58,9 @@ START_SECONDS = 120  # what litestream does in its first minutes (first snapshot
 LIST_AT_START = 9  # the newest file of each level and the L0 listings, besides its first compactions
 PUT_AT_START = 4  # the first L0 file, the snapshot and the first L1 and L2 files
 LIST_PER_RETENTION_CHECK = 2  # the L0 retention check lists L1 then L0, every l0-retention-check-interval
-LIST_PER_COMPACTION = 2  # a compaction lists its source level, then the L0 check that follows it
+LIST_PER_L1_COMPACTION = 3  # it lists L0, then the L0 retention pass that follows every L1 compaction lists L1 and L0
+LIST_PER_COMPACTION = 1  # a compaction into level 2 and up lists its source level
+LIST_PER_SNAPSHOT_BASE = 1  # a snapshot's retention lists the snapshots, then each compaction level once more
 LIST_PER_IDLE_TICK = 1  # a compaction tick that finds nothing new, where the level's newest file spans txids
 
 
@@ -159,36 +162,55 @@ def bill(class_a: float, class_b: float, storage_gb_month: float) -> dict[str, A
 
 
 def model_requests(m: LitestreamMetrics, settings: Settings, retention_check_seconds: float,
-                   compactions: int | None, compaction_gets: int | None = None, early_compactions: int = 0,
-                   early_gets: int = 0, idle_ticks: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+                   compactions: Compactions | None, idle_ticks: int = 0) -> tuple[dict[str, float], dict[str, float]]:
     """(requests over the window, of which at litestream's start) by operation."""
+    done = compactions or Compactions()
     window = max(1.0, m.read_at - m.started_at)
     n = len(m.databases)
     put = m.operations.get("PUT", 0.0)
     start_puts = min(put, PUT_AT_START * n)
     checks = math.floor(window / retention_check_seconds) if retention_check_seconds > 0 else 0
-    lists = (LIST_AT_START * n + LIST_PER_RETENTION_CHECK * n * checks + LIST_PER_COMPACTION * (compactions or 0)
-             + LIST_PER_IDLE_TICK * idle_ticks)
+    lists = LIST_AT_START * n + LIST_PER_RETENTION_CHECK * n * checks + done.lists + LIST_PER_IDLE_TICK * idle_ticks
     renewals = math.floor(window / settings.lease_renew_seconds) if settings.is_s3 else 0
-    counts = {"PUT": put + renewals, "LIST": float(lists), "GET": float(compaction_gets or 0),
+    counts = {"PUT": put + renewals, "LIST": float(lists), "GET": float(done.gets),
               "DELETE_BATCH": m.delete_batches}
     for op, value in m.operations.items():  # other backends count GETs and LISTs themselves
         if op not in ("PUT", "DELETE"):
             counts[op] = counts.get(op, 0.0) + value
-    at_start = {"PUT": start_puts, "LIST": float(LIST_AT_START * n + LIST_PER_COMPACTION * early_compactions),
-                "GET": float(early_gets)}
+    at_start = {"PUT": start_puts, "LIST": float(LIST_AT_START * n + done.early_lists), "GET": float(done.early_gets)}
     return counts, at_start
 
 
-def compactions_since(listing, started_at: float) -> tuple[int, int, int, int]:
-    """Files at level 1 and up uploaded since litestream started (its compactions and snapshots),
-    the GETs those compactions made, and how many of each came in its first START_SECONDS.
+class Compactions(NamedTuple):
+    """Files at level 1 and up uploaded since litestream started (its compactions and snapshots), the
+    GETs and LISTs they made, and the part of each in its first START_SECONDS."""
+
+    count: int = 0
+    gets: int = 0
+    lists: int = 0
+    early: int = 0
+    early_gets: int = 0
+    early_lists: int = 0
+
+
+def lists_per_upload(level: int, compaction_levels: int) -> int:
+    """The LISTs litestream 0.5.17 makes around one file uploaded at `level` (seen in moto's log)."""
+    if level == 1:
+        return LIST_PER_L1_COMPACTION
+    if level == SNAPSHOT_LEVEL:
+        return LIST_PER_SNAPSHOT_BASE + compaction_levels
+    return LIST_PER_COMPACTION
+
+
+def compactions_since(listing, started_at: float, compaction_levels: int = 2) -> Compactions:
+    """What litestream's compactions and snapshots since its start cost, read from the listing.
 
     A compaction reads its source files from the local disk when it can: L0 files are there,
     higher levels are not, so each compaction into level 2 and up GETs the source-level files its
-    txid range covers.
+    txid range covers. `compaction_levels`: the levels configured above L0 (a snapshot's retention
+    lists each).
     """
-    compactions = gets = early = early_gets = 0
+    compactions = gets = lists = early = early_gets = early_lists = 0
     for files in listing.dbs.values():
         for f in files:
             at = f.listed_at.timestamp()
@@ -198,10 +220,11 @@ def compactions_since(listing, started_at: float) -> tuple[int, int, int, int]:
             if 2 <= f.level < 9:
                 read = sum(1 for src in files if src.level == f.level - 1
                            and src.min_txid >= f.min_txid and src.max_txid <= f.max_txid)
-            compactions, gets = compactions + 1, gets + read
+            listed = lists_per_upload(f.level, compaction_levels)
+            compactions, gets, lists = compactions + 1, gets + read, lists + listed
             if at < started_at + START_SECONDS:
-                early, early_gets = early + 1, early_gets + read
-    return compactions, gets, early, early_gets
+                early, early_gets, early_lists = early + 1, early_gets + read, early_lists + listed
+    return Compactions(compactions, gets, lists, early, early_gets, early_lists)
 
 
 GO_EPOCH_OFFSET = 62_135_596_800  # seconds from Go's zero time (year 1), where its Truncate counts, to 1970
@@ -215,7 +238,7 @@ def idle_ticks_since(listing, levels: tuple[timedelta, ...], started_at: float, 
     or below the *oldest* txid of the destination level's newest file (`Store.CompactDB`). While that
     file spans several txids (it merged more than one file: a database whose last activity was more
     than one sync), every tick of the level lists the level below and finds nothing, until new data
-    arrives: with a 5-minute L1 that is 12 LISTs an hour per idle database. Counted from one listing,
+    arrives: with the shipped 10-minute L1 that is 6 LISTs an hour per idle database (12 with 5 minutes). Counted from one listing,
     per database and level: each file that spans txids is the newest from its upload until the next
     file's (whose own tick compacted, so is not idle), or until now; its ticks (on multiples of the
     interval, counted from Go's zero time as litestream's Truncate does) since then, or since
@@ -299,12 +322,11 @@ def estimate(settings: Settings, listing=None, *, metrics: LitestreamMetrics | N
     if listing is None and list_replica_now:
         listing = list_replica(settings)
     window = max(1.0, m.read_at - m.started_at)
-    compactions, gets, early, early_gets = (compactions_since(listing, m.started_at) if listing is not None
-                                            else (None, None, 0, 0))
+    compactions = compactions_since(listing, m.started_at, len(cfg.levels)) if listing is not None else None
     idle_ticks = (idle_ticks_since(listing, cfg.levels, m.started_at, m.read_at, replica_names(settings, m.databases))
                   if listing is not None else 0)
     counts, at_start = model_requests(m, settings, cfg.l0_retention_check_interval.total_seconds(),
-                                      compactions, gets, early, early_gets, idle_ticks)
+                                      compactions, idle_ticks)
     per_second = {op: c / window for op, c in counts.items()}
     steady = {op: max(0.0, c - at_start.get(op, 0.0)) / window for op, c in counts.items()}
     month = {op: round(steady[op] * MONTH_SECONDS + at_start.get(op, 0.0)) for op in counts}
@@ -332,7 +354,8 @@ def estimate(settings: Settings, listing=None, *, metrics: LitestreamMetrics | N
         "requests_in_window": {op: round(c) for op, c in counts.items()},
         "counted_by_litestream": {op: v for op, v in sorted(m.operations.items())},
         "modelled": {"LIST": counts["LIST"], "lease_PUT": counts["PUT"] - m.operations.get("PUT", 0.0),
-                     "compactions_listed": compactions, "compaction_GET": gets,
+                     "compactions_listed": compactions.count if compactions else None,
+                     "compaction_GET": compactions.gets if compactions else None,
                      "idle_compaction_ticks": idle_ticks if listing is not None else None},
         "storage": {"bytes": storage_bytes, "gb": gb},
         "bill": bill(by_class_month["A"], by_class_month["B"], gb),
