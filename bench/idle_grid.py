@@ -93,8 +93,13 @@ GRID: dict[str, dict] = {
     # destination's oldest): with a 5-minute L1 that is 12 LISTs an hour for any database whose last
     # activity was more than one sync. 10 minutes halves it; the check once an hour.
     "J": {"levels": [{"interval": "10m"}, {"interval": "1h"}], "l0-retention": "20m", "l0-retention-check-interval": "1h"},
+    # K: J with l0-retention 15m (shipped since 2026-12-07). L0 files are pruned at every L1 compaction
+    # too, once older than l0-retention; any retention between one and two L1 intervals leaves every
+    # sync restorable back to the L1 boundary before the last one (10-20 minutes), and 15m keeps fewer
+    # L0 files (in the bucket, and beside a durable database) than 20m for the same points.
+    "K": {"levels": [{"interval": "10m"}, {"interval": "1h"}], "l0-retention": "15m", "l0-retention-check-interval": "1h"},
 }
-NOTES = {"A": "shipped until 2026-12-06", "F": "shipped", "E": "litestream defaults"}
+NOTES = {"A": "shipped until 2026-12-06", "F": "shipped until 2026-12-07", "K": "shipped", "E": "litestream defaults"}
 KINDS = ("LIST", "PUT", "DELETE", "GET", "HEAD")
 REQUEST = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|POST|DELETE|HEAD) (\S+)')
 

@@ -24,7 +24,7 @@ S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing-key", "AWS_SECRET_ACCESS_KEY": "testing
 
 
 # The shipped litestream.yml's tuning block and its snapshot block, as tests rewrite them (`retune`).
-SHIPPED_TUNING = "levels:\n  - interval: 5m\n  - interval: 1h\nl0-retention: 10m\nl0-retention-check-interval: 15m"
+SHIPPED_TUNING = "levels:\n  - interval: 10m\n  - interval: 1h\nl0-retention: 15m\nl0-retention-check-interval: 1h"
 SHIPPED_SNAPSHOT = "snapshot:\n  interval: 24h\n  retention: 168h"
 
 

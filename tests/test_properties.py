@@ -607,8 +607,8 @@ FIXED_BUG_REPRODUCTIONS = SETTINGS_BUGS + [
     ("B4", lambda: _must_refuse(_yml_config, (REPO / "litestream.yml").read_bytes() + b"# caf\xe9\n")),
     ("B5", lambda: _must_refuse(_yml_config, _yml("  - path: ${EDGEHOST_DATA_DIR}/${EDGEHOST_GLOBAL_DB_NAME}",
                                                   "  - path: 5"))),  # TypeError in Path()
-    ("B5", lambda: _must_refuse(_yml_config, _yml("  - interval: 5m", "  - 5m"))),  # AttributeError: str.get
-    ("B5", lambda: _must_refuse(_yml_config, _yml("levels:\n  - interval: 5m\n  - interval: 1h", "levels: 5"))),
+    ("B5", lambda: _must_refuse(_yml_config, _yml("  - interval: 10m", "  - 10m"))),  # AttributeError: str.get
+    ("B5", lambda: _must_refuse(_yml_config, _yml("levels:\n  - interval: 10m\n  - interval: 1h", "levels: 5"))),
     ("B5", lambda: _must_refuse(_yml_config, _yml("  path: ${EDGEHOST_LITESTREAM_SOCKET}", "  path: 5"))),
 ]
 

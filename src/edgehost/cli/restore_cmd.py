@@ -62,7 +62,7 @@ def restore(
 
     A restore lands only on a restorable point (see `edgehost points`): --at T takes the newest point
     Litestream synced before T, never one after T. That misses the last second before T and, for a T
-    older than 5-10 minutes (shipped litestream.yml), lands on the 5-minute compaction boundary before
+    older than 10-20 minutes (shipped litestream.yml), lands on the 10-minute compaction boundary before
     it. The report names, for every database, the txid restored, when it was synced and, with --at,
     how long before T that is (--json: txid, synced_at, seconds_before_at, levels, newest, note).
     """
