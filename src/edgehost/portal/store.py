@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import sqlite3
 import threading
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,10 +17,6 @@ from edgehost.errors import BadInput
 from edgehost.settings import Settings
 from edgehost.engine.schema import AlreadyExists, create_property, ensure_data_dir, ensure_global, migrate_all  # noqa: F401
 from edgehost.engine.sqlite import connect
-
-
-HEALTH_PARALLEL_FROM = 16  # databases: fewer are checked one after another
-HEALTH_THREADS = 16
 
 
 class NotFound(BadInput):
@@ -235,25 +228,13 @@ def list_progress(settings: Settings, conns: Connections | None = None) -> list[
 
 
 def health(settings: Settings, conns: Connections | None = None) -> dict[str, Any]:
-    """Open every database and report whether it answers; ok only when all do.
-
-    In parallel: the first check after a start opens every database (SQLite creates its -wal and -shm
-    files), and one that litestream's first sync holds waits in SQLite's busy handler; one at a time,
-    1,000 tenants took seconds, most of it spent waiting."""
-    refs = [layout.global_db(settings)] + [layout.property_db(settings, s) for s in layout.local_slugs(settings)]
-
-    def check(ref: layout.DatabaseRef) -> dict[str, Any]:
+    """Open every database and report whether it answers; ok only when all do."""
+    dbs: dict[str, Any] = {}
+    for ref in [layout.global_db(settings)] + [layout.property_db(settings, s) for s in layout.local_slugs(settings)]:
         try:
             with _use(conns, ref.path) as conn:
                 version = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_versions").fetchone()[0]
-            return {"ok": True, "schema_version": version}
+            dbs[ref.label] = {"ok": True, "schema_version": version}
         except Exception as exc:  # a health check reports, it does not raise
-            return {"ok": False, "error": str(exc).splitlines()[0]}
-
-    if len(refs) < HEALTH_PARALLEL_FROM:
-        answers = [check(ref) for ref in refs]
-    else:
-        with ThreadPoolExecutor(HEALTH_THREADS, thread_name_prefix="health") as pool:
-            answers = list(pool.map(check, refs))
-    dbs = {ref.label: answer for ref, answer in zip(refs, answers)}
+            dbs[ref.label] = {"ok": False, "error": str(exc).splitlines()[0]}
     return {"ok": all(d["ok"] for d in dbs.values()), "databases": dbs}
