@@ -2,6 +2,7 @@
 property databases (file replica), read from /proc after the start has settled.
 
     .venv/bin/python bench/supervisor_idle.py [N] [SECONDS]      (default 50 databases, 60 s)
+    S3=1 .venv/bin/python bench/supervisor_idle.py 1000 5        (replica on a moto S3 server, as with R2)
 
 Also prints the start-to-healthy time of `edgehost up` with those N databases on disk and how long
 `edgehost status --json` takes (median of 3).
@@ -71,6 +72,18 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "EDGEHOST_HOME": str(home), "EDGEHOST_PORTAL_PORT": str(port),
            "EDGEHOST_METRICS_PORT": "0"}
+    moto = None
+    if os.environ.get("S3"):  # the replica in a bucket: litestream's snapshots and L0 files leave this disk
+        sys.path.insert(0, str(REPO / "bench"))
+        import restore_all as ra
+        moto_port = free_port()
+        moto = subprocess.Popen([sys.executable, str(REPO / "bench" / "restore_all.py"), "--_moto", str(moto_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ra.base_env())
+        ra.wait_port(moto_port)
+        endpoint = f"http://127.0.0.1:{moto_port}"
+        ra.s3(endpoint).create_bucket(Bucket="idle-bench")
+        env.update(ra.CREDS, EDGEHOST_REPLICA_URL="s3://idle-bench/edgehost", EDGEHOST_S3_ENDPOINT=endpoint,
+                   EDGEHOST_S3_REGION="us-east-1", EDGEHOST_S3_FORCE_PATH_STYLE="true")
     subprocess.run([sys.executable, "-m", "edgehost", "property", "add", "p0000"], env=env, check=True,
                    capture_output=True)
     template = home / "data" / "p0000" / "honestcam.db"
@@ -114,6 +127,9 @@ def main() -> None:
     finally:
         up.terminate()
         up.wait(120)
+        if moto is not None:
+            moto.terminate()
+            moto.wait(30)
         shutil.rmtree(home, ignore_errors=True)
 
 
