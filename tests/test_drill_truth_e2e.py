@@ -163,3 +163,32 @@ def test_drills_clean_up_keep_n_reports_and_the_history_travels(s3_home, tmp_pat
             started[1], "accidental-delete", "pass", "replica")
     finally:
         up.stop()
+
+
+def test_status_takes_the_replicas_drills_from_the_supervisor_and_this_machines_own_at_once(s3_home, moto_s3):
+    """`edgehost status` used to LIST the replica's drills on every call (a Class A request each, and
+    boto3's import). The supervisor now reads them once an hour; status adds this machine's own, so a
+    drill held only by the replica shows, and so does one this machine ran after that read."""
+    from procs import supervisor_status
+
+    settings = s3_home.settings()
+    older = {"started_at": "2026-01-02T03:04:05+00:00", "finished_at": "2026-01-02T03:05:00+00:00",
+             "scenario": "latest", "status": "pass", "databases": [{}], "failures": [], "host": "old-mac"}
+    state.store_drill_in_replica(settings, older)  # as the machine before this one left it
+    up = start_supervisor(s3_home)
+    try:
+        wait_until(lambda: supervisor_status(settings).get("last_drills") is not None, timeout=60)
+        assert supervisor_status(settings)["last_drills"][0]["source"] == "replica"
+        # The replica's copy is gone now: status can only know it from the supervisor.
+        store = ReplicaStore.from_settings(settings)
+        for obj in list(store.walk(state.REPLICA_DRILLS)):
+            store.delete(obj.key)
+        last = json.loads(edgehost(s3_home, "status", "--json").stdout)["last_drill"]
+        assert (last["started_at"], last["host"], last["source"]) == (older["started_at"], "old-mac", "replica")
+        # A drill this machine runs after the supervisor's read shows at once.
+        newer = {**older, "started_at": "2026-03-04T05:06:07+00:00", "host": "this-mac", "scenario": "accidental-delete"}
+        state.record_drill(settings, newer)
+        last = json.loads(edgehost(s3_home, "status", "--json").stdout)["last_drill"]
+        assert (last["started_at"], last["source"]) == (newer["started_at"], "local")
+    finally:
+        assert up.stop() == 0

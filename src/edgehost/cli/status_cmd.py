@@ -36,11 +36,15 @@ def status_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on
         db_error = ""
     except EdgehostError as exc:
         dbs, db_error = [], str(exc)
-    from edgehost.ops.state import drill_history
+    from edgehost.ops.state import drill_history, merge_drills
 
     from edgehost.ops import durable_acks
 
-    drills = drill_history(settings, limit=1)
+    # The supervisor reads the replica's drills once an hour; this machine's own are read here, so a
+    # drill just run shows at once, and status asks the bucket nothing.
+    cached = supervisor.get("last_drills")
+    drills = (merge_drills(drill_history(settings, limit=1, replica=False), cached, limit=1) if cached is not None
+              else drill_history(settings, limit=1))
     lagging = [d.name for d in dbs if d.lag_seconds is not None and d.lag_seconds > settings.lag_alert_seconds]
     failing = [d.name for d in dbs if d.state == "error"]
     report = {

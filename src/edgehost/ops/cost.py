@@ -28,6 +28,7 @@ import httpx
 
 from edgehost.engine import loopback
 from edgehost.engine.bucket import SNAPSHOT_LEVEL
+from edgehost.ops.state import REPLICA_DRILLS_EVERY
 from edgehost.errors import BadInput, EnvironmentProblem
 from edgehost.settings import Settings
 
@@ -170,14 +171,16 @@ def model_requests(m: LitestreamMetrics, settings: Settings, retention_check_sec
     put = m.operations.get("PUT", 0.0)
     start_puts = min(put, PUT_AT_START * n)
     checks = math.floor(window / retention_check_seconds) if retention_check_seconds > 0 else 0
-    lists = LIST_AT_START * n + LIST_PER_RETENTION_CHECK * n * checks + done.lists + LIST_PER_IDLE_TICK * idle_ticks
+    drill_reads = 1 + math.floor(window / REPLICA_DRILLS_EVERY)  # the supervisor's, of the replica's drills
+    lists = (LIST_AT_START * n + LIST_PER_RETENTION_CHECK * n * checks + done.lists + LIST_PER_IDLE_TICK * idle_ticks
+             + drill_reads)
     renewals = math.floor(window / settings.lease_renew_seconds) if settings.is_s3 else 0
     counts = {"PUT": put + renewals, "LIST": float(lists), "GET": float(done.gets),
               "DELETE_BATCH": m.delete_batches}
     for op, value in m.operations.items():  # other backends count GETs and LISTs themselves
         if op not in ("PUT", "DELETE"):
             counts[op] = counts.get(op, 0.0) + value
-    at_start = {"PUT": start_puts, "LIST": float(LIST_AT_START * n + done.early_lists), "GET": float(done.early_gets)}
+    at_start = {"PUT": start_puts, "LIST": float(LIST_AT_START * n + done.early_lists + 1), "GET": float(done.early_gets)}
     return counts, at_start
 
 

@@ -19,6 +19,7 @@ from edgehost.engine.sqlite import Migration, connect, migrate
 
 REPLICA_DRILLS = "_edgehost/drills"  # under the replica root; "_edgehost" can never be a property slug
 REPLICA_TIMEOUT = 10.0  # seconds `drill_history` waits for the replica before answering from this machine
+REPLICA_DRILLS_EVERY = 3600.0  # seconds between the supervisor's reads of the drills the replica holds (one LIST)
 
 _MIGRATIONS = [
     Migration(1, "0001_drills.sql", """
@@ -202,7 +203,12 @@ def drill_history(settings: Settings, limit: int = 20, replica: bool = True) -> 
             remote = _within(REPLICA_TIMEOUT, lambda: _replica_history(settings, limit, known))
         except (EdgehostError, OSError):
             remote = []  # unreachable or not configured: this machine's history still answers
-    merged = local + remote
+    return merge_drills(local, remote, limit=limit)
+
+
+def merge_drills(*groups: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """Drill summaries from several sources, newest first."""
+    merged = [d for group in groups for d in group]
     merged.sort(key=lambda d: _started(d["started_at"]), reverse=True)
     return merged[:limit]
 

@@ -21,7 +21,7 @@ from edgehost.engine import layout, litestream, loopback
 
 from edgehost.ops import alerts as alerts_lib, provision, state, status
 from edgehost.ops.restore import human_duration
-from edgehost.ops.state import drill_history
+from edgehost.ops.state import REPLICA_DRILLS_EVERY, drill_history
 from edgehost.errors import BadInput, EdgehostError, EnvironmentProblem, ExitStatus
 from edgehost.engine.schema import ensure_data_dir
 from edgehost.engine.replica import ReplicaStore
@@ -244,6 +244,9 @@ class Supervisor:
         self._lease_wait = False  # litestream kept stopped: the writer lease is not confirmed (`_may_replicate`)
         self._lease_wait_since: float | None = None
         self.cost_summary: dict[str, Any] | None = None  # the month's estimated bill (edgehost cost), when known
+        # The newest drill, the replica's included, read once an hour: `edgehost status` adds this
+        # machine's own and asks the bucket nothing (None until the first read).
+        self.last_drills: list[dict[str, Any]] | None = None
         self._drills = statuspage.CachedDrills(lambda: drill_history(settings, limit=statuspage.DRILLS_CHARTED,
                                                                      replica=False))
 
@@ -722,7 +725,7 @@ class Supervisor:
     def _handle_control(self, method: str, path: str) -> tuple[int, Any]:
         if method == "GET" and path == "/status":
             # The positions the status poll read: `edgehost status` reuses those of idle databases.
-            return 200, {**self.describe(), "positions": self._positions.export()}
+            return 200, {**self.describe(), "positions": self._positions.export(), "last_drills": self.last_drills}
         parts = path.strip("/").split("/")
         if method == "POST" and len(parts) == 3 and parts[0] == "services" and parts[2] in ("hold", "release"):
             if parts[1] not in {s.name for s in self.services}:
@@ -902,6 +905,7 @@ class Supervisor:
         a = self.settings.alerts
         next_pitr = time.monotonic() + min(a.pitr_check_every, 300.0)  # not in the first minutes of a start
         next_cost = time.monotonic() + 10.0  # then every COST_EVERY; an early estimate says its window is short
+        next_drills = time.monotonic() + 10.0  # then every REPLICA_DRILLS_EVERY
         while not self.stopping.wait(min(a.check_every, 5.0)):
             try:
                 self._check_services()
@@ -915,6 +919,9 @@ class Supervisor:
 
                     next_cost = time.monotonic() + self.COST_EVERY
                     self.cost_summary = cost.summary(self.settings)  # litestream's counters: one local request
+                if time.monotonic() >= next_drills:
+                    next_drills = time.monotonic() + REPLICA_DRILLS_EVERY
+                    self.last_drills = drill_history(self.settings, limit=1)  # one LIST of the replica's drills
                 self.alerts.tick()
                 self.deadman.beat([i.summary for i in self.alerts.active.values() if i.severity == "critical"])
             except Exception as exc:  # a check must never take the supervisor down; say it once a round
