@@ -15,7 +15,7 @@ import pytest
 from edgehost.ops import drill, state
 
 from edgehost.engine import layout
-from edgehost.errors import BadInput
+from edgehost.errors import BadInput, EdgehostError
 from edgehost.portal import store
 from edgehost.engine.sqlite import connect
 
@@ -147,3 +147,7 @@ def test_an_unreachable_replica_leaves_the_local_history(home, kit_home):
     history = state.drill_history(broken)
     assert [d["source"] for d in history] == ["local"]
     assert json.loads(json.dumps(history))  # plain data for `status --json`
+    # The supervisor's hourly read asks for the error instead: it must not keep an answer without the
+    # replica for an hour (a new Mac booting before its network is up would show "no drill" meanwhile).
+    with pytest.raises((EdgehostError, OSError)):
+        state.drill_history(broken, strict=True)

@@ -220,7 +220,7 @@ def compactions_since(listing, started_at: float, compaction_levels: int = 2) ->
             if f.level < 1 or at < started_at:
                 continue
             read = 0
-            if 2 <= f.level < 9:
+            if 2 <= f.level < SNAPSHOT_LEVEL:
                 read = sum(1 for src in files if src.level == f.level - 1
                            and src.min_txid >= f.min_txid and src.max_txid <= f.max_txid)
             listed = lists_per_upload(f.level, compaction_levels)

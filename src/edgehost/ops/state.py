@@ -183,12 +183,14 @@ def _within(seconds: float, fn: Callable[[], Any]) -> Any:
     return box["value"]
 
 
-def drill_history(settings: Settings, limit: int = 20, replica: bool = True) -> list[dict[str, Any]]:
+def drill_history(settings: Settings, limit: int = 20, replica: bool = True,
+                  strict: bool = False) -> list[dict[str, Any]]:
     """The latest drills, newest first (without their full reports): this machine's, merged with
     the ones kept in the replica (one LIST, at most `limit` GETs) unless `replica` is False.
 
-    An unreachable replica leaves this machine's history alone. Each entry says where it came from
-    (`source`: local or replica) and which machine ran it (`host`).
+    An unreachable replica leaves this machine's history alone, unless `strict` (then its error
+    is raised: the supervisor keeps what it last read rather than an answer without the replica).
+    Each entry says where it came from (`source`: local or replica) and which machine ran it (`host`).
     """
     local = _local_history(settings, limit)
     remote: list[dict[str, Any]] = []
@@ -202,6 +204,8 @@ def drill_history(settings: Settings, limit: int = 20, replica: bool = True) -> 
         try:
             remote = _within(REPLICA_TIMEOUT, lambda: _replica_history(settings, limit, known))
         except (EdgehostError, OSError):
+            if strict:
+                raise
             remote = []  # unreachable or not configured: this machine's history still answers
     return merge_drills(local, remote, limit=limit)
 

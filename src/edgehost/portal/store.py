@@ -67,13 +67,15 @@ class Connections:
             finally:
                 conn.close()
             return
-        try:
-            inode = path.stat().st_ino
-        except FileNotFoundError:
-            raise BadInput(f"{path}: database not found") from None
-        with self._lock:
-            slot = self._open.setdefault(path, _Slot())
+        slot = self._open.get(path)
+        if slot is None:
+            with self._lock:
+                slot = self._open.setdefault(path, _Slot())
         with slot.lock:
+            try:
+                inode = path.stat().st_ino  # under the lock: a swap seen here is the one this request meets
+            except FileNotFoundError:
+                raise BadInput(f"{path}: database not found") from None
             if slot.conn is None or slot.inode != inode:
                 if slot.conn is not None:
                     slot.conn.close()

@@ -203,6 +203,7 @@ class Supervisor:
     START_TICK = 0.01
     STATUS_EVERY = 5.0
     COST_EVERY = 300.0
+    DRILLS_RETRY = 60.0  # seconds before the replica's drills are read again after a failed read
 
     def __init__(self, settings: Settings, stream: TextIO | None = None, take_over: bool = False,
                  handover: Handover | None = None):
@@ -919,13 +920,16 @@ class Supervisor:
 
                     next_cost = time.monotonic() + self.COST_EVERY
                     self.cost_summary = cost.summary(self.settings)  # litestream's counters: one local request
-                if time.monotonic() >= next_drills:
-                    next_drills = time.monotonic() + REPLICA_DRILLS_EVERY
-                    self.last_drills = drill_history(self.settings, limit=1)  # one LIST of the replica's drills
                 self.alerts.tick()
                 self.deadman.beat([i.summary for i in self.alerts.active.values() if i.severity == "critical"])
             except Exception as exc:  # a check must never take the supervisor down; say it once a round
                 self.log(f"warning: health check failed: {type(exc).__name__}: {exc}")
+            if time.monotonic() >= next_drills:  # last: it may wait REPLICA_TIMEOUT for the bucket
+                try:
+                    self.last_drills = drill_history(self.settings, limit=1, strict=True)  # one LIST
+                    next_drills = time.monotonic() + REPLICA_DRILLS_EVERY
+                except Exception:  # noqa: BLE001 - status reads the replica itself until a read succeeds
+                    next_drills = time.monotonic() + self.DRILLS_RETRY
 
     def _check_services(self) -> None:
         for svc in self.services:
