@@ -28,8 +28,8 @@ def points(
 
     A restore can land only on these points. With the shipped litestream.yml: every sync (about one a
     second while writing) for the last 10-20 minutes (5-10 in the minutes after the hourly L0
-    check), then only the L1 compaction boundaries (one per
-    10-minute mark with writes) back to the oldest snapshot kept (6-7 days). Without --around: the
+    check), then only the L1 compaction boundaries (one per 10-minute mark with writes) back to the
+    oldest snapshot kept (6-7 days). Without --around: the
     window, its precision tiers and the newest points. With --around T: the points nearest T, marking
     the one `restore --at T` lands on (the newest synced before T); restore any of them exactly with
     `edgehost restore SLUG --txid HEX`. Times are when Litestream synced the point (its LTX

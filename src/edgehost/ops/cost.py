@@ -255,7 +255,7 @@ def idle_ticks_since(listing, levels: tuple[timedelta, ...], started_at: float, 
             continue
         by_level: dict[int, list] = {}
         for f in files:
-            if f.level < 9:
+            if f.level < SNAPSHOT_LEVEL:
                 by_level.setdefault(f.level, []).append(f)
         for level, interval in enumerate(levels, start=1):
             step = interval.total_seconds()
